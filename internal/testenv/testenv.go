@@ -1,0 +1,382 @@
+// Package testenv starts the real servers artifactstore's tests run
+// against: a PostgreSQL (an existing one, or a throwaway cluster made with
+// initdb and pg_ctl when none answers) with one schema per test, SQLite on a
+// temp file, and an in-process nats-server with JetStream on a random
+// loopback port.
+//
+// PostgreSQL is found in this order: the URL in
+// ARTIFACTSTORE_TEST_DATABASE_URL; postgres://postgres@127.0.0.1:5432/postgres;
+// a throwaway cluster on a free port when the server binaries (initdb,
+// pg_ctl) are on PATH or under /usr/lib/postgresql/*/bin. When none of these
+// works the test fails: core tests never skip.
+package testenv
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/artifactstore/artifactstore/store/postgres"
+	"github.com/artifactstore/artifactstore/store/sqlite"
+)
+
+// EnvDatabaseURL names the environment variable with the PostgreSQL URL tests use.
+const EnvDatabaseURL = "ARTIFACTSTORE_TEST_DATABASE_URL"
+
+// DefaultDatabaseURL is tried when EnvDatabaseURL is unset.
+const DefaultDatabaseURL = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+
+var (
+	pgOnce    sync.Once
+	pgURL     string
+	pgErr     error
+	pgCleanup func()
+)
+
+// Main runs a package's tests and then stops a throwaway PostgreSQL cluster
+// if one was started. Use it as TestMain's body: os.Exit(testenv.Main(m)).
+func Main(m *testing.M) int {
+	code := m.Run()
+	if pgCleanup != nil {
+		pgCleanup()
+	}
+	return code
+}
+
+// PostgresURL returns the URL of a PostgreSQL that answers, starting a
+// throwaway cluster if needed. It fails t when none can be had.
+func PostgresURL(t testing.TB) string {
+	t.Helper()
+	pgOnce.Do(func() { pgURL, pgErr = findPostgres() })
+	if pgErr != nil {
+		t.Fatalf("testenv: no PostgreSQL: %v (set %s, start one on 127.0.0.1:5432, or install the server binaries)", pgErr, EnvDatabaseURL)
+	}
+	return pgURL
+}
+
+func findPostgres() (string, error) {
+	if u := os.Getenv(EnvDatabaseURL); u != "" {
+		if err := ping(u); err != nil {
+			return "", fmt.Errorf("%s=%s does not answer: %w", EnvDatabaseURL, redact(u), err)
+		}
+		return u, nil
+	}
+	if ping(DefaultDatabaseURL) == nil {
+		return DefaultDatabaseURL, nil
+	}
+	return startCluster()
+}
+
+func redact(u string) string {
+	if i := strings.Index(u, "@"); i > 0 {
+		if j := strings.Index(u, "://"); j > 0 && j < i {
+			return u[:j+3] + "***" + u[i:]
+		}
+	}
+	return u
+}
+
+func ping(url string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	return conn.Ping(ctx)
+}
+
+// PGBinDir returns the directory holding initdb and pg_ctl, or "".
+func PGBinDir() string {
+	if p, err := exec.LookPath("pg_ctl"); err == nil {
+		if _, err := exec.LookPath("initdb"); err == nil {
+			return filepath.Dir(p)
+		}
+	}
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	sort.Sort(sort.Reverse(sort.StringSlice(dirs)))
+	for _, d := range dirs {
+		if _, err := os.Stat(filepath.Join(d, "initdb")); err == nil {
+			return d
+		}
+	}
+	return ""
+}
+
+// Cluster is a throwaway PostgreSQL cluster run with pg_ctl.
+type Cluster struct {
+	Dir  string
+	Port int
+	bin  string
+}
+
+// URL returns the cluster's connection URL for database postgres.
+func (c *Cluster) URL() string {
+	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", c.Port)
+}
+
+// NewCluster initialises a cluster in a new temporary directory on a free
+// port (not started).
+func NewCluster() (*Cluster, error) {
+	bin := PGBinDir()
+	if bin == "" {
+		return nil, fmt.Errorf("initdb/pg_ctl not found")
+	}
+	dir, err := os.MkdirTemp("", "artifactstore-pg-")
+	if err != nil {
+		return nil, err
+	}
+	c := &Cluster{Dir: dir, Port: FreePort(), bin: bin}
+	cmd := exec.Command(filepath.Join(bin, "initdb"), "-D", filepath.Join(dir, "data"), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8")
+	if os.Geteuid() == 0 {
+		// PostgreSQL refuses to run as root: hand the directory to the postgres user.
+		if err := exec.Command("chown", "-R", "postgres", dir).Run(); err != nil {
+			return nil, fmt.Errorf("chown: %w", err)
+		}
+		cmd = exec.Command("runuser", append([]string{"-u", "postgres", "--"}, cmd.Args...)...)
+	}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("initdb: %v: %s", err, out)
+	}
+	return c, nil
+}
+
+func (c *Cluster) pgctl(args ...string) error {
+	cmd := exec.Command(filepath.Join(c.bin, "pg_ctl"), args...)
+	if os.Geteuid() == 0 {
+		cmd = exec.Command("runuser", append([]string{"-u", "postgres", "--"}, cmd.Args...)...)
+	}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("pg_ctl %s: %v: %s", args[0], err, out)
+	}
+	return nil
+}
+
+// Start starts the cluster and waits until it accepts connections.
+func (c *Cluster) Start() error {
+	return c.pgctl("start", "-w", "-D", filepath.Join(c.Dir, "data"), "-l", filepath.Join(c.Dir, "log"),
+		"-o", fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300", c.Port, c.Dir))
+}
+
+// Stop stops the cluster (fast shutdown).
+func (c *Cluster) Stop() error {
+	return c.pgctl("stop", "-w", "-m", "fast", "-D", filepath.Join(c.Dir, "data"))
+}
+
+// Remove stops the cluster if running and deletes its directory.
+func (c *Cluster) Remove() {
+	_ = c.Stop()
+	os.RemoveAll(c.Dir)
+}
+
+func startCluster() (string, error) {
+	c, err := NewCluster()
+	if err != nil {
+		return "", fmt.Errorf("127.0.0.1:5432 does not answer and no throwaway cluster could be made: %w", err)
+	}
+	if err := c.Start(); err != nil {
+		c.Remove()
+		return "", err
+	}
+	pgCleanup = c.Remove
+	return c.URL(), nil
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Name returns a unique lower-case identifier with the given prefix, usable
+// as a schema, stream or consumer name.
+func Name(prefix string) string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return prefix + "_" + hex.EncodeToString(b)
+}
+
+// Schema creates a fresh PostgreSQL schema for t, dropped at cleanup, and
+// returns its name and the server URL.
+func Schema(t testing.TB) (url, schema string) {
+	t.Helper()
+	url = PostgresURL(t)
+	schema = Name("t")
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, url)
+		if err != nil {
+			t.Logf("testenv: dropping schema %s: %v", schema, err)
+			return
+		}
+		defer conn.Close(ctx)
+		if _, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+schema+" CASCADE"); err != nil {
+			t.Logf("testenv: dropping schema %s: %v", schema, err)
+		}
+	})
+	return url, schema
+}
+
+// Logger returns a logger that writes to t's log.
+func Logger(t testing.TB) *zap.Logger { return zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel)) }
+
+// Postgres returns a migrated PostgreSQL store in a schema of its own.
+func Postgres(t testing.TB) *postgres.DB {
+	t.Helper()
+	url, schema := Schema(t)
+	return OpenPostgres(t, url, schema)
+}
+
+// OpenPostgres opens and migrates a PostgreSQL store on url/schema, closed
+// at cleanup.
+func OpenPostgres(t testing.TB, url, schema string) *postgres.DB {
+	t.Helper()
+	ctx := context.Background()
+	db, err := postgres.Open(ctx, postgres.Config{URL: url, Schema: schema, Logger: Logger(t)})
+	if err != nil {
+		t.Fatalf("testenv: opening postgres: %v", err)
+	}
+	t.Cleanup(db.Close)
+	if _, err := db.Migrate(ctx); err != nil {
+		t.Fatalf("testenv: migrating: %v", err)
+	}
+	return db
+}
+
+// SQLite returns a migrated SQLite store on a temp file.
+func SQLite(t testing.TB) *sqlite.DB {
+	t.Helper()
+	ctx := context.Background()
+	db, err := sqlite.Open(ctx, sqlite.Config{Path: filepath.Join(t.TempDir(), "log.db"), Logger: Logger(t)})
+	if err != nil {
+		t.Fatalf("testenv: opening sqlite: %v", err)
+	}
+	t.Cleanup(db.Close)
+	if _, err := db.Migrate(ctx); err != nil {
+		t.Fatalf("testenv: migrating: %v", err)
+	}
+	return db
+}
+
+// NATSServer is an in-process nats-server with JetStream.
+type NATSServer struct {
+	t    testing.TB
+	opts server.Options
+	mu   sync.Mutex
+	srv  *server.Server
+}
+
+// NATS starts an in-process nats-server with JetStream on a random
+// 127.0.0.1 port, its store in a temp dir; it is shut down at cleanup.
+func NATS(t testing.TB) *NATSServer {
+	t.Helper()
+	opts := server.Options{
+		Host:       "127.0.0.1",
+		Port:       FreePort(),
+		JetStream:  true,
+		StoreDir:   t.TempDir(),
+		NoLog:      true,
+		NoSigs:     true,
+		MaxPayload: 1 << 20,
+	}
+	s := &NATSServer{t: t, opts: opts}
+	s.Start()
+	t.Cleanup(s.Shutdown)
+	return s
+}
+
+// Start (re)starts the server on the same port and store directory.
+func (s *NATSServer) Start() {
+	s.t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	opts := s.opts
+	srv, err := server.NewServer(&opts)
+	if err != nil {
+		s.t.Fatalf("testenv: nats-server: %v", err)
+	}
+	go srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		s.t.Fatalf("testenv: nats-server did not start")
+	}
+	s.srv = srv
+}
+
+// Shutdown stops the server (if running) and waits for it.
+func (s *NATSServer) Shutdown() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.srv != nil {
+		s.srv.Shutdown()
+		s.srv.WaitForShutdown()
+		s.srv = nil
+	}
+}
+
+// Restart stops and starts the server, keeping its port and JetStream data.
+func (s *NATSServer) Restart() {
+	s.Shutdown()
+	s.Start()
+}
+
+// URL returns the client URL.
+func (s *NATSServer) URL() string { return fmt.Sprintf("nats://127.0.0.1:%d", s.opts.Port) }
+
+// Connect returns a client connection (reconnecting forever), closed at cleanup.
+func (s *NATSServer) Connect(t testing.TB) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(s.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatalf("testenv: connecting to nats: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// JetStream returns a JetStream context on a new connection.
+func (s *NATSServer) JetStream(t testing.TB) jetstream.JetStream {
+	t.Helper()
+	js, err := jetstream.New(s.Connect(t))
+	if err != nil {
+		t.Fatalf("testenv: jetstream: %v", err)
+	}
+	return js
+}
+
+// Eventually polls cond every 10ms until it is true or timeout passes, then
+// fails t with msg. It awaits a condition; it does not sleep for a fixed time.
+func Eventually(t testing.TB, timeout time.Duration, cond func() bool, msg string, args ...any) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("testenv: timed out after %s waiting for: %s", timeout, fmt.Sprintf(msg, args...))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

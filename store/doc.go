@@ -1,0 +1,38 @@
+// Package store holds artifactstore's event model and the contracts every
+// dialect of the log implements: appending events in commit order, reading
+// them back (fetch-since, tail, replay) and maintaining the registry views.
+//
+// # The log
+//
+// Every change to the registry is one immutable [Event]. Events are written
+// with [Tx.Append] inside the caller's transaction; the database assigns each
+// event its sequence and created_at as the last step before commit.
+//
+// # Commit-order sequences
+//
+// A reader that follows the log with "sequence > cursor" must never skip an
+// event whose transaction commits late. Both dialects therefore serialise
+// sequence assignment through a single counter row (log_head): Append runs
+// UPDATE log_head SET sequence = sequence + n RETURNING sequence, which takes
+// the row lock and keeps it until the transaction ends. A second writer's
+// Append waits on that lock, so sequences are handed out strictly in commit
+// order and without gaps (a rolled-back transaction releases its numbers
+// before anybody else takes them). Because Append takes the lock, it should
+// be the last statement before commit; everything else the transaction does
+// (decisions, view writes) runs before it, concurrently with other writers.
+// Writing many events in one transaction costs one counter update, which is
+// what makes batching cheap.
+//
+//	writer A: BEGIN … decide … UPDATE log_head (seq 5..7) INSERT … COMMIT
+//	writer B: BEGIN … decide …        waits ─────────────────▶ UPDATE log_head (seq 8) INSERT … COMMIT
+//
+// created_at is taken under the same lock as max(clock_timestamp(), previous
+// created_at), so it never decreases along the sequence.
+//
+// # Views
+//
+// The registry views (artifact_packages, retention_state) are written only
+// by [Handler]s registered in a [Handlers] registry. The same handlers run
+// on every path that applies events (replay, projectors, tests of the direct
+// path), so a view built any way is byte-identical to a replay.
+package store

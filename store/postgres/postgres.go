@@ -1,0 +1,491 @@
+// Package postgres is the PostgreSQL dialect of the store, built on pgx/v5.
+// pgx types never leave this package: callers see store.DB and store.Tx.
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/sourcegraph/conc"
+	"go.uber.org/zap"
+
+	"github.com/artifactstore/artifactstore/migrations"
+	"github.com/artifactstore/artifactstore/store"
+)
+
+// Config configures a PostgreSQL store.
+type Config struct {
+	// URL is a postgres:// connection URL (sslmode, sslrootcert and the
+	// other libpq parameters work as in libpq).
+	URL string
+	// Schema, when set, is the schema every connection uses (search_path);
+	// Migrate creates it. Tests use one schema each.
+	Schema string
+	// MaxPayload bounds event payloads (store.DefaultMaxPayload when 0).
+	MaxPayload int
+	// MaxConns is the pool size (pgx's default when 0).
+	MaxConns int32
+	// Logger receives the store's logs (no-op when nil).
+	Logger *zap.Logger
+}
+
+// DB is a PostgreSQL store. It implements store.DB.
+type DB struct {
+	cfg     Config
+	pool    *pgxpool.Pool
+	log     *zap.Logger
+	channel string
+	signal  store.Signal
+
+	listenOnce sync.Once
+	stop       context.CancelFunc
+	wg         conc.WaitGroup
+}
+
+var _ store.DB = (*DB)(nil)
+
+// Open connects to PostgreSQL and checks that it answers. An unreachable
+// database returns an error wrapping store.ErrUnavailable.
+func Open(ctx context.Context, cfg Config) (*DB, error) {
+	pc, err := pgxpool.ParseConfig(cfg.URL)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: parsing database URL: %w", redactErr(err))
+	}
+	if cfg.MaxConns > 0 {
+		pc.MaxConns = cfg.MaxConns
+	}
+	if cfg.MaxPayload <= 0 {
+		cfg.MaxPayload = store.DefaultMaxPayload
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	pc.ConnConfig.RuntimeParams["timezone"] = "UTC"
+	if cfg.Schema != "" {
+		pc.ConnConfig.RuntimeParams["search_path"] = cfg.Schema
+	}
+	if pc.ConnConfig.ConnectTimeout == 0 {
+		pc.ConnConfig.ConnectTimeout = 5 * time.Second
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: %w", translate(err))
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("postgres: connecting: %w", translate(err))
+	}
+	schema := cfg.Schema
+	if schema == "" {
+		schema = "public"
+	}
+	return &DB{
+		cfg:     cfg,
+		pool:    pool,
+		log:     cfg.Logger.Named("store"),
+		channel: "artifactstore_events_" + schema,
+		stop:    func() {},
+	}, nil
+}
+
+// Dialect implements store.DB.
+func (db *DB) Dialect() string { return migrations.Postgres }
+
+// Close stops the listener and closes the pool.
+func (db *DB) Close() {
+	db.stop()
+	db.wg.Wait()
+	db.pool.Close()
+}
+
+func (db *DB) lockKey() string {
+	if db.cfg.Schema == "" {
+		return "public"
+	}
+	return db.cfg.Schema
+}
+
+func (db *DB) ensureSchema(ctx context.Context) error {
+	if db.cfg.Schema == "" {
+		return nil
+	}
+	if _, err := db.pool.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+pgx.Identifier{db.cfg.Schema}.Sanitize()); err != nil {
+		return fmt.Errorf("postgres: creating schema: %w", translate(err))
+	}
+	return nil
+}
+
+// Migrate applies every pending migration (safe to run concurrently from
+// several processes) and returns the versions applied.
+func (db *DB) Migrate(ctx context.Context) ([]int64, error) {
+	if err := db.ensureSchema(ctx); err != nil {
+		return nil, err
+	}
+	sdb := stdlib.OpenDBFromPool(db.pool)
+	defer sdb.Close()
+	return migrations.Up(ctx, migrations.Postgres, sdb, db.lockKey())
+}
+
+// MigrationStatus lists every migration and whether it is applied.
+func (db *DB) MigrationStatus(ctx context.Context) ([]migrations.Status, error) {
+	sdb := stdlib.OpenDBFromPool(db.pool)
+	defer sdb.Close()
+	return migrations.List(ctx, migrations.Postgres, sdb, db.lockKey())
+}
+
+// Fresh drops every table the migrations created (the log included) and
+// migrates again. The log gets a new log_id.
+func (db *DB) Fresh(ctx context.Context) error {
+	if err := db.ensureSchema(ctx); err != nil {
+		return err
+	}
+	sdb := stdlib.OpenDBFromPool(db.pool)
+	defer sdb.Close()
+	if err := migrations.Down(ctx, migrations.Postgres, sdb, db.lockKey()); err != nil {
+		return err
+	}
+	_, err := migrations.Up(ctx, migrations.Postgres, sdb, db.lockKey())
+	return err
+}
+
+// InTx implements store.DB.
+func (db *DB) InTx(ctx context.Context, fn func(store.Tx) error) error {
+	ptx, err := db.pool.Begin(ctx)
+	if err != nil {
+		return translate(err)
+	}
+	t := &tx{db: db, tx: ptx}
+	if err := fn(t); err != nil {
+		_ = ptx.Rollback(context.WithoutCancel(ctx))
+		return translate(err)
+	}
+	if err := ptx.Commit(ctx); err != nil {
+		return translate(err)
+	}
+	if t.appended {
+		db.signal.Broadcast()
+	}
+	return nil
+}
+
+const eventColumns = "sequence, event_type, subject_kind, subject_id, actor, payload, payload_digest, created_at"
+
+// Fetch implements store.DB.
+func (db *DB) Fetch(ctx context.Context, after int64, limit int) ([]store.Event, error) {
+	rows, err := db.pool.Query(ctx,
+		"SELECT "+eventColumns+" FROM events WHERE sequence > $1 ORDER BY sequence LIMIT $2", after, limit)
+	if err != nil {
+		return nil, translate(err)
+	}
+	defer rows.Close()
+	out := make([]store.Event, 0, min(limit, 1024))
+	for rows.Next() {
+		var e store.Event
+		var digest []byte
+		if err := rows.Scan(&e.Sequence, &e.Type, &e.SubjectKind, &e.SubjectID, &e.Actor, &e.Payload, &digest, &e.CreatedAt); err != nil {
+			return nil, translate(err)
+		}
+		copy(e.PayloadDigest[:], digest)
+		e.CreatedAt = e.CreatedAt.UTC()
+		out = append(out, e)
+	}
+	return out, translate(rows.Err())
+}
+
+// Head implements store.DB.
+func (db *DB) Head(ctx context.Context) (int64, error) {
+	var head int64
+	err := db.pool.QueryRow(ctx, "SELECT coalesce(max(sequence), 0) FROM events").Scan(&head)
+	return head, translate(err)
+}
+
+// LogID implements store.DB.
+func (db *DB) LogID(ctx context.Context) (string, error) {
+	var id string
+	err := db.pool.QueryRow(ctx, "SELECT log_id FROM log_meta").Scan(&id)
+	return id, translate(err)
+}
+
+// AppendSignal implements store.DB. The first call starts a listener on a
+// dedicated connection (LISTEN), which reconnects with backoff when lost.
+func (db *DB) AppendSignal() <-chan struct{} {
+	db.listenOnce.Do(func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		prev := db.stop
+		db.stop = func() { cancel(); prev() }
+		db.wg.Go(func() { db.listen(ctx) })
+	})
+	return db.signal.C()
+}
+
+func (db *DB) listen(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		err := db.listenOnce1(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		// Wake everybody so they re-read the log while we reconnect.
+		db.signal.Broadcast()
+		db.log.Warn("append listener lost its connection; reconnecting", zap.Error(err), zap.Duration("backoff", backoff))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+func (db *DB) listenOnce1(ctx context.Context) error {
+	conn, err := db.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	pc := conn.Hijack()
+	defer pc.Close(context.Background())
+	if _, err := pc.Exec(ctx, "LISTEN "+pgx.Identifier{db.channel}.Sanitize()); err != nil {
+		return err
+	}
+	db.signal.Broadcast()
+	for {
+		if _, err := pc.WaitForNotification(ctx); err != nil {
+			return err
+		}
+		db.signal.Broadcast()
+	}
+}
+
+// TryLock implements store.DB with a session-level advisory lock held on a
+// dedicated connection, checked every second.
+func (db *DB) TryLock(ctx context.Context, name string) (func(), <-chan struct{}, error) {
+	conn, err := db.pool.Acquire(ctx)
+	if err != nil {
+		return nil, nil, translate(err)
+	}
+	pc := conn.Hijack()
+	key := lockID(db.lockKey() + ":" + name)
+	var ok bool
+	if err := pc.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", key).Scan(&ok); err != nil {
+		pc.Close(context.Background())
+		return nil, nil, translate(err)
+	}
+	if !ok {
+		pc.Close(context.Background())
+		return nil, nil, fmt.Errorf("postgres: lock %q: %w", name, store.ErrLockHeld)
+	}
+	lost := make(chan struct{})
+	wctx, cancel := context.WithCancel(context.Background())
+	var wg conc.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-wctx.Done():
+				return
+			case <-t.C:
+				pctx, pcancel := context.WithTimeout(wctx, 3*time.Second)
+				err := pc.Ping(pctx)
+				pcancel()
+				if err != nil && wctx.Err() == nil {
+					db.log.Warn("leader lock connection lost", zap.String("lock", name), zap.Error(err))
+					close(lost)
+					return
+				}
+			}
+		}
+	})
+	var once sync.Once
+	release := func() {
+		once.Do(func() {
+			cancel()
+			wg.Wait()
+			uctx, ucancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer ucancel()
+			_, _ = pc.Exec(uctx, "SELECT pg_advisory_unlock($1)", key)
+			pc.Close(uctx)
+		})
+	}
+	return release, lost, nil
+}
+
+func lockID(s string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte("artifactstore:" + s))
+	return int64(h.Sum64() >> 1)
+}
+
+// Package implements store.DB.
+func (db *DB) Package(ctx context.Context, id string) (store.PackageView, error) {
+	rows, err := db.pool.Query(ctx, packageViewQuery+" WHERE p.package_id = $1", id)
+	if err != nil {
+		return store.PackageView{}, translate(err)
+	}
+	views, err := scanPackageViews(rows)
+	if err != nil {
+		return store.PackageView{}, err
+	}
+	if len(views) == 0 {
+		return store.PackageView{}, store.ErrNotFound
+	}
+	return views[0], nil
+}
+
+// ListPackages implements store.DB.
+func (db *DB) ListPackages(ctx context.Context, f store.PackageFilter) ([]store.PackageView, error) {
+	limit := f.Limit
+	if limit <= 0 {
+		limit = 100
+	}
+	limit = min(limit, 1000)
+	rows, err := db.pool.Query(ctx, packageViewQuery+`
+		WHERE ($1 = '' OR p.name = $1) AND ($2 = '' OR p.status = $2) AND p.package_id > $3
+		ORDER BY p.package_id LIMIT $4`, f.Name, f.Status, f.After, limit)
+	if err != nil {
+		return nil, translate(err)
+	}
+	return scanPackageViews(rows)
+}
+
+const packageViewQuery = `SELECT p.package_id, p.name, p.version, p.status, p.created_by, p.created_at,
+	coalesce(p.finalized_by, ''), p.finalized_at, p.manifest_digest, p.created_sequence, p.last_sequence,
+	r.policy, r.keep_days, r.expires_at, r.last_sequence
+	FROM artifact_packages p LEFT JOIN retention_state r ON r.package_id = p.package_id`
+
+func scanPackageViews(rows pgx.Rows) ([]store.PackageView, error) {
+	defer rows.Close()
+	var out []store.PackageView
+	for rows.Next() {
+		var v store.PackageView
+		var digest []byte
+		var policy *string
+		var keepDays *int
+		var expires *time.Time
+		var rseq *int64
+		if err := rows.Scan(&v.ID, &v.Name, &v.Version, &v.Status, &v.CreatedBy, &v.CreatedAt,
+			&v.FinalizedBy, &v.FinalizedAt, &digest, &v.CreatedSequence, &v.LastSequence,
+			&policy, &keepDays, &expires, &rseq); err != nil {
+			return nil, translate(err)
+		}
+		normalisePackage(&v.Package, digest)
+		if policy != nil {
+			r := &store.Retention{PackageID: v.ID, Policy: *policy, KeepDays: *keepDays, ExpiresAt: utcPtr(expires), LastSequence: *rseq}
+			v.Retention = r
+		}
+		out = append(out, v)
+	}
+	return out, translate(rows.Err())
+}
+
+func normalisePackage(p *store.Package, digest []byte) {
+	p.CreatedAt = p.CreatedAt.UTC()
+	p.FinalizedAt = utcPtr(p.FinalizedAt)
+	if len(digest) == 32 {
+		var d store.Digest
+		copy(d[:], digest)
+		p.ManifestDigest = &d
+	}
+}
+
+func utcPtr(t *time.Time) *time.Time {
+	if t == nil {
+		return nil
+	}
+	u := t.UTC()
+	return &u
+}
+
+// Checkpoints implements store.DB.
+func (db *DB) Checkpoints(ctx context.Context) ([]store.Checkpoint, error) {
+	rows, err := db.pool.Query(ctx, "SELECT projection, partition, sequence FROM checkpoints ORDER BY projection, partition")
+	if err != nil {
+		return nil, translate(err)
+	}
+	cps, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (store.Checkpoint, error) {
+		var c store.Checkpoint
+		err := r.Scan(&c.Projection, &c.Partition, &c.Sequence)
+		return c, err
+	})
+	return cps, translate(err)
+}
+
+// DumpViews implements store.DB: each row rendered by PostgreSQL's own
+// record-to-text conversion, so every column and byte takes part.
+func (db *DB) DumpViews(ctx context.Context) (string, error) {
+	var b strings.Builder
+	for _, q := range []string{
+		"SELECT 'artifact_packages ' || t::text FROM artifact_packages t ORDER BY package_id",
+		"SELECT 'retention_state ' || t::text FROM retention_state t ORDER BY package_id",
+	} {
+		rows, err := db.pool.Query(ctx, q)
+		if err != nil {
+			return "", translate(err)
+		}
+		lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return "", translate(err)
+		}
+		for _, l := range lines {
+			b.WriteString(l)
+			b.WriteByte('\n')
+		}
+	}
+	return b.String(), nil
+}
+
+// translate maps pgx and network errors onto the store's sentinels: no rows
+// → store.ErrNotFound; connection failures, shutdowns, serialization
+// failures and deadlocks → store.ErrUnavailable.
+func translate(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, pgx.ErrNoRows) {
+		return store.ErrNotFound
+	}
+	if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrUnavailable) ||
+		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch {
+		case pgErr.Code == "40001", pgErr.Code == "40P01", // serialization failure, deadlock
+			strings.HasPrefix(pgErr.Code, "08"),             // connection exception
+			pgErr.Code == "57P01", pgErr.Code == "57P02", pgErr.Code == "57P03", // shutdown, cannot connect now
+			pgErr.Code == "53300": // too many connections
+			return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
+		}
+		return err
+	}
+	var netErr net.Error
+	var connErr *pgconn.ConnectError
+	if errors.As(err, &netErr) || errors.As(err, &connErr) || pgconn.SafeToRetry(err) || pgconn.Timeout(err) {
+		return fmt.Errorf("%w: %w", store.ErrUnavailable, redactErr(err))
+	}
+	return err
+}
+
+// redactErr keeps connection errors from echoing a password.
+func redactErr(err error) error {
+	var connErr *pgconn.ConnectError
+	if errors.As(err, &connErr) {
+		return err // pgconn.ConnectError already omits the password
+	}
+	var parseErr *pgconn.ParseConfigError
+	if errors.As(err, &parseErr) {
+		return errors.New("invalid database URL")
+	}
+	return err
+}

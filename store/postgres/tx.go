@@ -1,0 +1,224 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/artifactstore/artifactstore/store"
+)
+
+type tx struct {
+	db       *DB
+	tx       pgx.Tx
+	appended bool
+}
+
+// Append implements store.Tx. Sequences come from the log_head row, locked
+// until commit (see store/doc.go); the counter update, the insert and the
+// NOTIFY go to the server as one pipelined batch.
+func (t *tx) Append(ctx context.Context, events ...store.Event) ([]store.Event, error) {
+	if len(events) == 0 {
+		return nil, nil
+	}
+	n := len(events)
+	types := make([]string, n)
+	kinds := make([]string, n)
+	ids := make([]string, n)
+	actors := make([]string, n)
+	payloads := make([][]byte, n)
+	digests := make([][]byte, n)
+	for i := range events {
+		if err := events[i].Validate(t.db.cfg.MaxPayload); err != nil {
+			return nil, fmt.Errorf("event %d: %w", i, err)
+		}
+		types[i], kinds[i], ids[i], actors[i] = events[i].Type, events[i].SubjectKind, events[i].SubjectID, events[i].Actor
+		payloads[i], digests[i] = events[i].Payload, events[i].PayloadDigest[:]
+	}
+	var head int64
+	var at time.Time
+	b := &pgx.Batch{}
+	b.Queue(`UPDATE log_head SET sequence = sequence + $1, created_at = greatest(clock_timestamp(), created_at)
+		RETURNING sequence, created_at`, n).QueryRow(func(r pgx.Row) error { return r.Scan(&head, &at) })
+	b.Queue(`INSERT INTO events (`+eventColumns+`)
+		SELECT h.sequence - $1 + u.ord, u.t, u.k, u.i, u.a, u.p, u.d, h.created_at
+		FROM log_head h, unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[], $7::bytea[])
+			WITH ORDINALITY AS u(t, k, i, a, p, d, ord)`,
+		n, types, kinds, ids, actors, payloads, digests)
+	b.Queue(`SELECT pg_notify($1, '')`, t.db.channel)
+	if err := t.tx.SendBatch(ctx, b).Close(); err != nil {
+		return nil, fmt.Errorf("appending %d events: %w", n, translate(err))
+	}
+	t.appended = true
+	at = at.UTC()
+	out := make([]store.Event, n)
+	for i, e := range events {
+		e.Sequence = head - int64(n) + int64(i) + 1
+		e.CreatedAt = at
+		out[i] = e
+	}
+	return out, nil
+}
+
+// ResetViews implements store.Tx.
+func (t *tx) ResetViews(ctx context.Context) error {
+	_, err := t.tx.Exec(ctx, "DELETE FROM artifact_packages; DELETE FROM retention_state")
+	return translate(err)
+}
+
+// Checkpoint implements store.Tx.
+func (t *tx) Checkpoint(ctx context.Context, projection string, partition int) (int64, error) {
+	var seq int64
+	err := t.tx.QueryRow(ctx, "SELECT sequence FROM checkpoints WHERE projection = $1 AND partition = $2",
+		projection, partition).Scan(&seq)
+	if err == pgx.ErrNoRows {
+		return 0, nil
+	}
+	return seq, translate(err)
+}
+
+// AdvanceCheckpoint implements store.Tx.
+func (t *tx) AdvanceCheckpoint(ctx context.Context, projection string, partition int, from, to int64) error {
+	var tag int64
+	if from == 0 {
+		ct, err := t.tx.Exec(ctx, `INSERT INTO checkpoints (projection, partition, sequence) VALUES ($1, $2, $3)
+			ON CONFLICT (projection, partition) DO UPDATE SET sequence = excluded.sequence WHERE checkpoints.sequence = 0`,
+			projection, partition, to)
+		if err != nil {
+			return translate(err)
+		}
+		tag = ct.RowsAffected()
+	} else {
+		ct, err := t.tx.Exec(ctx, `UPDATE checkpoints SET sequence = $4
+			WHERE projection = $1 AND partition = $2 AND sequence = $3`, projection, partition, from, to)
+		if err != nil {
+			return translate(err)
+		}
+		tag = ct.RowsAffected()
+	}
+	if tag != 1 {
+		return fmt.Errorf("%s/%d expected at %d: %w", projection, partition, from, store.ErrCheckpointMoved)
+	}
+	return nil
+}
+
+// DeleteCheckpoints implements store.Tx.
+func (t *tx) DeleteCheckpoints(ctx context.Context, projection string) error {
+	_, err := t.tx.Exec(ctx, "DELETE FROM checkpoints WHERE projection = $1", projection)
+	return translate(err)
+}
+
+// ClaimCommand implements store.Tx.
+func (t *tx) ClaimCommand(ctx context.Context, id string) (bool, error) {
+	ct, err := t.tx.Exec(ctx, "INSERT INTO commands (command_id) VALUES ($1) ON CONFLICT DO NOTHING", id)
+	if err != nil {
+		return false, translate(err)
+	}
+	return ct.RowsAffected() == 1, nil
+}
+
+// CommandReply implements store.Tx.
+func (t *tx) CommandReply(ctx context.Context, id string) ([]byte, error) {
+	var reply []byte
+	err := t.tx.QueryRow(ctx, "SELECT reply FROM commands WHERE command_id = $1 AND reply IS NOT NULL", id).Scan(&reply)
+	return reply, translate(err)
+}
+
+// CompleteCommand implements store.Tx.
+func (t *tx) CompleteCommand(ctx context.Context, id string, sequence int64, reply []byte) error {
+	_, err := t.tx.Exec(ctx, "UPDATE commands SET sequence = $2, reply = $3 WHERE command_id = $1", id, sequence, reply)
+	return translate(err)
+}
+
+// ReleaseCommand implements store.Tx.
+func (t *tx) ReleaseCommand(ctx context.Context, id string) error {
+	_, err := t.tx.Exec(ctx, "DELETE FROM commands WHERE command_id = $1 AND reply IS NULL", id)
+	return translate(err)
+}
+
+// ClaimPackage implements store.Tx.
+func (t *tx) ClaimPackage(ctx context.Context, id, name, version string) (bool, error) {
+	ct, err := t.tx.Exec(ctx, `INSERT INTO package_index (package_id, name, version, status) VALUES ($1, $2, $3, 'open')
+		ON CONFLICT DO NOTHING`, id, name, version)
+	if err != nil {
+		return false, translate(err)
+	}
+	return ct.RowsAffected() == 1, nil
+}
+
+// FinalizePackage implements store.Tx.
+func (t *tx) FinalizePackage(ctx context.Context, id string) (bool, error) {
+	ct, err := t.tx.Exec(ctx, "UPDATE package_index SET status = 'finalized' WHERE package_id = $1 AND status = 'open'", id)
+	if err != nil {
+		return false, translate(err)
+	}
+	if ct.RowsAffected() == 1 {
+		return true, nil
+	}
+	var status string
+	if err := t.tx.QueryRow(ctx, "SELECT status FROM package_index WHERE package_id = $1", id).Scan(&status); err != nil {
+		return false, translate(err)
+	}
+	return false, nil
+}
+
+// GetPackage implements store.ViewTx.
+func (t *tx) GetPackage(ctx context.Context, id string) (store.Package, error) {
+	var p store.Package
+	var digest []byte
+	err := t.tx.QueryRow(ctx, `SELECT package_id, name, version, status, created_by, created_at,
+		coalesce(finalized_by, ''), finalized_at, manifest_digest, created_sequence, last_sequence
+		FROM artifact_packages WHERE package_id = $1`, id).Scan(&p.ID, &p.Name, &p.Version, &p.Status,
+		&p.CreatedBy, &p.CreatedAt, &p.FinalizedBy, &p.FinalizedAt, &digest, &p.CreatedSequence, &p.LastSequence)
+	if err != nil {
+		return store.Package{}, translate(err)
+	}
+	normalisePackage(&p, digest)
+	return p, nil
+}
+
+// PutPackage implements store.ViewTx.
+func (t *tx) PutPackage(ctx context.Context, p store.Package) error {
+	var digest []byte
+	if p.ManifestDigest != nil {
+		digest = p.ManifestDigest[:]
+	}
+	var finalizedBy *string
+	if p.FinalizedBy != "" {
+		finalizedBy = &p.FinalizedBy
+	}
+	_, err := t.tx.Exec(ctx, `INSERT INTO artifact_packages (package_id, name, version, status, created_by, created_at,
+		finalized_by, finalized_at, manifest_digest, created_sequence, last_sequence)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+		ON CONFLICT (package_id) DO UPDATE SET name = excluded.name, version = excluded.version, status = excluded.status,
+			created_by = excluded.created_by, created_at = excluded.created_at, finalized_by = excluded.finalized_by,
+			finalized_at = excluded.finalized_at, manifest_digest = excluded.manifest_digest,
+			created_sequence = excluded.created_sequence, last_sequence = excluded.last_sequence`,
+		p.ID, p.Name, p.Version, p.Status, p.CreatedBy, p.CreatedAt, finalizedBy, p.FinalizedAt, digest,
+		p.CreatedSequence, p.LastSequence)
+	return translate(err)
+}
+
+// GetRetention implements store.ViewTx.
+func (t *tx) GetRetention(ctx context.Context, packageID string) (store.Retention, error) {
+	var r store.Retention
+	err := t.tx.QueryRow(ctx, `SELECT package_id, policy, keep_days, expires_at, last_sequence
+		FROM retention_state WHERE package_id = $1`, packageID).Scan(&r.PackageID, &r.Policy, &r.KeepDays, &r.ExpiresAt, &r.LastSequence)
+	if err != nil {
+		return store.Retention{}, translate(err)
+	}
+	r.ExpiresAt = utcPtr(r.ExpiresAt)
+	return r, nil
+}
+
+// PutRetention implements store.ViewTx.
+func (t *tx) PutRetention(ctx context.Context, r store.Retention) error {
+	_, err := t.tx.Exec(ctx, `INSERT INTO retention_state (package_id, policy, keep_days, expires_at, last_sequence)
+		VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (package_id) DO UPDATE SET policy = excluded.policy, keep_days = excluded.keep_days,
+			expires_at = excluded.expires_at, last_sequence = excluded.last_sequence`,
+		r.PackageID, r.Policy, r.KeepDays, r.ExpiresAt, r.LastSequence)
+	return translate(err)
+}

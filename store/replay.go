@@ -1,0 +1,166 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"iter"
+	"time"
+)
+
+// DefaultBatch is the page size Tail, Replay and All read the log in.
+const DefaultBatch = 1000
+
+// ReplayOptions configures Replay.
+type ReplayOptions struct {
+	// Reset empties the views (and the projection's checkpoints) first.
+	Reset bool
+	// Projection names the checkpoint row Replay writes (partition 0);
+	// "registry" when empty.
+	Projection string
+	// UpTo stops after this sequence (0: the whole log as of the start).
+	UpTo int64
+	// Progress, when set, is called after each page with the sequence
+	// applied so far and the target sequence.
+	Progress func(applied, target int64)
+}
+
+// Replay drains the log through w inside one transaction and records the
+// highest applied sequence as the projection's checkpoint. It returns that
+// sequence. The replay sees one snapshot of the log: events committed while
+// it runs are left for the next run. On error nothing is changed.
+func Replay(ctx context.Context, db DB, w ViewWriter, opts ReplayOptions) (int64, error) {
+	if opts.Projection == "" {
+		opts.Projection = "registry"
+	}
+	target := opts.UpTo
+	if target == 0 {
+		head, err := db.Head(ctx)
+		if err != nil {
+			return 0, fmt.Errorf("store: replay: reading head: %w", err)
+		}
+		target = head
+	}
+	var applied int64
+	err := db.InTx(ctx, func(tx Tx) error {
+		applied = 0
+		if opts.Reset {
+			if err := w.Reset(ctx, tx); err != nil {
+				return fmt.Errorf("resetting views: %w", err)
+			}
+			if err := tx.DeleteCheckpoints(ctx, opts.Projection); err != nil {
+				return err
+			}
+		}
+		from, err := tx.Checkpoint(ctx, opts.Projection, 0)
+		if err != nil {
+			return err
+		}
+		applied = from
+		for applied < target {
+			batch, err := db.Fetch(ctx, applied, min(DefaultBatch, int(target-applied)))
+			if err != nil {
+				return err
+			}
+			if len(batch) == 0 {
+				break
+			}
+			for _, e := range batch {
+				if err := w.Apply(ctx, tx, e); err != nil {
+					return err
+				}
+				applied = e.Sequence
+			}
+			if opts.Progress != nil {
+				opts.Progress(applied, target)
+			}
+		}
+		if applied == from {
+			return nil
+		}
+		return tx.AdvanceCheckpoint(ctx, opts.Projection, 0, from, applied)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("store: replay: %w", err)
+	}
+	return applied, nil
+}
+
+// TailOptions configures Tail.
+type TailOptions struct {
+	// Batch is the page size (DefaultBatch when 0).
+	Batch int
+	// Poll is the longest wait between reads when no wake-up arrives
+	// (500ms when 0).
+	Poll time.Duration
+}
+
+// Tail follows the log from the cursor after: it yields every event with a
+// larger sequence in order, then waits for more. It ends cleanly (no error)
+// when the consumer stops ranging or ctx is cancelled; a read error is
+// yielded once and ends it.
+func Tail(ctx context.Context, db DB, after int64, opts TailOptions) iter.Seq2[Event, error] {
+	if opts.Batch <= 0 {
+		opts.Batch = DefaultBatch
+	}
+	if opts.Poll <= 0 {
+		opts.Poll = 500 * time.Millisecond
+	}
+	return func(yield func(Event, error) bool) {
+		cursor := after
+		timer := time.NewTimer(opts.Poll)
+		defer timer.Stop()
+		for ctx.Err() == nil {
+			signal := db.AppendSignal()
+			batch, err := db.Fetch(ctx, cursor, opts.Batch)
+			if err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				yield(Event{}, err)
+				return
+			}
+			for _, e := range batch {
+				if !yield(e, nil) {
+					return
+				}
+				cursor = e.Sequence
+			}
+			if len(batch) < opts.Batch {
+				timer.Reset(opts.Poll)
+				select {
+				case <-signal:
+				case <-timer.C:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}
+}
+
+// All yields every event with sequence > after that is committed when the
+// iteration reaches it, page by page, then ends.
+func All(ctx context.Context, db DB, after int64, batch int) iter.Seq2[Event, error] {
+	if batch <= 0 {
+		batch = DefaultBatch
+	}
+	return func(yield func(Event, error) bool) {
+		cursor := after
+		for {
+			page, err := db.Fetch(ctx, cursor, batch)
+			if err != nil {
+				yield(Event{}, err)
+				return
+			}
+			for _, e := range page {
+				if !yield(e, nil) {
+					return
+				}
+				cursor = e.Sequence
+			}
+			if len(page) < batch {
+				return
+			}
+		}
+	}
+}

@@ -1,0 +1,216 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+
+	"github.com/artifactstore/artifactstore/store"
+)
+
+type tx struct {
+	db       *DB
+	tx       *sql.Tx
+	appended bool
+}
+
+// Append implements store.Tx. The transaction already holds SQLite's write
+// lock (BEGIN IMMEDIATE); the log_head row gives the sequences and a
+// created_at that never decreases.
+func (t *tx) Append(ctx context.Context, events ...store.Event) ([]store.Event, error) {
+	if len(events) == 0 {
+		return nil, nil
+	}
+	for i := range events {
+		if err := events[i].Validate(t.db.cfg.MaxPayload); err != nil {
+			return nil, fmt.Errorf("event %d: %w", i, err)
+		}
+	}
+	n := len(events)
+	var head, at int64
+	err := t.tx.QueryRowContext(ctx, `UPDATE log_head SET sequence = sequence + ?, created_at = max(?, created_at)
+		RETURNING sequence, created_at`, n, micros(time.Now())).Scan(&head, &at)
+	if err != nil {
+		return nil, fmt.Errorf("appending %d events: %w", n, translate(err))
+	}
+	stmt, err := t.tx.PrepareContext(ctx, "INSERT INTO events ("+eventColumns+") VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+	if err != nil {
+		return nil, translate(err)
+	}
+	defer stmt.Close()
+	out := make([]store.Event, n)
+	for i, e := range events {
+		e.Sequence = head - int64(n) + int64(i) + 1
+		e.CreatedAt = fromMicros(at)
+		if _, err := stmt.ExecContext(ctx, e.Sequence, e.Type, e.SubjectKind, e.SubjectID, e.Actor, e.Payload,
+			e.PayloadDigest[:], at); err != nil {
+			return nil, fmt.Errorf("appending event %d: %w", i, translate(err))
+		}
+		out[i] = e
+	}
+	t.appended = true
+	return out, nil
+}
+
+// ResetViews implements store.Tx.
+func (t *tx) ResetViews(ctx context.Context) error {
+	if _, err := t.tx.ExecContext(ctx, "DELETE FROM artifact_packages"); err != nil {
+		return translate(err)
+	}
+	_, err := t.tx.ExecContext(ctx, "DELETE FROM retention_state")
+	return translate(err)
+}
+
+// Checkpoint implements store.Tx.
+func (t *tx) Checkpoint(ctx context.Context, projection string, partition int) (int64, error) {
+	var seq int64
+	err := t.tx.QueryRowContext(ctx, "SELECT sequence FROM checkpoints WHERE projection = ? AND partition = ?",
+		projection, partition).Scan(&seq)
+	if err == sql.ErrNoRows {
+		return 0, nil
+	}
+	return seq, translate(err)
+}
+
+// AdvanceCheckpoint implements store.Tx.
+func (t *tx) AdvanceCheckpoint(ctx context.Context, projection string, partition int, from, to int64) error {
+	var res sql.Result
+	var err error
+	if from == 0 {
+		res, err = t.tx.ExecContext(ctx, `INSERT INTO checkpoints (projection, partition, sequence) VALUES (?, ?, ?)
+			ON CONFLICT (projection, partition) DO UPDATE SET sequence = excluded.sequence WHERE checkpoints.sequence = 0`,
+			projection, partition, to)
+	} else {
+		res, err = t.tx.ExecContext(ctx, `UPDATE checkpoints SET sequence = ?
+			WHERE projection = ? AND partition = ? AND sequence = ?`, to, projection, partition, from)
+	}
+	if err != nil {
+		return translate(err)
+	}
+	if n, _ := res.RowsAffected(); n != 1 {
+		return fmt.Errorf("%s/%d expected at %d: %w", projection, partition, from, store.ErrCheckpointMoved)
+	}
+	return nil
+}
+
+// DeleteCheckpoints implements store.Tx.
+func (t *tx) DeleteCheckpoints(ctx context.Context, projection string) error {
+	_, err := t.tx.ExecContext(ctx, "DELETE FROM checkpoints WHERE projection = ?", projection)
+	return translate(err)
+}
+
+// ClaimCommand implements store.Tx.
+func (t *tx) ClaimCommand(ctx context.Context, id string) (bool, error) {
+	res, err := t.tx.ExecContext(ctx, "INSERT INTO commands (command_id) VALUES (?) ON CONFLICT DO NOTHING", id)
+	if err != nil {
+		return false, translate(err)
+	}
+	n, _ := res.RowsAffected()
+	return n == 1, nil
+}
+
+// CommandReply implements store.Tx.
+func (t *tx) CommandReply(ctx context.Context, id string) ([]byte, error) {
+	var reply []byte
+	err := t.tx.QueryRowContext(ctx, "SELECT reply FROM commands WHERE command_id = ? AND reply IS NOT NULL", id).Scan(&reply)
+	return reply, translate(err)
+}
+
+// CompleteCommand implements store.Tx.
+func (t *tx) CompleteCommand(ctx context.Context, id string, sequence int64, reply []byte) error {
+	_, err := t.tx.ExecContext(ctx, "UPDATE commands SET sequence = ?, reply = ? WHERE command_id = ?", sequence, reply, id)
+	return translate(err)
+}
+
+// ReleaseCommand implements store.Tx.
+func (t *tx) ReleaseCommand(ctx context.Context, id string) error {
+	_, err := t.tx.ExecContext(ctx, "DELETE FROM commands WHERE command_id = ? AND reply IS NULL", id)
+	return translate(err)
+}
+
+// ClaimPackage implements store.Tx.
+func (t *tx) ClaimPackage(ctx context.Context, id, name, version string) (bool, error) {
+	res, err := t.tx.ExecContext(ctx, `INSERT INTO package_index (package_id, name, version, status) VALUES (?, ?, ?, 'open')
+		ON CONFLICT DO NOTHING`, id, name, version)
+	if err != nil {
+		return false, translate(err)
+	}
+	n, _ := res.RowsAffected()
+	return n == 1, nil
+}
+
+// FinalizePackage implements store.Tx.
+func (t *tx) FinalizePackage(ctx context.Context, id string) (bool, error) {
+	res, err := t.tx.ExecContext(ctx, "UPDATE package_index SET status = 'finalized' WHERE package_id = ? AND status = 'open'", id)
+	if err != nil {
+		return false, translate(err)
+	}
+	if n, _ := res.RowsAffected(); n == 1 {
+		return true, nil
+	}
+	var status string
+	if err := t.tx.QueryRowContext(ctx, "SELECT status FROM package_index WHERE package_id = ?", id).Scan(&status); err != nil {
+		return false, translate(err)
+	}
+	return false, nil
+}
+
+// GetPackage implements store.ViewTx.
+func (t *tx) GetPackage(ctx context.Context, id string) (store.Package, error) {
+	var p store.Package
+	var digest []byte
+	var created int64
+	var finalized sql.NullInt64
+	err := t.tx.QueryRowContext(ctx, `SELECT package_id, name, version, status, created_by, created_at,
+		coalesce(finalized_by, ''), finalized_at, manifest_digest, created_sequence, last_sequence
+		FROM artifact_packages WHERE package_id = ?`, id).Scan(&p.ID, &p.Name, &p.Version, &p.Status,
+		&p.CreatedBy, &created, &p.FinalizedBy, &finalized, &digest, &p.CreatedSequence, &p.LastSequence)
+	if err != nil {
+		return store.Package{}, translate(err)
+	}
+	fillPackage(&p, created, finalized, digest)
+	return p, nil
+}
+
+// PutPackage implements store.ViewTx.
+func (t *tx) PutPackage(ctx context.Context, p store.Package) error {
+	var digest []byte
+	if p.ManifestDigest != nil {
+		digest = p.ManifestDigest[:]
+	}
+	finalizedBy := sql.NullString{String: p.FinalizedBy, Valid: p.FinalizedBy != ""}
+	_, err := t.tx.ExecContext(ctx, `INSERT INTO artifact_packages (package_id, name, version, status, created_by, created_at,
+		finalized_by, finalized_at, manifest_digest, created_sequence, last_sequence)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (package_id) DO UPDATE SET name = excluded.name, version = excluded.version, status = excluded.status,
+			created_by = excluded.created_by, created_at = excluded.created_at, finalized_by = excluded.finalized_by,
+			finalized_at = excluded.finalized_at, manifest_digest = excluded.manifest_digest,
+			created_sequence = excluded.created_sequence, last_sequence = excluded.last_sequence`,
+		p.ID, p.Name, p.Version, p.Status, p.CreatedBy, micros(p.CreatedAt), finalizedBy, nullMicros(p.FinalizedAt), digest,
+		p.CreatedSequence, p.LastSequence)
+	return translate(err)
+}
+
+// GetRetention implements store.ViewTx.
+func (t *tx) GetRetention(ctx context.Context, packageID string) (store.Retention, error) {
+	var r store.Retention
+	var expires sql.NullInt64
+	err := t.tx.QueryRowContext(ctx, `SELECT package_id, policy, keep_days, expires_at, last_sequence
+		FROM retention_state WHERE package_id = ?`, packageID).Scan(&r.PackageID, &r.Policy, &r.KeepDays, &expires, &r.LastSequence)
+	if err != nil {
+		return store.Retention{}, translate(err)
+	}
+	r.ExpiresAt = nullTime(expires)
+	return r, nil
+}
+
+// PutRetention implements store.ViewTx.
+func (t *tx) PutRetention(ctx context.Context, r store.Retention) error {
+	_, err := t.tx.ExecContext(ctx, `INSERT INTO retention_state (package_id, policy, keep_days, expires_at, last_sequence)
+		VALUES (?, ?, ?, ?, ?)
+		ON CONFLICT (package_id) DO UPDATE SET policy = excluded.policy, keep_days = excluded.keep_days,
+			expires_at = excluded.expires_at, last_sequence = excluded.last_sequence`,
+		r.PackageID, r.Policy, r.KeepDays, nullMicros(r.ExpiresAt), r.LastSequence)
+	return translate(err)
+}
