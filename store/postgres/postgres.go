@@ -462,7 +462,7 @@ func translate(err error) error {
 	if errors.As(err, &pgErr) {
 		switch {
 		case pgErr.Code == "40001", pgErr.Code == "40P01", // serialization failure, deadlock
-			strings.HasPrefix(pgErr.Code, "08"),             // connection exception
+			strings.HasPrefix(pgErr.Code, "08"),                                 // connection exception
 			pgErr.Code == "57P01", pgErr.Code == "57P02", pgErr.Code == "57P03", // shutdown, cannot connect now
 			pgErr.Code == "53300": // too many connections
 			return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
