@@ -1,0 +1,68 @@
+package ingest
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Outcome label values of artifactstore_ingest_requests_total besides the
+// error codes.
+const (
+	outcomeOK        = "ok"
+	outcomeDuplicate = "duplicate"
+)
+
+type metrics struct {
+	requests     *prometheus.CounterVec
+	batchSize    prometheus.Histogram
+	commit       prometheus.Histogram
+	retries      prometheus.Counter
+	appended     prometheus.Counter
+	pendingGauge prometheus.GaugeFunc
+}
+
+func newMetrics(reg prometheus.Registerer, pending func() float64) (*metrics, error) {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "artifactstore", Subsystem: "ingest", Name: "requests_total",
+			Help: "Requests answered, by endpoint (create, finalize, get, list) and outcome (ok, duplicate or an error code).",
+		}, []string{"endpoint", "outcome"}),
+		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "artifactstore", Subsystem: "ingest", Name: "batch_size",
+			Help:    "Commands per group-commit transaction.",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024},
+		}),
+		commit: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "artifactstore", Subsystem: "ingest", Name: "commit_seconds",
+			Help:    "Latency of one group-commit transaction, retries included.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
+		retries: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "artifactstore", Subsystem: "ingest", Name: "batch_retries_total",
+			Help: "Batches retried after a temporary database error.",
+		}),
+		appended: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "artifactstore", Subsystem: "ingest", Name: "events_appended_total",
+			Help: "Events appended to the log by this instance.",
+		}),
+		pendingGauge: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "artifactstore", Subsystem: "ingest", Name: "pending_commands",
+			Help: "Decoded commands waiting for a batch.",
+		}, pending),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.batchSize, m.commit, m.retries, m.appended, m.pendingGauge} {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if errors.As(err, &are) {
+				return nil, fmt.Errorf("ingest: registering metrics: %w (one Registerer per service)", err)
+			}
+			return nil, fmt.Errorf("ingest: registering metrics: %w", err)
+		}
+	}
+	return m, nil
+}
