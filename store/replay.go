@@ -7,6 +7,9 @@ import (
 	"time"
 )
 
+// replayFlushRows bounds the rows Replay buffers before a bulk write.
+const replayFlushRows = 20000
+
 // DefaultBatch is the page size Tail, Replay and All read the log in.
 const DefaultBatch = 1000
 
@@ -56,6 +59,7 @@ func Replay(ctx context.Context, db DB, w ViewWriter, opts ReplayOptions) (int64
 			return err
 		}
 		applied = from
+		views := NewBufferedViews(tx, opts.Reset)
 		for applied < target {
 			batch, err := db.Fetch(ctx, applied, min(DefaultBatch, int(target-applied)))
 			if err != nil {
@@ -65,14 +69,22 @@ func Replay(ctx context.Context, db DB, w ViewWriter, opts ReplayOptions) (int64
 				break
 			}
 			for _, e := range batch {
-				if err := w.Apply(ctx, tx, e); err != nil {
+				if err := w.Apply(ctx, views, e); err != nil {
 					return err
 				}
 				applied = e.Sequence
 			}
+			if views.Pending() >= replayFlushRows {
+				if err := views.Flush(ctx); err != nil {
+					return err
+				}
+			}
 			if opts.Progress != nil {
 				opts.Progress(applied, target)
 			}
+		}
+		if err := views.Flush(ctx); err != nil {
+			return err
 		}
 		if applied == from {
 			return nil

@@ -59,6 +59,10 @@ type Tx interface {
 	Append(ctx context.Context, events ...Event) ([]Event, error)
 	// ResetViews deletes every row of the registry views.
 	ResetViews(ctx context.Context) error
+	// PutPackages upserts many package rows in bulk.
+	PutPackages(ctx context.Context, ps []Package) error
+	// PutRetentions upserts many retention rows in bulk.
+	PutRetentions(ctx context.Context, rs []Retention) error
 
 	// Checkpoint returns the sequence a projection's partition has applied
 	// up to (0 when it has none).

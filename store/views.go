@@ -93,8 +93,9 @@ func RegistryHandlers() *Handlers {
 type ViewWriter interface {
 	// Reset empties the views the writer maintains.
 	Reset(ctx context.Context, tx Tx) error
-	// Apply applies one event.
-	Apply(ctx context.Context, tx Tx, e Event) error
+	// Apply applies one event to tx (a transaction, or a BufferedViews
+	// over one).
+	Apply(ctx context.Context, tx ViewTx, e Event) error
 }
 
 // RegistryViews is the ViewWriter of the registry views.
@@ -107,7 +108,7 @@ type RegistryViews struct {
 func (v RegistryViews) Reset(ctx context.Context, tx Tx) error { return tx.ResetViews(ctx) }
 
 // Apply implements ViewWriter.
-func (v RegistryViews) Apply(ctx context.Context, tx Tx, e Event) error {
+func (v RegistryViews) Apply(ctx context.Context, tx ViewTx, e Event) error {
 	h := v.Handlers
 	if h == nil {
 		h = defaultHandlers

@@ -119,7 +119,12 @@ func (db *DB) ensureSchema(ctx context.Context) error {
 	if db.cfg.Schema == "" {
 		return nil
 	}
-	if _, err := db.pool.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+pgx.Identifier{db.cfg.Schema}.Sanitize()); err != nil {
+	_, err := db.pool.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+pgx.Identifier{db.cfg.Schema}.Sanitize())
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "23505" {
+		return nil // a concurrent migrator created it first
+	}
+	if err != nil {
 		return fmt.Errorf("postgres: creating schema: %w", translate(err))
 	}
 	return nil

@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -221,4 +222,64 @@ func (t *tx) PutRetention(ctx context.Context, r store.Retention) error {
 			expires_at = excluded.expires_at, last_sequence = excluded.last_sequence`,
 		r.PackageID, r.Policy, r.KeepDays, r.ExpiresAt, r.LastSequence)
 	return translate(err)
+}
+
+// PutPackages implements store.Tx with one multi-row upsert per chunk.
+func (t *tx) PutPackages(ctx context.Context, ps []store.Package) error {
+	for chunk := range slices.Chunk(ps, 5000) {
+		n := len(chunk)
+		ids, names, versions, statuses, createdBy := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		createdAt := make([]time.Time, n)
+		finalizedBy := make([]*string, n)
+		finalizedAt := make([]*time.Time, n)
+		digests := make([][]byte, n)
+		createdSeq, lastSeq := make([]int64, n), make([]int64, n)
+		for i, p := range chunk {
+			ids[i], names[i], versions[i], statuses[i], createdBy[i] = p.ID, p.Name, p.Version, p.Status, p.CreatedBy
+			createdAt[i], finalizedAt[i] = p.CreatedAt, p.FinalizedAt
+			if p.FinalizedBy != "" {
+				finalizedBy[i] = &chunk[i].FinalizedBy
+			}
+			if p.ManifestDigest != nil {
+				digests[i] = p.ManifestDigest[:]
+			}
+			createdSeq[i], lastSeq[i] = p.CreatedSequence, p.LastSequence
+		}
+		_, err := t.tx.Exec(ctx, `INSERT INTO artifact_packages (package_id, name, version, status, created_by, created_at,
+			finalized_by, finalized_at, manifest_digest, created_sequence, last_sequence)
+			SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+				$7::text[], $8::timestamptz[], $9::bytea[], $10::bigint[], $11::bigint[])
+			ON CONFLICT (package_id) DO UPDATE SET name = excluded.name, version = excluded.version, status = excluded.status,
+				created_by = excluded.created_by, created_at = excluded.created_at, finalized_by = excluded.finalized_by,
+				finalized_at = excluded.finalized_at, manifest_digest = excluded.manifest_digest,
+				created_sequence = excluded.created_sequence, last_sequence = excluded.last_sequence`,
+			ids, names, versions, statuses, createdBy, createdAt, finalizedBy, finalizedAt, digests, createdSeq, lastSeq)
+		if err != nil {
+			return translate(err)
+		}
+	}
+	return nil
+}
+
+// PutRetentions implements store.Tx with one multi-row upsert per chunk.
+func (t *tx) PutRetentions(ctx context.Context, rs []store.Retention) error {
+	for chunk := range slices.Chunk(rs, 5000) {
+		n := len(chunk)
+		ids, policies := make([]string, n), make([]string, n)
+		keepDays := make([]int32, n)
+		expires := make([]*time.Time, n)
+		lastSeq := make([]int64, n)
+		for i, r := range chunk {
+			ids[i], policies[i], keepDays[i], expires[i], lastSeq[i] = r.PackageID, r.Policy, int32(r.KeepDays), r.ExpiresAt, r.LastSequence
+		}
+		_, err := t.tx.Exec(ctx, `INSERT INTO retention_state (package_id, policy, keep_days, expires_at, last_sequence)
+			SELECT * FROM unnest($1::text[], $2::text[], $3::integer[], $4::timestamptz[], $5::bigint[])
+			ON CONFLICT (package_id) DO UPDATE SET policy = excluded.policy, keep_days = excluded.keep_days,
+				expires_at = excluded.expires_at, last_sequence = excluded.last_sequence`,
+			ids, policies, keepDays, expires, lastSeq)
+		if err != nil {
+			return translate(err)
+		}
+	}
+	return nil
 }

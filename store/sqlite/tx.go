@@ -214,3 +214,24 @@ func (t *tx) PutRetention(ctx context.Context, r store.Retention) error {
 		r.PackageID, r.Policy, r.KeepDays, nullMicros(r.ExpiresAt), r.LastSequence)
 	return translate(err)
 }
+
+// PutPackages implements store.Tx; SQLite runs in-process, so a prepared
+// statement per row is as fast as a multi-row one.
+func (t *tx) PutPackages(ctx context.Context, ps []store.Package) error {
+	for _, p := range ps {
+		if err := t.PutPackage(ctx, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// PutRetentions implements store.Tx.
+func (t *tx) PutRetentions(ctx context.Context, rs []store.Retention) error {
+	for _, r := range rs {
+		if err := t.PutRetention(ctx, r); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,40 @@
+# artifactstore — run `make help` for the targets.
+GO        ?= go
+PKGS      ?= ./...
+STATICCHECK_VERSION ?= v0.8.2
+BENCHTIME ?= 1x
+
+.PHONY: help run test bench lint fuzz migrate-fresh tidy build
+
+help: ## show this help
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+run: ## run everything on embedded defaults (in-process NATS on 127.0.0.1:4222, SQLite in ./data)
+	$(GO) run ./cmd/artifactstore dev
+
+build: ## build bin/artifactstore
+	$(GO) build -o bin/artifactstore ./cmd/artifactstore
+
+test: ## run the tests with -race (PostgreSQL: $$ARTIFACTSTORE_TEST_DATABASE_URL, else 127.0.0.1:5432, else a throwaway cluster)
+	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+
+bench: ## run the benchmarks (each prints its raw baseline and the ratio)
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -timeout 60m $(PKGS)
+
+fuzz: ## run each fuzz target briefly (FUZZTIME, default 10s)
+	@$(GO) list -f '{{.ImportPath}} {{.Dir}}' $(PKGS) | while read pkg dir; do \
+		for f in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go 2>/dev/null | sed 's/func //'); do \
+			echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-10s} $$pkg || exit 1; \
+		done; \
+	done
+
+lint: ## gofmt, go vet and staticcheck
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
+	$(GO) vet $(PKGS)
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) $(PKGS)
+
+migrate-fresh: ## drop and recreate the schema at ARTIFACTSTORE_DATABASE_URL (default ./data/artifactstore.db)
+	$(GO) run ./cmd/artifactstore migrate fresh --yes
+
+tidy: ## go mod tidy
+	$(GO) mod tidy

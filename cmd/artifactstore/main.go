@@ -1,0 +1,91 @@
+// Command artifactstore is the event backbone of an artifact registry: one
+// binary whose subcommands run the ingest, relay and projector services,
+// all of them at once on embedded defaults (dev), schema management, replay,
+// status and a NATS client. Every flag also reads an ARTIFACTSTORE_*
+// environment variable. See the README and DESIGN.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/alecthomas/kong"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"golang.org/x/term"
+)
+
+type globals struct {
+	DatabaseURL string `name:"database-url" env:"ARTIFACTSTORE_DATABASE_URL" default:"./data/artifactstore.db" help:"postgres:// URL, or a SQLite file path."`
+	NATSURL     string `name:"nats-url" env:"ARTIFACTSTORE_NATS_URL" default:"nats://127.0.0.1:4222" help:"NATS server URL(s), comma-separated."`
+	LogLevel    string `name:"log-level" env:"ARTIFACTSTORE_LOG_LEVEL" default:"info" enum:"debug,info,warn,error" help:"Log level (debug, info, warn, error)."`
+	LogFormat   string `name:"log-format" env:"ARTIFACTSTORE_LOG_FORMAT" default:"auto" enum:"auto,console,json" help:"Log format: console, json, or auto (console on a terminal)."`
+
+	log *zap.Logger
+}
+
+type cli struct {
+	globals
+
+	Dev     devCmd     `cmd:"" help:"Run everything in one process on embedded defaults (in-process NATS, SQLite)."`
+	Migrate migrateCmd `cmd:"" help:"Schema management."`
+	Replay  replayCmd  `cmd:"" help:"Rebuild the views from the log in one transaction."`
+}
+
+func main() {
+	var c cli
+	k := kong.Parse(&c,
+		kong.Name("artifactstore"),
+		kong.Description("The event backbone of an artifact registry."),
+		kong.UsageOnError(),
+		kong.Bind(&c.globals),
+	)
+	log, err := newLogger(c.LogLevel, c.LogFormat)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "artifactstore:", err)
+		os.Exit(2)
+	}
+	c.log = log
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	k.BindTo(ctx, (*context.Context)(nil))
+	err = k.Run()
+	stop()
+	_ = log.Sync()
+	if err != nil {
+		var ec exitCoder
+		fmt.Fprintln(os.Stderr, "artifactstore:", err)
+		if errors.As(err, &ec) {
+			os.Exit(ec.ExitCode())
+		}
+		os.Exit(1)
+	}
+}
+
+// exitCoder lets an error choose the process exit code.
+type exitCoder interface{ ExitCode() int }
+
+func newLogger(level, format string) (*zap.Logger, error) {
+	var lvl zapcore.Level
+	if err := lvl.Set(level); err != nil {
+		return nil, err
+	}
+	if format == "auto" {
+		format = "json"
+		if term.IsTerminal(int(os.Stderr.Fd())) {
+			format = "console"
+		}
+	}
+	cfg := zap.NewProductionConfig()
+	cfg.Level = zap.NewAtomicLevelAt(lvl)
+	cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	cfg.Sampling = nil
+	if format == "console" {
+		cfg.Encoding = "console"
+		cfg.EncoderConfig.EncodeLevel = zapcore.CapitalColorLevelEncoder
+	}
+	return cfg.Build()
+}
