@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"iter"
+	"slices"
 	"time"
 )
 
@@ -25,10 +26,21 @@ type ReplayOptions struct {
 	// Progress, when set, is called after each page with the sequence
 	// applied so far and the target sequence.
 	Progress func(applied, target int64)
+	// Partitions is how many partition checkpoints (0..Partitions-1) the
+	// projection keeps, as partitioned projectors do. Replay advances every
+	// one of them to the sequence it reached, so projectors resume exactly
+	// after the replay. 0 keeps the projection's current partitioning (as
+	// many partitions as it has checkpoint rows for, at least 1).
+	Partitions int
+	// PartitionOf maps an event to its partition. It is needed only for a
+	// replay without Reset whose partitions' checkpoints differ: each event
+	// is then applied only if it is above its own partition's checkpoint.
+	PartitionOf func(Event) int
 }
 
 // Replay drains the log through w inside one transaction and records the
-// highest applied sequence as the projection's checkpoint. It returns that
+// highest applied sequence as the projection's checkpoint (every partition's,
+// see ReplayOptions.Partitions). It returns that
 // sequence. The replay sees one snapshot of the log: events committed while
 // it runs are left for the next run. On error nothing is changed.
 func Replay(ctx context.Context, db DB, w ViewWriter, opts ReplayOptions) (int64, error) {
@@ -43,6 +55,19 @@ func Replay(ctx context.Context, db DB, w ViewWriter, opts ReplayOptions) (int64
 		}
 		target = head
 	}
+	parts := opts.Partitions
+	if parts <= 0 {
+		cps, err := db.Checkpoints(ctx)
+		if err != nil {
+			return 0, fmt.Errorf("store: replay: reading checkpoints: %w", err)
+		}
+		parts = 1
+		for _, c := range cps {
+			if c.Projection == opts.Projection {
+				parts = max(parts, c.Partition+1)
+			}
+		}
+	}
 	var applied int64
 	err := db.InTx(ctx, func(tx Tx) error {
 		applied = 0
@@ -54,12 +79,21 @@ func Replay(ctx context.Context, db DB, w ViewWriter, opts ReplayOptions) (int64
 				return err
 			}
 		}
-		from, err := tx.Checkpoint(ctx, opts.Projection, 0)
-		if err != nil {
-			return err
+		cps := make([]int64, parts)
+		uniform := true
+		for p := range cps {
+			cp, err := tx.Checkpoint(ctx, opts.Projection, p)
+			if err != nil {
+				return err
+			}
+			cps[p] = cp
+			uniform = uniform && cp == cps[0]
 		}
+		if !uniform && opts.PartitionOf == nil {
+			return fmt.Errorf("the %d partition checkpoints of %s differ (%v): replay with Reset, or set PartitionOf", parts, opts.Projection, cps)
+		}
+		from := slices.Min(cps)
 		applied = from
-		views := NewBufferedViews(tx, opts.Reset)
 		for applied < target {
 			batch, err := db.Fetch(ctx, applied, min(DefaultBatch, int(target-applied)))
 			if err != nil {
@@ -69,27 +103,33 @@ func Replay(ctx context.Context, db DB, w ViewWriter, opts ReplayOptions) (int64
 				break
 			}
 			for _, e := range batch {
-				if err := w.Apply(ctx, views, e); err != nil {
-					return err
+				apply := uniform
+				if !uniform {
+					p := opts.PartitionOf(e)
+					if p < 0 || p >= parts {
+						return fmt.Errorf("PartitionOf(%d) = %d, outside 0..%d", e.Sequence, p, parts-1)
+					}
+					apply = e.Sequence > cps[p]
+				}
+				if apply {
+					if err := w.Apply(ctx, tx, e); err != nil {
+						return err
+					}
 				}
 				applied = e.Sequence
-			}
-			if views.Pending() >= replayFlushRows {
-				if err := views.Flush(ctx); err != nil {
-					return err
-				}
 			}
 			if opts.Progress != nil {
 				opts.Progress(applied, target)
 			}
 		}
-		if err := views.Flush(ctx); err != nil {
-			return err
+		for p, cp := range cps {
+			if cp < applied {
+				if err := tx.AdvanceCheckpoint(ctx, opts.Projection, p, cp, applied); err != nil {
+					return err
+				}
+			}
 		}
-		if applied == from {
-			return nil
-		}
-		return tx.AdvanceCheckpoint(ctx, opts.Projection, 0, from, applied)
+		return nil
 	})
 	if err != nil {
 		return 0, fmt.Errorf("store: replay: %w", err)

@@ -42,6 +42,12 @@ type DB interface {
 	// release func gives it back; the lock is also lost when the session's
 	// connection dies, which the returned channel reports by closing.
 	TryLock(ctx context.Context, name string) (release func(), lost <-chan struct{}, err error)
+	// FetchKeys returns the keys of up to limit events with after <
+	// sequence <= upTo, in order (no payloads).
+	FetchKeys(ctx context.Context, after, upTo int64, limit int) ([]EventKey, error)
+	// Parked returns every parked projector partition, ordered by
+	// projection and partition.
+	Parked(ctx context.Context) ([]Parked, error)
 	// Dialect names the dialect ("postgres" or "sqlite").
 	Dialect() string
 	// Close releases the database's resources.
@@ -72,6 +78,10 @@ type Tx interface {
 	AdvanceCheckpoint(ctx context.Context, projection string, partition int, from, to int64) error
 	// DeleteCheckpoints removes every checkpoint of a projection.
 	DeleteCheckpoints(ctx context.Context, projection string) error
+	// Park records (or replaces) a parked projector partition.
+	Park(ctx context.Context, p Parked) error
+	// Unpark deletes a partition's parked record, if any.
+	Unpark(ctx context.Context, projection string, partition int) error
 
 	// ClaimCommand records that command id is being handled in this
 	// transaction. It returns false when the id was already recorded (by

@@ -1,0 +1,44 @@
+package store
+
+import "time"
+
+// EventKey is what a partitioned projector needs to know about an event
+// without reading its payload: its sequence, its subject id (the
+// partitioning key) and its payload digest (to check a stream copy against
+// the log).
+type EventKey struct {
+	Sequence      int64
+	SubjectID     string
+	PayloadDigest Digest
+}
+
+// Reasons a projector partition is parked.
+const (
+	// ParkedPoison: the event's handler kept failing.
+	ParkedPoison = "poison"
+	// ParkedGap: the stream delivered an event whose predecessor in the
+	// partition had not been applied and the stream did not supply it.
+	ParkedGap = "gap"
+)
+
+// Parked is a projector partition stopped on one event. It is written by
+// the projector when it parks the partition and deleted in the transaction
+// that applies the event.
+type Parked struct {
+	Projection string `json:"projection"`
+	Partition  int    `json:"partition"`
+	// Sequence is the event the partition stopped on.
+	Sequence  int64  `json:"sequence"`
+	EventType string `json:"event_type"`
+	// Reason is ParkedPoison or ParkedGap.
+	Reason string `json:"reason"`
+	// Error is the last error, as text.
+	Error string `json:"error"`
+	// Worker is the id of the projector worker that parked the partition.
+	Worker string `json:"worker"`
+	// Attempts counts the failed attempts so far.
+	Attempts int `json:"attempts"`
+	// ParkedAt is the wall-clock time of the latest attempt (not a view
+	// value: replay never writes it).
+	ParkedAt time.Time `json:"parked_at"`
+}
