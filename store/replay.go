@@ -94,6 +94,7 @@ func Replay(ctx context.Context, db DB, w ViewWriter, opts ReplayOptions) (int64
 		}
 		from := slices.Min(cps)
 		applied = from
+		views := NewBufferedViews(tx, opts.Reset)
 		for applied < target {
 			batch, err := db.Fetch(ctx, applied, min(DefaultBatch, int(target-applied)))
 			if err != nil {
@@ -112,15 +113,23 @@ func Replay(ctx context.Context, db DB, w ViewWriter, opts ReplayOptions) (int64
 					apply = e.Sequence > cps[p]
 				}
 				if apply {
-					if err := w.Apply(ctx, tx, e); err != nil {
+					if err := w.Apply(ctx, views, e); err != nil {
 						return err
 					}
 				}
 				applied = e.Sequence
 			}
+			if views.Pending() >= replayFlushRows {
+				if err := views.Flush(ctx); err != nil {
+					return err
+				}
+			}
 			if opts.Progress != nil {
 				opts.Progress(applied, target)
 			}
+		}
+		if err := views.Flush(ctx); err != nil {
+			return err
 		}
 		for p, cp := range cps {
 			if cp < applied {
