@@ -1,0 +1,145 @@
+package relay
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+)
+
+// Defaults of Config; a zero field takes its default.
+const (
+	// DefaultStream is the public events stream.
+	DefaultStream = "ARTIFACTSTORE_EVENTS"
+	// DefaultReplicas is the stream's replica count.
+	DefaultReplicas = 1
+	// DefaultDuplicateWindow is the stream's Nats-Msg-Id de-duplication
+	// window (JetStream's own default).
+	DefaultDuplicateWindow = 2 * time.Minute
+	// DefaultMaxInFlight bounds unacknowledged publishes.
+	DefaultMaxInFlight = 512
+	// DefaultBatchSize is how many events one read of the log returns.
+	DefaultBatchSize = 1000
+	// DefaultPollInterval is how often the log is read when no append
+	// signal arrives.
+	DefaultPollInterval = time.Second
+	// DefaultAckTimeout is how long a publish may wait for its ack.
+	DefaultAckTimeout = 5 * time.Second
+	// DefaultLockRetryInterval is how often a standby tries the leader lock.
+	DefaultLockRetryInterval = time.Second
+	// DefaultRetryMin and DefaultRetryMax bound the backoff after errors.
+	DefaultRetryMin = 100 * time.Millisecond
+	DefaultRetryMax = 5 * time.Second
+	// DefaultShutdownTimeout bounds waiting for in-flight acks at shutdown.
+	DefaultShutdownTimeout = 5 * time.Second
+)
+
+// Subjects is the stream's subject filter; every event subject is below it.
+const Subjects = "artifactstore.events.>"
+
+// Config configures a Relay and the stream it writes.
+type Config struct {
+	// Stream is the JetStream stream name (DefaultStream).
+	Stream string
+	// Replicas is the stream's replica count, used when creating it and
+	// checked against an existing stream (DefaultReplicas).
+	Replicas int
+	// DuplicateWindow is the stream's de-duplication window, used when
+	// creating it and checked against an existing stream
+	// (DefaultDuplicateWindow). Exactly-once does not depend on it.
+	DuplicateWindow time.Duration
+	// MaxInFlight bounds published but unacknowledged messages
+	// (DefaultMaxInFlight). Keep it at or below the JetStream context's
+	// PublishAsyncMaxPending (4000 by default).
+	MaxInFlight int
+	// BatchSize is how many events one read of the log returns
+	// (DefaultBatchSize).
+	BatchSize int
+	// PollInterval is how often the log is read when no append signal
+	// arrives (DefaultPollInterval).
+	PollInterval time.Duration
+	// AckTimeout is how long a publish waits for its ack before the relay
+	// re-reads the stream (DefaultAckTimeout).
+	AckTimeout time.Duration
+	// LockRetryInterval is how often a standby relay tries to become the
+	// active one (DefaultLockRetryInterval).
+	LockRetryInterval time.Duration
+	// RetryMin and RetryMax bound the exponential backoff after errors
+	// (NATS or the database down) (DefaultRetryMin, DefaultRetryMax).
+	RetryMin, RetryMax time.Duration
+	// ShutdownTimeout bounds how long Run waits for in-flight acks after its
+	// context is cancelled (DefaultShutdownTimeout).
+	ShutdownTimeout time.Duration
+	// Logger receives the relay's logs (a no-op logger when nil).
+	Logger *zap.Logger
+	// Registerer, when set, gets the relay's metrics registered.
+	Registerer prometheus.Registerer
+}
+
+func (c Config) withDefaults() Config {
+	def := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	defInt := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	if c.Stream == "" {
+		c.Stream = DefaultStream
+	}
+	defInt(&c.Replicas, DefaultReplicas)
+	defInt(&c.MaxInFlight, DefaultMaxInFlight)
+	defInt(&c.BatchSize, DefaultBatchSize)
+	def(&c.DuplicateWindow, DefaultDuplicateWindow)
+	def(&c.PollInterval, DefaultPollInterval)
+	def(&c.AckTimeout, DefaultAckTimeout)
+	def(&c.LockRetryInterval, DefaultLockRetryInterval)
+	def(&c.RetryMin, DefaultRetryMin)
+	def(&c.RetryMax, DefaultRetryMax)
+	def(&c.ShutdownTimeout, DefaultShutdownTimeout)
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	return c
+}
+
+// validate checks a config with defaults applied and names the bad field.
+func (c Config) validate() error {
+	bad := func(field, format string, args ...any) error {
+		return fmt.Errorf("relay: Config.%s %s", field, fmt.Sprintf(format, args...))
+	}
+	switch {
+	case !validStreamName(c.Stream):
+		return bad("Stream", "%q is not a valid stream name (no spaces, '.', '*', '>', '/' or '\\')", c.Stream)
+	case c.Replicas < 1 || c.Replicas > 5:
+		return bad("Replicas", "must be 1..5, got %d", c.Replicas)
+	case c.DuplicateWindow < 100*time.Millisecond:
+		return bad("DuplicateWindow", "must be at least 100ms, got %s", c.DuplicateWindow)
+	case c.MaxInFlight < 1 || c.MaxInFlight > 65536:
+		return bad("MaxInFlight", "must be 1..65536, got %d", c.MaxInFlight)
+	case c.BatchSize < 1 || c.BatchSize > 100000:
+		return bad("BatchSize", "must be 1..100000, got %d", c.BatchSize)
+	case c.PollInterval < 0:
+		return bad("PollInterval", "must be positive, got %s", c.PollInterval)
+	case c.AckTimeout < 0:
+		return bad("AckTimeout", "must be positive, got %s", c.AckTimeout)
+	case c.LockRetryInterval < 0:
+		return bad("LockRetryInterval", "must be positive, got %s", c.LockRetryInterval)
+	case c.RetryMin < 0:
+		return bad("RetryMin", "must be positive, got %s", c.RetryMin)
+	case c.RetryMax < c.RetryMin:
+		return bad("RetryMax", "must be at least RetryMin (%s), got %s", c.RetryMin, c.RetryMax)
+	case c.ShutdownTimeout < 0:
+		return bad("ShutdownTimeout", "must be positive, got %s", c.ShutdownTimeout)
+	}
+	return nil
+}
+
+func validStreamName(s string) bool {
+	return s != "" && len(s) <= 255 && !strings.ContainsAny(s, " \t\r\n.*>/\\")
+}

@@ -1,0 +1,52 @@
+// Package relay is the outbox relay: it publishes every committed event of
+// the log to the JetStream stream ARTIFACTSTORE_EVENTS, in sequence order and
+// exactly once, and resumes from what the stream already holds.
+//
+// # Where the relay stands
+//
+// The stream itself is the relay's cursor. At every (re)synchronisation the
+// relay reads the stream's last message: its Artifactstore-Log-Id must be the
+// log's id (a stream written from another log is [ErrForeignStream], never
+// silently continued) and its Artifactstore-Sequence is the last event the
+// stream holds. The relay then fetches the events after it from the log.
+// Because the log hands out sequences in commit order (store/doc.go), "the
+// events after the last one in the stream" never skips an event whose
+// transaction committed late.
+//
+// # Fencing
+//
+// Every message carries Nats-Expected-Last-Sequence: the stream sequence the
+// relay expects the stream to end at just before the message. Event N+i,
+// published after a synchronisation that found event N at stream sequence S,
+// expects S+i-1. JetStream rejects the message when anything else was stored
+// in between, so a stale relay, a second relay or a retried message can never
+// interleave or duplicate: it is refused, and the relay re-reads the stream.
+// The check holds however long ago the last message was written, unlike the
+// Nats-Msg-Id duplicate window, which the relay sets as well.
+//
+//	stream:  … [S: event N] [S+1: event N+1] [S+2: event N+2]
+//	relay A: sync → (N, S) → publish N+1 expect S ✓, N+2 expect S+1 ✓
+//	relay B: sync → (N, S) → publish N+1 expect S ✗ wrong last sequence → re-sync → (N+2, S+2)
+//
+// By induction every accepted message is the event that follows the one
+// before it, whoever published it. The PostgreSQL advisory lock
+// (store.DB.TryLock) keeps one relay active so that standbys do not burn work
+// on rejected publishes; it is an optimisation, the fence is the guarantee.
+//
+// # Pipelining
+//
+// Publishing is asynchronous with a bounded window of unacknowledged messages
+// ([Config.MaxInFlight]); a prefetching reader keeps the next batch of events
+// ready. Acks are consumed in order. Any error, rejection or ack timeout ends
+// the window: the relay waits (bounded) for what is still in flight, re-reads
+// the stream and starts again from there.
+//
+// # Messages
+//
+// Subject artifactstore.events.<event_type>.<subject_id>, body the payload
+// bytes as stored, and the headers listed in DESIGN.md ([Encode], [Decode]).
+// Artifactstore-Created-At is RFC 3339 in UTC with exactly nine fractional
+// digits. Header values that a NATS header cannot carry verbatim (an actor
+// with control characters, a '%', or leading or trailing spaces) are
+// percent-encoded; every other value is the field verbatim.
+package relay

@@ -1,0 +1,72 @@
+package relay
+
+import (
+	"errors"
+	"fmt"
+)
+
+var (
+	// ErrStreamConflict is wrapped by *ConflictError: the stream exists with a
+	// configuration the relay cannot publish into safely.
+	ErrStreamConflict = errors.New("relay: stream config conflicts")
+	// ErrForeignStream is returned when the stream's last message belongs to
+	// another log (or was not written by a relay at all).
+	ErrForeignStream = errors.New("relay: stream belongs to another log")
+	// ErrStreamTruncated is returned when the stream has a last sequence but
+	// its last message is gone (purged or deleted), so where the relay stands
+	// cannot be read from the stream.
+	ErrStreamTruncated = errors.New("relay: stream's last message is gone")
+	// ErrStreamAhead is returned when the stream holds events the log does
+	// not (the log was reset or restored from an older backup).
+	ErrStreamAhead = errors.New("relay: stream is ahead of the log")
+	// ErrInvalidMessage is wrapped by every error of Decode.
+	ErrInvalidMessage = errors.New("relay: invalid event message")
+	// ErrFenced is wrapped when JetStream refused a publish because the
+	// stream did not end where the relay expected: another (or a stale)
+	// relay published in between.
+	ErrFenced = errors.New("relay: publish fenced")
+	// ErrAckTimeout is wrapped when a publish was not acknowledged in time.
+	ErrAckTimeout = errors.New("relay: publish ack timed out")
+)
+
+// ConflictError says which field of an existing stream's configuration
+// conflicts with what the relay needs. It wraps ErrStreamConflict.
+type ConflictError struct {
+	Stream string
+	Field  string
+	Got    string
+	Want   string
+}
+
+// Error implements error.
+func (e *ConflictError) Error() string {
+	return fmt.Sprintf("relay: stream %s exists with a conflicting config: %s is %s, want %s (fix the stream or the relay's configuration)",
+		e.Stream, e.Field, e.Got, e.Want)
+}
+
+// Unwrap returns ErrStreamConflict.
+func (e *ConflictError) Unwrap() error { return ErrStreamConflict }
+
+// LogMismatchError is returned when the stream's last message carries
+// another log id than the log the relay reads. It wraps ErrForeignStream.
+type LogMismatchError struct {
+	Stream      string
+	StreamLogID string
+	LogID       string
+}
+
+// Error implements error.
+func (e *LogMismatchError) Error() string {
+	return fmt.Sprintf("relay: stream %s holds events of log %q, but this log is %q (point the relay at the right database or stream)",
+		e.Stream, e.StreamLogID, e.LogID)
+}
+
+// Unwrap returns ErrForeignStream.
+func (e *LogMismatchError) Unwrap() error { return ErrForeignStream }
+
+// permanent reports whether err means retrying cannot help: Run returns it.
+func permanent(err error) bool {
+	return errors.Is(err, ErrStreamConflict) || errors.Is(err, ErrForeignStream) ||
+		errors.Is(err, ErrStreamTruncated) || errors.Is(err, ErrStreamAhead) ||
+		errors.Is(err, ErrInvalidMessage)
+}

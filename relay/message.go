@@ -1,0 +1,201 @@
+package relay
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/artifactstore/artifactstore/store"
+)
+
+// The headers of every event message (DESIGN.md, "The events stream").
+const (
+	HeaderMsgID         = jetstream.MsgIDHeader // <log_id>-<sequence>
+	HeaderSequence      = "Artifactstore-Sequence"
+	HeaderEventType     = "Artifactstore-Event-Type"
+	HeaderSubjectKind   = "Artifactstore-Subject-Kind"
+	HeaderSubjectID     = "Artifactstore-Subject-Id"
+	HeaderActor         = "Artifactstore-Actor"
+	HeaderPayloadDigest = "Artifactstore-Payload-Digest"
+	HeaderCreatedAt     = "Artifactstore-Created-At"
+	HeaderLogID         = "Artifactstore-Log-Id"
+)
+
+// SubjectPrefix starts every event subject.
+const SubjectPrefix = "artifactstore.events."
+
+// CreatedAtLayout is the format of Artifactstore-Created-At: RFC 3339 in
+// UTC with exactly nine fractional digits.
+const CreatedAtLayout = "2006-01-02T15:04:05.000000000Z07:00"
+
+// Encode returns the stream message of event e of log logID: its public
+// subject, the payload as body and every header of the contract. The
+// fencing header is not set.
+func Encode(logID string, e store.Event) *nats.Msg {
+	seq := strconv.FormatInt(e.Sequence, 10)
+	return &nats.Msg{
+		Subject: e.Subject(),
+		Data:    e.Payload,
+		Header: nats.Header{
+			HeaderMsgID:         {logID + "-" + seq},
+			HeaderSequence:      {seq},
+			HeaderEventType:     {headerValue(e.Type)},
+			HeaderSubjectKind:   {headerValue(e.SubjectKind)},
+			HeaderSubjectID:     {headerValue(e.SubjectID)},
+			HeaderActor:         {headerValue(e.Actor)},
+			HeaderPayloadDigest: {e.PayloadDigest.String()},
+			HeaderCreatedAt:     {e.CreatedAt.UTC().Format(CreatedAtLayout)},
+			HeaderLogID:         {headerValue(logID)},
+		},
+	}
+}
+
+// Decode parses a message of the events stream back into its event and the
+// id of the log it came from. It checks that the message is consistent: the
+// subject matches the type and subject id, Nats-Msg-Id matches the log id
+// and sequence, and the digest matches the body. Errors wrap
+// ErrInvalidMessage.
+func Decode(subject string, h nats.Header, data []byte) (store.Event, string, error) {
+	var e store.Event
+	fail := func(format string, args ...any) (store.Event, string, error) {
+		return store.Event{}, "", fmt.Errorf("%w: %s", ErrInvalidMessage, fmt.Sprintf(format, args...))
+	}
+	get := func(name string) (string, error) {
+		v := h.Values(name)
+		if len(v) != 1 {
+			return "", fmt.Errorf("%w: header %s appears %d times, want once", ErrInvalidMessage, name, len(v))
+		}
+		s, ok := parseHeaderValue(v[0])
+		if !ok {
+			return "", fmt.Errorf("%w: header %s has a malformed escape", ErrInvalidMessage, name)
+		}
+		return s, nil
+	}
+	var vals [9]string
+	for i, name := range []string{HeaderMsgID, HeaderSequence, HeaderEventType, HeaderSubjectKind, HeaderSubjectID,
+		HeaderActor, HeaderPayloadDigest, HeaderCreatedAt, HeaderLogID} {
+		v, err := get(name)
+		if err != nil {
+			return store.Event{}, "", err
+		}
+		vals[i] = v
+	}
+	msgID, seq, logID := vals[0], vals[1], vals[8]
+	e.Type, e.SubjectKind, e.SubjectID, e.Actor = vals[2], vals[3], vals[4], vals[5]
+	n, err := strconv.ParseInt(seq, 10, 64)
+	if err != nil || n <= 0 || strconv.FormatInt(n, 10) != seq {
+		return fail("%s %q is not a positive decimal sequence", HeaderSequence, seq)
+	}
+	e.Sequence = n
+	if logID == "" {
+		return fail("%s is empty", HeaderLogID)
+	}
+	if want := store.MsgID(logID, n); msgID != want {
+		return fail("%s %q does not match log id and sequence (%q)", HeaderMsgID, msgID, want)
+	}
+	if !store.ValidEventType(e.Type) {
+		return fail("%s %q is not three subject tokens", HeaderEventType, e.Type)
+	}
+	if !store.ValidToken(e.SubjectKind) {
+		return fail("%s %q is not a subject token", HeaderSubjectKind, e.SubjectKind)
+	}
+	if !store.ValidToken(e.SubjectID) {
+		return fail("%s %q is not a subject token", HeaderSubjectID, e.SubjectID)
+	}
+	if e.Actor == "" {
+		return fail("%s is empty", HeaderActor)
+	}
+	if want := e.Subject(); subject != want {
+		return fail("subject %q does not match type and subject id (%q)", subject, want)
+	}
+	if e.PayloadDigest, err = store.ParseDigest(vals[6]); err != nil {
+		return fail("%s: %v", HeaderPayloadDigest, err)
+	}
+	if store.DigestOf(data) != e.PayloadDigest {
+		return fail("%s does not match the body", HeaderPayloadDigest)
+	}
+	at, err := time.Parse(CreatedAtLayout, vals[7])
+	if err != nil || !strings.HasSuffix(vals[7], "Z") {
+		return fail("%s %q is not RFC 3339 UTC with nanoseconds", HeaderCreatedAt, vals[7])
+	}
+	e.CreatedAt = at.UTC()
+	e.Payload = data
+	return e, logID, nil
+}
+
+// headerValue returns s as a NATS header can carry it: verbatim unless it
+// holds a control character or '%', or starts or ends with a space (which
+// header parsing trims); then those bytes are percent-encoded.
+func headerValue(s string) string {
+	if !needsEscape(s) {
+		return s
+	}
+	const hex = "0123456789ABCDEF"
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c == 0x7f || c == '%' || (c == ' ' && (i == 0 || i == len(s)-1)) {
+			b.WriteByte('%')
+			b.WriteByte(hex[c>>4])
+			b.WriteByte(hex[c&0xf])
+			continue
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
+}
+
+func needsEscape(s string) bool {
+	if s == "" {
+		return false
+	}
+	if s[0] == ' ' || s[len(s)-1] == ' ' {
+		return true
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == 0x7f || c == '%' {
+			return true
+		}
+	}
+	return false
+}
+
+// parseHeaderValue reverses headerValue. It reports false for a malformed
+// escape.
+func parseHeaderValue(s string) (string, bool) {
+	if !strings.Contains(s, "%") {
+		return s, true
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] != '%' {
+			b.WriteByte(s[i])
+			continue
+		}
+		if i+2 >= len(s) {
+			return "", false
+		}
+		hi, ok1 := unhex(s[i+1])
+		lo, ok2 := unhex(s[i+2])
+		if !ok1 || !ok2 {
+			return "", false
+		}
+		b.WriteByte(hi<<4 | lo)
+		i += 2
+	}
+	return b.String(), true
+}
+
+func unhex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
+}
