@@ -302,7 +302,7 @@ type window struct {
 	n    int
 }
 
-func (w *window) push(f inflight) { w.buf[(w.head+w.n)%len(w.buf)] = f; w.n++ }
+func (w *window) push(f inflight)  { w.buf[(w.head+w.n)%len(w.buf)] = f; w.n++ }
 func (w *window) front() *inflight { return &w.buf[w.head] }
 func (w *window) pop() inflight {
 	f := w.buf[w.head]
@@ -462,8 +462,8 @@ type kindError struct {
 }
 
 func kindErr(kind string, err error) error { return &kindError{kind, err} }
-func (e *kindError) Error() string      { return e.err.Error() }
-func (e *kindError) Unwrap() error      { return e.err }
+func (e *kindError) Error() string         { return e.err.Error() }
+func (e *kindError) Unwrap() error         { return e.err }
 
 func errKind(err error) string {
 	var ke *kindError
