@@ -30,6 +30,7 @@ type Relay struct {
 	m   *metrics
 
 	running atomic.Bool
+	active  atomic.Bool
 
 	// Test hooks (export_test.go): hook is called at each stage of the
 	// pipeline with the event sequence concerned; noLock skips the leader
@@ -63,6 +64,10 @@ func New(db store.DB, js JetStream, cfg Config) (*Relay, error) {
 // be in the stream (as of its last synchronisation or ack; 0 before Run).
 // ReadPosition reads the stream itself.
 func (r *Relay) Position() int64 { return r.m.position.Load() }
+
+// Active reports whether this relay currently holds the leader lock and
+// publishes (false while it stands by or is not running).
+func (r *Relay) Active() bool { return r.active.Load() }
 
 // Run relays until ctx is cancelled, then waits (at most
 // Config.ShutdownTimeout) for in-flight acks and returns nil. It first
@@ -107,7 +112,9 @@ func (r *Relay) Run(ctx context.Context) error {
 		standby = false
 		r.log.Info("relay is active")
 		r.m.leader.Set(1)
+		r.active.Store(true)
 		err = r.lead(ctx, lost)
+		r.active.Store(false)
 		r.m.leader.Set(0)
 		release()
 		if err != nil {

@@ -1,0 +1,171 @@
+package relay_test
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/stretchr/testify/require"
+
+	"github.com/artifactstore/artifactstore/relay"
+	"github.com/artifactstore/artifactstore/store"
+)
+
+const testLogID = "0193f1c2-7a3b-7c4d-8e5f-0123456789ab"
+
+func testEvent(t testing.TB, seq int64, typ, actor string, payload string) store.Event {
+	t.Helper()
+	e, err := store.NewEvent(typ, "package", fmt.Sprintf("pkg-%06d", seq), actor, []byte(payload))
+	require.NoError(t, err)
+	e.Sequence = seq
+	e.CreatedAt = time.Date(2026, 11, 27, 7, 4, 16, 123456000, time.UTC)
+	return e
+}
+
+func TestEncodeHeaders(t *testing.T) {
+	t.Parallel()
+	e := testEvent(t, 42, "v1.package.finalized", "ci-bot", `{"package_id":"pkg-000042"}`)
+	m := relay.Encode(testLogID, e)
+	require.Equal(t, "artifactstore.events.v1.package.finalized.pkg-000042", m.Subject)
+	require.Equal(t, e.Payload, m.Data)
+	want := map[string]string{
+		"Nats-Msg-Id":                  testLogID + "-42",
+		"Artifactstore-Sequence":       "42",
+		"Artifactstore-Event-Type":     "v1.package.finalized",
+		"Artifactstore-Subject-Kind":   "package",
+		"Artifactstore-Subject-Id":     "pkg-000042",
+		"Artifactstore-Actor":          "ci-bot",
+		"Artifactstore-Payload-Digest": store.DigestOf(e.Payload).String(),
+		"Artifactstore-Created-At":     "2026-11-27T07:04:16.123456000Z",
+		"Artifactstore-Log-Id":         testLogID,
+	}
+	require.Len(t, m.Header, len(want))
+	for k, v := range want {
+		require.Equal(t, []string{v}, m.Header.Values(k), k)
+	}
+}
+
+func TestEncodeDecodeRoundTrip(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, typ, actor, wantActorHeader string
+	}{
+		{"plain", "v1.package.created", "alice@example.com", "alice@example.com"},
+		{"unknown type", "v9.widget.exploded", "ci", "ci"},
+		{"unicode actor", "v1.package.created", "jürgen ✓", "jürgen ✓"},
+		{"spaces inside", "v1.package.created", "Jane Q. Public", "Jane Q. Public"},
+		{"leading and trailing space", "v1.package.created", " bob ", "%20bob%20"},
+		{"percent", "v1.package.created", "100%", "100%25"},
+		{"header injection", "v1.package.created", "eve\r\nNats-Expected-Last-Sequence: 0", "eve%0D%0ANats-Expected-Last-Sequence: 0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := testEvent(t, 7, tc.typ, tc.actor, `{"x":1}`)
+			m := relay.Encode(testLogID, e)
+			require.Equal(t, tc.wantActorHeader, m.Header.Get(relay.HeaderActor))
+			// Through the wire format and back, as a consumer sees it.
+			h := wireHeaders(t, m.Header)
+			got, logID, err := relay.Decode(m.Subject, h, m.Data)
+			require.NoError(t, err)
+			require.Equal(t, testLogID, logID)
+			require.Equal(t, e, got)
+		})
+	}
+}
+
+// wireHeaders encodes h as NATS does on the wire and parses it back.
+func wireHeaders(t testing.TB, h nats.Header) nats.Header {
+	t.Helper()
+	var b strings.Builder
+	b.WriteString("NATS/1.0\r\n")
+	for k, vs := range h {
+		for _, v := range vs {
+			b.WriteString(k + ": " + v + "\r\n")
+		}
+	}
+	b.WriteString("\r\n")
+	out, err := nats.DecodeHeadersMsg([]byte(b.String()))
+	require.NoError(t, err)
+	return out
+}
+
+func TestDecodeRejects(t *testing.T) {
+	t.Parallel()
+	e := testEvent(t, 9, "v1.package.created", "ci", `{"a":1}`)
+	for _, tc := range []struct {
+		name   string
+		mutate func(m *nats.Msg)
+	}{
+		{"missing log id", func(m *nats.Msg) { m.Header.Del(relay.HeaderLogID) }},
+		{"other msg id", func(m *nats.Msg) { m.Header.Set(relay.HeaderMsgID, "other-9") }},
+		{"bad sequence", func(m *nats.Msg) { m.Header.Set(relay.HeaderSequence, "09") }},
+		{"zero sequence", func(m *nats.Msg) { m.Header.Set(relay.HeaderSequence, "0") }},
+		{"digest mismatch", func(m *nats.Msg) { m.Data = []byte(`{"a":2}`) }},
+		{"subject mismatch", func(m *nats.Msg) { m.Subject = "artifactstore.events.v1.package.created.other" }},
+		{"bad created at", func(m *nats.Msg) { m.Header.Set(relay.HeaderCreatedAt, "yesterday") }},
+		{"non-UTC created at", func(m *nats.Msg) { m.Header.Set(relay.HeaderCreatedAt, "2026-11-27T08:04:16.123456000+01:00") }},
+		{"repeated header", func(m *nats.Msg) { m.Header.Add(relay.HeaderActor, "x") }},
+		{"bad escape", func(m *nats.Msg) { m.Header.Set(relay.HeaderActor, "a%2") }},
+		{"bad type", func(m *nats.Msg) { m.Header.Set(relay.HeaderEventType, "v1.created") }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := relay.Encode(testLogID, e)
+			tc.mutate(m)
+			_, _, err := relay.Decode(m.Subject, m.Header, m.Data)
+			require.Error(t, err)
+			require.True(t, errors.Is(err, relay.ErrInvalidMessage), "%v", err)
+		})
+	}
+}
+
+// FuzzDecode feeds arbitrary subjects, header values and bodies to Decode:
+// it must not panic, and whatever it accepts must encode back to the same
+// message.
+func FuzzDecode(f *testing.F) {
+	e := testEvent(f, 3, "v1.package.created", "ci", `{"a":1}`)
+	m := relay.Encode(testLogID, e)
+	f.Add(m.Subject, m.Header.Get(relay.HeaderSequence), m.Header.Get(relay.HeaderActor), m.Header.Get(relay.HeaderCreatedAt), m.Header.Get(relay.HeaderMsgID), m.Data)
+	f.Add("artifactstore.events.a.b.c.d", "1", "%41%", "2026-01-01T00:00:00.000000000Z", "x-1", []byte("x"))
+	f.Fuzz(func(t *testing.T, subject, seq, actor, createdAt, msgID string, data []byte) {
+		h := relay.Encode(testLogID, e).Header
+		h.Set(relay.HeaderSequence, seq)
+		h.Set(relay.HeaderActor, actor)
+		h.Set(relay.HeaderCreatedAt, createdAt)
+		h.Set(relay.HeaderMsgID, msgID)
+		h.Set(relay.HeaderPayloadDigest, store.DigestOf(data).String())
+		got, logID, err := relay.Decode(subject, h, data)
+		if err != nil {
+			require.ErrorIs(t, err, relay.ErrInvalidMessage)
+			return
+		}
+		back := relay.Encode(logID, got)
+		require.Equal(t, subject, back.Subject)
+		require.Equal(t, data, back.Data)
+		again, logID2, err := relay.Decode(back.Subject, back.Header, back.Data)
+		require.NoError(t, err)
+		require.Equal(t, logID, logID2)
+		require.Equal(t, got, again)
+	})
+}
+
+// FuzzActorHeader checks that every actor survives the NATS header wire
+// format unchanged.
+func FuzzActorHeader(f *testing.F) {
+	for _, s := range []string{"ci", " a ", "100%", "x\r\ny: z", "\x00", "ü", "%zz"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, actor string) {
+		e := testEvent(t, 1, "v1.package.created", "ci", `{}`)
+		e.Actor = actor
+		m := relay.Encode(testLogID, e)
+		got, _, err := relay.Decode(m.Subject, wireHeaders(t, m.Header), m.Data)
+		if actor == "" {
+			require.Error(t, err)
+			return
+		}
+		require.NoError(t, err)
+		require.Equal(t, actor, got.Actor)
+	})
+}

@@ -1,0 +1,651 @@
+package relay_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sourcegraph/conc"
+	"github.com/stretchr/testify/require"
+
+	"github.com/artifactstore/artifactstore/internal/testenv"
+	"github.com/artifactstore/artifactstore/relay"
+	"github.com/artifactstore/artifactstore/store"
+	"github.com/artifactstore/artifactstore/store/storetest"
+)
+
+// env is one test's world: a migrated log, its own nats-server and a
+// stream name of its own.
+type env struct {
+	db     store.DB
+	ns     *testenv.NATSServer
+	js     jetstream.JetStream
+	stream string
+	ids    sync.Mutex
+	nextID int
+}
+
+func setup(t *testing.T) *env {
+	t.Helper()
+	return setupDB(t, testenv.Postgres(t))
+}
+
+func setupDB(t *testing.T, db store.DB) *env {
+	t.Helper()
+	ns := testenv.NATS(t)
+	return &env{db: db, ns: ns, js: ns.JetStream(t), stream: testenv.Name("EVENTS")}
+}
+
+// config is a relay config with short timings for tests.
+func (e *env) config(t *testing.T) relay.Config {
+	return relay.Config{
+		Stream:            e.stream,
+		Logger:            testenv.Logger(t),
+		Registerer:        prometheus.NewRegistry(),
+		MaxInFlight:       64,
+		BatchSize:         100,
+		PollInterval:      200 * time.Millisecond,
+		AckTimeout:        2 * time.Second,
+		LockRetryInterval: 20 * time.Millisecond,
+		RetryMin:          10 * time.Millisecond,
+		RetryMax:          200 * time.Millisecond,
+		ShutdownTimeout:   200 * time.Millisecond,
+	}
+}
+
+// instance is one relay process: its own NATS connection and Run goroutine.
+type instance struct {
+	r      *relay.Relay
+	nc     *nats.Conn
+	cancel context.CancelFunc
+	done   chan struct{}
+	err    error
+}
+
+// newRelay makes a relay on its own NATS connection; mutate may change the
+// config or install hooks before it runs.
+func (e *env) newRelay(t *testing.T, db store.DB, mutate func(*relay.Config)) *instance {
+	t.Helper()
+	cfg := e.config(t)
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	nc := e.ns.Connect(t)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	r, err := relay.New(db, js, cfg)
+	require.NoError(t, err)
+	return &instance{r: r, nc: nc, done: make(chan struct{})}
+}
+
+// start runs the relay until stop (or the test's end).
+func (in *instance) start(t *testing.T) *instance {
+	ctx, cancel := context.WithCancel(context.Background())
+	in.cancel = cancel
+	go func() {
+		defer close(in.done)
+		in.err = in.r.Run(ctx)
+	}()
+	t.Cleanup(func() { in.stop() })
+	return in
+}
+
+// stop cancels Run and waits for it, returning its error.
+func (in *instance) stop() error {
+	in.cancel()
+	<-in.done
+	return in.err
+}
+
+// kill stops the relay abruptly: its connection is closed under it and its
+// context cancelled. Safe to call from a hook (it does not wait).
+func (in *instance) kill() {
+	in.nc.Close()
+	in.cancel()
+}
+
+// event returns the i-th test event: creates, finalizes and an unknown type.
+func event(t testing.TB, i int) store.Event {
+	id := storetest.PackageID(i / 3)
+	switch i % 3 {
+	case 0:
+		return storetest.Created(t, id, "app", strconv.Itoa(i), "ci-bot")
+	case 1:
+		return storetest.Finalized(t, id, "alice@example.com", store.DigestOf([]byte(id)))
+	}
+	e, err := store.NewEvent("v9.widget.exploded", "widget", id, "gremlin",
+		[]byte(fmt.Sprintf(`{"widget":%q,"pieces":%d}`, id, i)))
+	require.NoError(t, err)
+	return e
+}
+
+// appendEvents appends n events in transactions of up to per events.
+func (e *env) appendEvents(t testing.TB, db store.DB, n, per int) {
+	t.Helper()
+	for n > 0 {
+		k := min(n, per)
+		evs := make([]store.Event, k)
+		e.ids.Lock()
+		for i := range evs {
+			evs[i] = event(t, e.nextID)
+			e.nextID++
+		}
+		e.ids.Unlock()
+		storetest.Append(t, db, evs...)
+		n -= k
+	}
+}
+
+// streamInfo returns the stream's fresh state.
+func (e *env) streamInfo(t testing.TB) *jetstream.StreamInfo {
+	t.Helper()
+	s, err := e.js.Stream(context.Background(), e.stream)
+	require.NoError(t, err)
+	return s.CachedInfo()
+}
+
+// awaitCaughtUp waits until the stream holds as many messages as the log
+// has events.
+func (e *env) awaitCaughtUp(t *testing.T, timeout time.Duration) {
+	t.Helper()
+	head, err := e.db.Head(context.Background())
+	require.NoError(t, err)
+	testenv.Eventually(t, timeout, func() bool {
+		s, err := e.js.Stream(context.Background(), e.stream)
+		return err == nil && s.CachedInfo().State.LastSeq >= uint64(head)
+	}, "stream %s to reach log head %d", e.stream, head)
+}
+
+// requireStreamEqualsLog compares the stream with the log message by
+// message: same count, same order, every header, body and digest.
+func (e *env) requireStreamEqualsLog(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	e.awaitCaughtUp(t, 60*time.Second)
+	logID, err := e.db.LogID(ctx)
+	require.NoError(t, err)
+	var events []store.Event
+	for {
+		batch, err := e.db.Fetch(ctx, int64(len(events)), 1000)
+		require.NoError(t, err)
+		if len(batch) == 0 {
+			break
+		}
+		events = append(events, batch...)
+	}
+	info := e.streamInfo(t)
+	require.Equal(t, uint64(len(events)), info.State.Msgs, "stream message count = log events")
+	require.Equal(t, uint64(len(events)), info.State.LastSeq, "no message was ever removed or rejected into the stream")
+
+	s, err := e.js.Stream(ctx, e.stream)
+	require.NoError(t, err)
+	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	require.NoError(t, err)
+	i := 0
+	for i < len(events) {
+		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(5*time.Second))
+		require.NoError(t, err)
+		for m := range batch.Messages() {
+			require.Less(t, i, len(events), "more messages than events")
+			want := events[i]
+			meta, err := m.Metadata()
+			require.NoError(t, err)
+			require.Equal(t, uint64(i+1), meta.Sequence.Stream)
+			require.Equal(t, want.Subject(), m.Subject(), "event %d subject", want.Sequence)
+			require.Equal(t, want.Payload, m.Data(), "event %d body", want.Sequence)
+			h := m.Headers()
+			for name, value := range map[string]string{
+				"Nats-Msg-Id":                  store.MsgID(logID, want.Sequence),
+				"Artifactstore-Sequence":       strconv.FormatInt(want.Sequence, 10),
+				"Artifactstore-Event-Type":     want.Type,
+				"Artifactstore-Subject-Kind":   want.SubjectKind,
+				"Artifactstore-Subject-Id":     want.SubjectID,
+				"Artifactstore-Actor":          want.Actor,
+				"Artifactstore-Payload-Digest": store.DigestOf(m.Data()).String(),
+				"Artifactstore-Created-At":     want.CreatedAt.UTC().Format("2006-01-02T15:04:05.000000000Z07:00"),
+				"Artifactstore-Log-Id":         logID,
+			} {
+				require.Equal(t, []string{value}, h.Values(name), "event %d header %s", want.Sequence, name)
+			}
+			require.Equal(t, want.PayloadDigest.String(), h.Get("Artifactstore-Payload-Digest"))
+			got, gotLog, err := relay.Decode(m.Subject(), h, m.Data())
+			require.NoError(t, err)
+			require.Equal(t, logID, gotLog)
+			require.Equal(t, want, got)
+			i++
+		}
+		require.NoError(t, batch.Error())
+	}
+	st, err := relay.ReadStatus(ctx, e.db, e.js, e.stream)
+	require.NoError(t, err)
+	require.Equal(t, int64(len(events)), st.Head)
+	require.Equal(t, int64(len(events)), st.Sequence)
+	require.Zero(t, st.Lag)
+}
+
+// await polls cond until it holds or timeout passes; usable off the test
+// goroutine (hooks).
+func await(timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return true
+}
+
+func TestStreamEqualsLog(t *testing.T) {
+	t.Parallel()
+	for _, dialect := range []string{"postgres", "sqlite"} {
+		t.Run(dialect, func(t *testing.T) {
+			t.Parallel()
+			var db store.DB
+			if dialect == "postgres" {
+				db = testenv.Postgres(t)
+			} else {
+				db = testenv.SQLite(t)
+			}
+			e := setupDB(t, db)
+			e.appendEvents(t, db, 450, 50) // a backlog, unknown types included
+			in := e.newRelay(t, db, nil).start(t)
+			e.awaitCaughtUp(t, 30*time.Second)
+			e.appendEvents(t, db, 150, 1) // live, one commit at a time
+			e.appendEvents(t, db, 100, 25)
+			e.requireStreamEqualsLog(t)
+			require.Equal(t, int64(700), in.r.Position())
+			require.Zero(t, relay.Lag(in.r))
+			require.Equal(t, float64(700), relay.Published(in.r))
+			require.NoError(t, in.stop())
+			// Restarting publishes nothing again.
+			in2 := e.newRelay(t, db, nil).start(t)
+			e.appendEvents(t, db, 3, 3)
+			e.requireStreamEqualsLog(t)
+			require.NoError(t, in2.stop())
+			require.Equal(t, float64(3), relay.Published(in2.r))
+		})
+	}
+}
+
+// TestWriterRace runs many concurrent writers with random delays before
+// and after taking their sequences, and rollbacks, while the relay runs.
+func TestWriterRace(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	in := e.newRelay(t, e.db, nil).start(t)
+	errRollback := errors.New("rollback")
+	var wg conc.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(w), 42))
+			for range 30 {
+				n := 1 + rng.IntN(3)
+				evs := make([]store.Event, n)
+				e.ids.Lock()
+				for i := range evs {
+					evs[i] = event(t, e.nextID)
+					e.nextID++
+				}
+				e.ids.Unlock()
+				rollback := rng.IntN(5) == 0
+				err := e.db.InTx(context.Background(), func(tx store.Tx) error {
+					time.Sleep(time.Duration(rng.IntN(3000)) * time.Microsecond) // work before appending
+					if _, err := tx.Append(context.Background(), evs...); err != nil {
+						return err
+					}
+					time.Sleep(time.Duration(rng.IntN(3000)) * time.Microsecond) // slow commit, holding its sequences
+					if rollback {
+						return errRollback
+					}
+					return nil
+				})
+				if rollback {
+					require.ErrorIs(t, err, errRollback)
+				} else {
+					require.NoError(t, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	e.requireStreamEqualsLog(t)
+	require.NoError(t, in.stop())
+}
+
+// TestCrashRestart kills the relay at random points of its pipeline (before
+// a publish, between publish and ack, mid-window, after an ack, right after
+// synchronising) many times while writers append, restarting it each time.
+func TestCrashRestart(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	e.appendEvents(t, e.db, 1500, 100)
+	ctx, stopWriter := context.WithCancel(context.Background())
+	var wg conc.WaitGroup
+	wg.Go(func() {
+		for ctx.Err() == nil {
+			e.appendEvents(t, e.db, 1+rand.IntN(5), 5)
+		}
+	})
+	stages := []string{"synced", "fetched", "publish", "published", "acked"}
+	rng := rand.New(rand.NewPCG(7, 7))
+	for round := range 25 {
+		stage := stages[round%len(stages)]
+		after := rng.IntN(150) // times the stage is seen before the kill
+		switch stage {
+		case "synced":
+			after = 0
+		case "fetched":
+			after = rng.IntN(8)
+		}
+		var in *instance
+		var once sync.Once
+		killed := make(chan struct{})
+		count := 0
+		in = e.newRelay(t, e.db, func(c *relay.Config) { c.MaxInFlight = 32 + rng.IntN(64) })
+		relay.SetHook(in.r, func(s string, _ int64) {
+			if s != stage {
+				return
+			}
+			if count++; count > after {
+				once.Do(func() { in.kill(); close(killed) })
+			}
+		})
+		in.start(t)
+		select {
+		case <-killed:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("round %d: relay never reached stage %s #%d", round, stage, after)
+		}
+		require.NoError(t, in.stop())
+	}
+	stopWriter()
+	wg.Wait()
+	in := e.newRelay(t, e.db, nil).start(t)
+	e.requireStreamEqualsLog(t)
+	require.NoError(t, in.stop())
+}
+
+// TestTwoRelaysFenced runs two relays with the leader lock disabled, so
+// only the fencing headers keep them apart. One of them synchronises, is
+// held until the other has published, and must be fenced.
+func TestTwoRelaysFenced(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	e.appendEvents(t, e.db, 1200, 100)
+	b := e.newRelay(t, e.db, nil)
+	relay.DisableLock(b.r)
+	a := e.newRelay(t, e.db, nil)
+	relay.DisableLock(a.r)
+	var once sync.Once
+	relay.SetHook(a.r, func(stage string, seq int64) {
+		if stage == "synced" {
+			// Hold A between reading the stream and publishing until B has
+			// published past where A stands: A's view is now stale.
+			once.Do(func() { await(20*time.Second, func() bool { return b.r.Position() > seq }) })
+		}
+	})
+	a.start(t)
+	b.start(t)
+	e.appendEvents(t, e.db, 300, 10)
+	e.requireStreamEqualsLog(t)
+	require.NoError(t, a.stop())
+	require.NoError(t, b.stop())
+	require.GreaterOrEqual(t, relay.Errors(a.r, "fenced"), float64(1), "the stale relay was fenced")
+}
+
+// TestStaleRelayBeyondDuplicateWindow holds a relay between synchronising
+// and publishing for longer than the stream's 1s duplicate window while
+// another relay publishes everything: de-duplication can no longer help,
+// the fence must.
+func TestStaleRelayBeyondDuplicateWindow(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	window := func(c *relay.Config) { c.DuplicateWindow = time.Second }
+	e.appendEvents(t, e.db, 300, 100)
+	a := e.newRelay(t, e.db, window)
+	relay.DisableLock(a.r)
+	b := e.newRelay(t, e.db, window)
+	relay.DisableLock(b.r)
+	var once sync.Once
+	var doneAt time.Time
+	bDone := make(chan struct{})
+	aSynced := make(chan struct{})
+	relay.SetHook(a.r, func(stage string, _ int64) {
+		if stage == "synced" {
+			once.Do(func() {
+				close(aSynced)
+				<-bDone
+				// The outage: until B's messages are older than the window.
+				await(10*time.Second, func() bool { return time.Since(doneAt) > 1500*time.Millisecond })
+			})
+		}
+	})
+	a.start(t)
+	<-aSynced
+	b.start(t)
+	e.awaitCaughtUp(t, 30*time.Second)
+	require.NoError(t, b.stop())
+	doneAt = time.Now()
+	close(bDone)
+	e.appendEvents(t, e.db, 20, 5)
+	e.requireStreamEqualsLog(t)
+	require.NoError(t, a.stop())
+	require.GreaterOrEqual(t, relay.Errors(a.r, "fenced"), float64(1))
+}
+
+// TestOutageLongerThanDuplicateWindow kills the relay between publish and
+// ack, keeps it down longer than the 1s duplicate window, and restarts it.
+func TestOutageLongerThanDuplicateWindow(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	window := func(c *relay.Config) { c.DuplicateWindow = time.Second }
+	e.appendEvents(t, e.db, 400, 100)
+	in := e.newRelay(t, e.db, window)
+	var once sync.Once
+	var killedAt time.Time
+	relay.SetHook(in.r, func(stage string, seq int64) {
+		if stage == "published" && seq >= 200 {
+			once.Do(func() { killedAt = time.Now(); in.kill() })
+		}
+	})
+	in.start(t)
+	require.NoError(t, in.stop())
+	testenv.Eventually(t, 5*time.Second, func() bool { return time.Since(killedAt) > 1500*time.Millisecond },
+		"an outage longer than the duplicate window")
+	again := e.newRelay(t, e.db, window).start(t)
+	e.requireStreamEqualsLog(t)
+	require.NoError(t, again.stop())
+}
+
+// TestOneActiveRelay runs two relays with the leader lock: one publishes,
+// the other stands by and takes over when the first stops.
+func TestOneActiveRelay(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	e.appendEvents(t, e.db, 200, 50)
+	a := e.newRelay(t, e.db, nil).start(t)
+	b := e.newRelay(t, e.db, nil).start(t)
+	e.awaitCaughtUp(t, 30*time.Second)
+	require.True(t, a.r.Active() != b.r.Active(), "exactly one relay is active")
+	first, second := a, b
+	if b.r.Active() {
+		first, second = b, a
+	}
+	require.Zero(t, relay.Published(second.r))
+	require.NoError(t, first.stop())
+	e.appendEvents(t, e.db, 100, 10)
+	testenv.Eventually(t, 10*time.Second, second.r.Active, "the standby to take over")
+	e.requireStreamEqualsLog(t)
+	require.NoError(t, second.stop())
+}
+
+// TestNATSRestart restarts the NATS server while events are being relayed.
+func TestNATSRestart(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	e.appendEvents(t, e.db, 500, 100)
+	in := e.newRelay(t, e.db, nil).start(t)
+	ctx, stopWriter := context.WithCancel(context.Background())
+	var wg conc.WaitGroup
+	wg.Go(func() {
+		for ctx.Err() == nil {
+			e.appendEvents(t, e.db, 2, 2)
+		}
+	})
+	testenv.Eventually(t, 10*time.Second, func() bool { return in.r.Position() > 100 }, "relay to publish")
+	e.ns.Restart()
+	testenv.Eventually(t, 20*time.Second, func() bool { return in.r.Position() > 700 }, "relay to continue after the restart")
+	stopWriter()
+	wg.Wait()
+	e.requireStreamEqualsLog(t)
+	require.NoError(t, in.stop())
+	require.Greater(t, relay.Errors(in.r, "nats")+relay.Errors(in.r, "timeout"), float64(0))
+}
+
+// TestPostgresDown stops PostgreSQL under a running relay and starts it
+// again: the relay backs off, retakes the lock and catches up.
+func TestPostgresDown(t *testing.T) {
+	t.Parallel()
+	c, err := testenv.NewCluster()
+	require.NoError(t, err)
+	t.Cleanup(c.Remove)
+	require.NoError(t, c.Start())
+	db := testenv.OpenPostgres(t, c.URL(), "")
+	e := setupDB(t, db)
+	e.appendEvents(t, db, 100, 50)
+	in := e.newRelay(t, db, nil).start(t)
+	e.awaitCaughtUp(t, 20*time.Second)
+	require.NoError(t, c.Stop())
+	testenv.Eventually(t, 20*time.Second, func() bool { return !in.r.Active() }, "relay to step down when its lock session dies")
+	require.NoError(t, c.Start())
+	e.appendEvents(t, db, 100, 10)
+	e.requireStreamEqualsLog(t)
+	require.NoError(t, in.stop())
+	require.Greater(t, relay.Errors(in.r, "database"), float64(0))
+}
+
+func TestForeignStream(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	e.appendEvents(t, e.db, 10, 10)
+	in := e.newRelay(t, e.db, nil).start(t)
+	e.awaitCaughtUp(t, 10*time.Second)
+	require.NoError(t, in.stop())
+
+	other := testenv.Postgres(t) // another log, same stream
+	storetest.Append(t, other, event(t, 0))
+	o := e.newRelay(t, other, nil).start(t)
+	<-o.done
+	var mismatch *relay.LogMismatchError
+	require.ErrorAs(t, o.err, &mismatch)
+	require.ErrorIs(t, o.err, relay.ErrForeignStream)
+	logID, _ := e.db.LogID(context.Background())
+	otherID, _ := other.LogID(context.Background())
+	require.Equal(t, logID, mismatch.StreamLogID)
+	require.Equal(t, otherID, mismatch.LogID)
+	require.Contains(t, o.err.Error(), logID)
+	_, err := relay.ReadStatus(context.Background(), other, e.js, e.stream)
+	require.ErrorIs(t, err, relay.ErrForeignStream)
+	require.Equal(t, uint64(10), e.streamInfo(t).State.Msgs, "nothing was published")
+}
+
+func TestEnsureStream(t *testing.T) {
+	t.Parallel()
+	ns := testenv.NATS(t)
+	js := ns.JetStream(t)
+	ctx := context.Background()
+	cfg := relay.Config{Stream: testenv.Name("EVENTS"), DuplicateWindow: 3 * time.Second}
+
+	s, err := relay.EnsureStream(ctx, js, cfg)
+	require.NoError(t, err)
+	got := s.CachedInfo().Config
+	require.Equal(t, []string{"artifactstore.events.>"}, got.Subjects)
+	require.Equal(t, jetstream.FileStorage, got.Storage)
+	require.Equal(t, 3*time.Second, got.Duplicates)
+	require.Equal(t, 1, got.Replicas)
+	_, err = relay.EnsureStream(ctx, js, cfg) // idempotent
+	require.NoError(t, err)
+
+	pos, err := relay.ReadPosition(ctx, js, cfg.Stream)
+	require.NoError(t, err)
+	require.Equal(t, relay.Position{Stream: cfg.Stream}, pos)
+
+	// The same stream under another duplicate window conflicts.
+	other := cfg
+	other.DuplicateWindow = time.Minute
+	_, err = relay.EnsureStream(ctx, js, other)
+	var conflict *relay.ConflictError
+	require.ErrorAs(t, err, &conflict)
+	require.Equal(t, "duplicate window", conflict.Field)
+	require.Contains(t, err.Error(), cfg.Stream)
+
+	// Another stream cannot take the subjects.
+	taken := cfg
+	taken.Stream = testenv.Name("OTHER")
+	_, err = relay.EnsureStream(ctx, js, taken)
+	require.ErrorAs(t, err, &conflict)
+	require.Equal(t, "subjects", conflict.Field)
+
+	// A memory stream of that name conflicts, and Run refuses it.
+	mem := relay.StreamConfig(relay.Config{Stream: testenv.Name("MEM")})
+	mem.Storage = jetstream.MemoryStorage
+	mem.Subjects = []string{"artifactstore.elsewhere.>"}
+	_, err = js.CreateStream(ctx, mem)
+	require.NoError(t, err)
+	_, err = relay.EnsureStream(ctx, js, relay.Config{Stream: mem.Name})
+	require.ErrorIs(t, err, relay.ErrStreamConflict)
+	db := testenv.SQLite(t)
+	r, err := relay.New(db, js, relay.Config{Stream: mem.Name})
+	require.NoError(t, err)
+	require.ErrorIs(t, r.Run(ctx), relay.ErrStreamConflict)
+}
+
+func TestTruncatedStream(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	e.appendEvents(t, e.db, 5, 5)
+	in := e.newRelay(t, e.db, nil).start(t)
+	e.awaitCaughtUp(t, 10*time.Second)
+	require.NoError(t, in.stop())
+	s, err := e.js.Stream(context.Background(), e.stream)
+	require.NoError(t, err)
+	require.NoError(t, s.Purge(context.Background()))
+	_, err = relay.ReadPosition(context.Background(), e.js, e.stream)
+	require.ErrorIs(t, err, relay.ErrStreamTruncated)
+	again := e.newRelay(t, e.db, nil).start(t)
+	<-again.done
+	require.ErrorIs(t, again.err, relay.ErrStreamTruncated)
+}
+
+func TestConfigValidate(t *testing.T) {
+	t.Parallel()
+	db := testenv.SQLite(t)
+	ns := testenv.NATS(t)
+	js := ns.JetStream(t)
+	for _, tc := range []struct {
+		field string
+		cfg   relay.Config
+	}{
+		{"Stream", relay.Config{Stream: "a.b"}},
+		{"Replicas", relay.Config{Replicas: 7}},
+		{"DuplicateWindow", relay.Config{DuplicateWindow: time.Millisecond}},
+		{"MaxInFlight", relay.Config{MaxInFlight: -1}},
+		{"BatchSize", relay.Config{BatchSize: -5}},
+		{"PollInterval", relay.Config{PollInterval: -time.Second}},
+		{"RetryMax", relay.Config{RetryMin: time.Minute, RetryMax: time.Second}},
+	} {
+		_, err := relay.New(db, js, tc.cfg)
+		require.ErrorContains(t, err, "Config."+tc.field)
+	}
+	_, err := relay.New(db, js, relay.Config{})
+	require.NoError(t, err)
+}
