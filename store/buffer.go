@@ -6,29 +6,49 @@ import (
 	"slices"
 )
 
+// bufferCacheRows bounds the clean rows a BufferedViews keeps after a
+// flush to answer later reads without a round trip.
+const bufferCacheRows = 1 << 20
+
 // BufferedViews is a ViewTx that keeps the rows handlers write in memory
 // and writes them to the underlying transaction in bulk on Flush. Replay
 // (and any caller applying many events in one transaction) uses it so that
 // a long history costs one bulk upsert per table instead of a read and a
 // write per event. Handlers see exactly what they would see unbuffered:
-// reads fall through to the transaction for rows not yet in the buffer,
-// unless Empty says the views were reset in this transaction.
+// reads fall through to the transaction for rows the buffer does not hold,
+// unless the views are known to be empty (reset in this transaction) and
+// the row was never written.
 type BufferedViews struct {
 	tx Tx
-	// empty means the views were reset: rows not in the buffer do not exist.
+	// empty means the views were reset: rows never written do not exist.
 	empty bool
-	// flushed holds the ids written by earlier flushes, which the database
-	// now has even when empty is true.
-	flushed    map[string]struct{}
+	// written holds the ids of every row written through the buffer, which
+	// the database has after a flush even when empty is true.
+	written    map[string]struct{}
 	packages   map[string]Package
 	retentions map[string]Retention
+	dirtyP     map[string]struct{}
+	dirtyR     map[string]struct{}
+	// flushed holds, when empty is true, the ids already in the database;
+	// other dirty rows are new and can be bulk-loaded instead of upserted.
+	flushed map[string]struct{}
 }
 
 // NewBufferedViews returns a buffer over tx. When empty is true the views
 // are known to be empty (reset in this transaction), so misses are not read
 // from the database.
 func NewBufferedViews(tx Tx, empty bool) *BufferedViews {
-	return &BufferedViews{tx: tx, empty: empty, flushed: map[string]struct{}{}, packages: map[string]Package{}, retentions: map[string]Retention{}}
+	return &BufferedViews{tx: tx, empty: empty, written: map[string]struct{}{},
+		packages: map[string]Package{}, retentions: map[string]Retention{},
+		dirtyP: map[string]struct{}{}, dirtyR: map[string]struct{}{}, flushed: map[string]struct{}{}}
+}
+
+func (b *BufferedViews) unknown(id string) bool {
+	if !b.empty {
+		return false
+	}
+	_, ok := b.written[id]
+	return !ok
 }
 
 // GetPackage implements ViewTx.
@@ -42,17 +62,13 @@ func (b *BufferedViews) GetPackage(ctx context.Context, id string) (Package, err
 	return b.tx.GetPackage(ctx, id)
 }
 
-func (b *BufferedViews) unknown(id string) bool {
-	if !b.empty {
-		return false
-	}
-	_, ok := b.flushed[id]
-	return !ok
-}
-
 // PutPackage implements ViewTx.
 func (b *BufferedViews) PutPackage(_ context.Context, p Package) error {
 	b.packages[p.ID] = p
+	b.dirtyP[p.ID] = struct{}{}
+	if b.empty {
+		b.written[p.ID] = struct{}{}
+	}
 	return nil
 }
 
@@ -70,38 +86,58 @@ func (b *BufferedViews) GetRetention(ctx context.Context, id string) (Retention,
 // PutRetention implements ViewTx.
 func (b *BufferedViews) PutRetention(_ context.Context, r Retention) error {
 	b.retentions[r.PackageID] = r
+	b.dirtyR[r.PackageID] = struct{}{}
+	if b.empty {
+		b.written[r.PackageID] = struct{}{}
+	}
 	return nil
 }
 
-// Pending returns the number of buffered rows.
-func (b *BufferedViews) Pending() int { return len(b.packages) + len(b.retentions) }
+// Pending returns the number of rows written since the last flush.
+func (b *BufferedViews) Pending() int { return len(b.dirtyP) + len(b.dirtyR) }
 
-// Flush writes every buffered row to the transaction in bulk, in primary
-// key order, and empties the buffer.
+// Flush writes every row changed since the last flush to the transaction
+// in bulk, in primary key order: rows new to emptied views are bulk-loaded
+// (COPY on PostgreSQL), the others upserted.
 func (b *BufferedViews) Flush(ctx context.Context) error {
-	pkgs := make([]Package, 0, len(b.packages))
-	for _, id := range slices.Sorted(maps.Keys(b.packages)) {
-		pkgs = append(pkgs, b.packages[id])
+	var newP, oldP []Package
+	for _, id := range slices.Sorted(maps.Keys(b.dirtyP)) {
+		if _, ok := b.flushed[id]; b.empty && !ok {
+			newP = append(newP, b.packages[id])
+		} else {
+			oldP = append(oldP, b.packages[id])
+		}
 	}
-	rets := make([]Retention, 0, len(b.retentions))
-	for _, id := range slices.Sorted(maps.Keys(b.retentions)) {
-		rets = append(rets, b.retentions[id])
+	var newR, oldR []Retention
+	for _, id := range slices.Sorted(maps.Keys(b.dirtyR)) {
+		if _, ok := b.flushed[id]; b.empty && !ok {
+			newR = append(newR, b.retentions[id])
+		} else {
+			oldR = append(oldR, b.retentions[id])
+		}
 	}
-	if err := b.tx.PutPackages(ctx, pkgs); err != nil {
+	if err := b.tx.LoadViews(ctx, newP, newR); err != nil {
 		return err
 	}
-	if err := b.tx.PutRetentions(ctx, rets); err != nil {
+	if err := b.tx.PutPackages(ctx, oldP); err != nil {
+		return err
+	}
+	if err := b.tx.PutRetentions(ctx, oldR); err != nil {
 		return err
 	}
 	if b.empty {
-		for id := range b.packages {
-			b.flushed[id] = struct{}{}
+		for _, p := range newP {
+			b.flushed[p.ID] = struct{}{}
 		}
-		for id := range b.retentions {
-			b.flushed[id] = struct{}{}
+		for _, r := range newR {
+			b.flushed[r.PackageID] = struct{}{}
 		}
 	}
-	clear(b.packages)
-	clear(b.retentions)
+	clear(b.dirtyP)
+	clear(b.dirtyR)
+	if len(b.packages)+len(b.retentions) > bufferCacheRows {
+		clear(b.packages) // reads fall through to the database again
+		clear(b.retentions)
+	}
 	return nil
 }

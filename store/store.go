@@ -69,6 +69,9 @@ type Tx interface {
 	PutPackages(ctx context.Context, ps []Package) error
 	// PutRetentions upserts many retention rows in bulk.
 	PutRetentions(ctx context.Context, rs []Retention) error
+	// LoadViews bulk-inserts rows that are known not to exist yet (the
+	// views were reset in this transaction); an existing row is an error.
+	LoadViews(ctx context.Context, ps []Package, rs []Retention) error
 
 	// Checkpoint returns the sequence a projection's partition has applied
 	// up to (0 when it has none).

@@ -283,3 +283,38 @@ func (t *tx) PutRetentions(ctx context.Context, rs []store.Retention) error {
 	}
 	return nil
 }
+
+// LoadViews implements store.Tx with COPY.
+func (t *tx) LoadViews(ctx context.Context, ps []store.Package, rs []store.Retention) error {
+	if len(ps) > 0 {
+		_, err := t.tx.CopyFrom(ctx, pgx.Identifier{"artifact_packages"}, []string{"package_id", "name", "version", "status",
+			"created_by", "created_at", "finalized_by", "finalized_at", "manifest_digest", "created_sequence", "last_sequence"},
+			pgx.CopyFromSlice(len(ps), func(i int) ([]any, error) {
+				p := ps[i]
+				var digest []byte
+				if p.ManifestDigest != nil {
+					digest = p.ManifestDigest[:]
+				}
+				var finalizedBy *string
+				if p.FinalizedBy != "" {
+					finalizedBy = &p.FinalizedBy
+				}
+				return []any{p.ID, p.Name, p.Version, p.Status, p.CreatedBy, p.CreatedAt, finalizedBy, p.FinalizedAt,
+					digest, p.CreatedSequence, p.LastSequence}, nil
+			}))
+		if err != nil {
+			return translate(err)
+		}
+	}
+	if len(rs) > 0 {
+		_, err := t.tx.CopyFrom(ctx, pgx.Identifier{"retention_state"}, []string{"package_id", "policy", "keep_days", "expires_at", "last_sequence"},
+			pgx.CopyFromSlice(len(rs), func(i int) ([]any, error) {
+				r := rs[i]
+				return []any{r.PackageID, r.Policy, int32(r.KeepDays), r.ExpiresAt, r.LastSequence}, nil
+			}))
+		if err != nil {
+			return translate(err)
+		}
+	}
+	return nil
+}

@@ -175,22 +175,16 @@ func (t *tx) GetPackage(ctx context.Context, id string) (store.Package, error) {
 
 // PutPackage implements store.ViewTx.
 func (t *tx) PutPackage(ctx context.Context, p store.Package) error {
-	var digest []byte
-	if p.ManifestDigest != nil {
-		digest = p.ManifestDigest[:]
-	}
-	finalizedBy := sql.NullString{String: p.FinalizedBy, Valid: p.FinalizedBy != ""}
-	_, err := t.tx.ExecContext(ctx, `INSERT INTO artifact_packages (package_id, name, version, status, created_by, created_at,
-		finalized_by, finalized_at, manifest_digest, created_sequence, last_sequence)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-		ON CONFLICT (package_id) DO UPDATE SET name = excluded.name, version = excluded.version, status = excluded.status,
-			created_by = excluded.created_by, created_at = excluded.created_at, finalized_by = excluded.finalized_by,
-			finalized_at = excluded.finalized_at, manifest_digest = excluded.manifest_digest,
-			created_sequence = excluded.created_sequence, last_sequence = excluded.last_sequence`,
-		p.ID, p.Name, p.Version, p.Status, p.CreatedBy, micros(p.CreatedAt), finalizedBy, nullMicros(p.FinalizedAt), digest,
-		p.CreatedSequence, p.LastSequence)
-	return translate(err)
+	return t.PutPackages(ctx, []store.Package{p})
 }
+
+const upsertPackage = `INSERT INTO artifact_packages (package_id, name, version, status, created_by, created_at,
+	finalized_by, finalized_at, manifest_digest, created_sequence, last_sequence)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+	ON CONFLICT (package_id) DO UPDATE SET name = excluded.name, version = excluded.version, status = excluded.status,
+		created_by = excluded.created_by, created_at = excluded.created_at, finalized_by = excluded.finalized_by,
+		finalized_at = excluded.finalized_at, manifest_digest = excluded.manifest_digest,
+		created_sequence = excluded.created_sequence, last_sequence = excluded.last_sequence`
 
 // GetRetention implements store.ViewTx.
 func (t *tx) GetRetention(ctx context.Context, packageID string) (store.Retention, error) {
@@ -207,20 +201,34 @@ func (t *tx) GetRetention(ctx context.Context, packageID string) (store.Retentio
 
 // PutRetention implements store.ViewTx.
 func (t *tx) PutRetention(ctx context.Context, r store.Retention) error {
-	_, err := t.tx.ExecContext(ctx, `INSERT INTO retention_state (package_id, policy, keep_days, expires_at, last_sequence)
-		VALUES (?, ?, ?, ?, ?)
-		ON CONFLICT (package_id) DO UPDATE SET policy = excluded.policy, keep_days = excluded.keep_days,
-			expires_at = excluded.expires_at, last_sequence = excluded.last_sequence`,
-		r.PackageID, r.Policy, r.KeepDays, nullMicros(r.ExpiresAt), r.LastSequence)
-	return translate(err)
+	return t.PutRetentions(ctx, []store.Retention{r})
 }
 
-// PutPackages implements store.Tx; SQLite runs in-process, so a prepared
-// statement per row is as fast as a multi-row one.
+const upsertRetention = `INSERT INTO retention_state (package_id, policy, keep_days, expires_at, last_sequence)
+	VALUES (?, ?, ?, ?, ?)
+	ON CONFLICT (package_id) DO UPDATE SET policy = excluded.policy, keep_days = excluded.keep_days,
+		expires_at = excluded.expires_at, last_sequence = excluded.last_sequence`
+
+// PutPackages implements store.Tx with one prepared statement; SQLite
+// runs in-process, so a row per execution costs no round trip.
 func (t *tx) PutPackages(ctx context.Context, ps []store.Package) error {
+	if len(ps) == 0 {
+		return nil
+	}
+	stmt, err := t.tx.PrepareContext(ctx, upsertPackage)
+	if err != nil {
+		return translate(err)
+	}
+	defer stmt.Close()
 	for _, p := range ps {
-		if err := t.PutPackage(ctx, p); err != nil {
-			return err
+		var digest []byte
+		if p.ManifestDigest != nil {
+			digest = p.ManifestDigest[:]
+		}
+		finalizedBy := sql.NullString{String: p.FinalizedBy, Valid: p.FinalizedBy != ""}
+		if _, err := stmt.ExecContext(ctx, p.ID, p.Name, p.Version, p.Status, p.CreatedBy, micros(p.CreatedAt), finalizedBy,
+			nullMicros(p.FinalizedAt), digest, p.CreatedSequence, p.LastSequence); err != nil {
+			return translate(err)
 		}
 	}
 	return nil
@@ -228,10 +236,26 @@ func (t *tx) PutPackages(ctx context.Context, ps []store.Package) error {
 
 // PutRetentions implements store.Tx.
 func (t *tx) PutRetentions(ctx context.Context, rs []store.Retention) error {
+	if len(rs) == 0 {
+		return nil
+	}
+	stmt, err := t.tx.PrepareContext(ctx, upsertRetention)
+	if err != nil {
+		return translate(err)
+	}
+	defer stmt.Close()
 	for _, r := range rs {
-		if err := t.PutRetention(ctx, r); err != nil {
-			return err
+		if _, err := stmt.ExecContext(ctx, r.PackageID, r.Policy, r.KeepDays, nullMicros(r.ExpiresAt), r.LastSequence); err != nil {
+			return translate(err)
 		}
 	}
 	return nil
+}
+
+// LoadViews implements store.Tx.
+func (t *tx) LoadViews(ctx context.Context, ps []store.Package, rs []store.Retention) error {
+	if err := t.PutPackages(ctx, ps); err != nil {
+		return err
+	}
+	return t.PutRetentions(ctx, rs)
 }
