@@ -1,0 +1,583 @@
+package projector
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/artifactstore/artifactstore/store"
+)
+
+// partition is the state of one partition while this worker owns it.
+type partition struct {
+	p    int
+	cons jetstream.Consumer
+	log  *zap.Logger
+	// cp is the checkpoint as this worker last saw it; the compare-and-set
+	// in every transaction tells it when somebody else moved it.
+	cp       int64
+	parked   *store.Parked
+	retryAt  time.Time
+	gapTries int
+}
+
+// applyError is a handler failure at events[index] of a batch.
+type applyError struct {
+	index int
+	err   error
+}
+
+func (e *applyError) Error() string { return e.err.Error() }
+func (e *applyError) Unwrap() error { return e.err }
+
+// consume owns partition p until ctx ends.
+func (w *Worker) consume(ctx context.Context, p int) error {
+	st := &partition{p: p, log: w.log.With(zap.Int("partition", p))}
+	backoff := func(err error) bool {
+		if ctx.Err() != nil {
+			return false
+		}
+		st.log.Warn("partition error; retrying", zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(500 * time.Millisecond):
+			return true
+		}
+	}
+	for {
+		err := w.startPartition(ctx, st)
+		if err == nil {
+			break
+		}
+		if errors.Is(err, errCrashed) {
+			return err
+		}
+		if !backoff(err) {
+			return nil
+		}
+	}
+	for ctx.Err() == nil {
+		if st.parked != nil && time.Now().Before(st.retryAt) {
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Until(st.retryAt)):
+			}
+			continue
+		}
+		err := w.fetchAndApply(ctx, st)
+		if errors.Is(err, errCrashed) {
+			return err
+		}
+		if err != nil && !backoff(err) {
+			break
+		}
+	}
+	// Hand the partition over now rather than after PinnedTTL.
+	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	if s, err := w.js.Stream(uctx, w.derived); err == nil {
+		_ = s.UnpinConsumer(uctx, consumerName(w.cfg.Projection, p), priorityGroup)
+	}
+	return nil
+}
+
+// startPartition loads the partition's checkpoint and parked record, gets
+// its consumer and catches up from the log when the stream no longer
+// holds what comes after the checkpoint.
+func (w *Worker) startPartition(ctx context.Context, st *partition) error {
+	cons, err := w.js.Consumer(ctx, w.derived, consumerName(w.cfg.Projection, st.p))
+	if err != nil {
+		return fmt.Errorf("consumer: %w", err)
+	}
+	st.cons = cons
+	if err := w.db.InTx(ctx, func(tx store.Tx) error {
+		st.cp, err = tx.Checkpoint(ctx, w.cfg.Projection, st.p)
+		return err
+	}); err != nil {
+		return fmt.Errorf("reading checkpoint: %w", err)
+	}
+	parked, err := w.db.Parked(ctx)
+	if err != nil {
+		return fmt.Errorf("reading parked partitions: %w", err)
+	}
+	st.parked = nil
+	for _, rec := range parked {
+		if rec.Projection == w.cfg.Projection && rec.Partition == st.p {
+			st.parked, st.retryAt = &rec, time.Now()
+			st.log.Warn("partition is parked; retrying its event", zap.Int64("sequence", rec.Sequence), zap.String("reason", rec.Reason))
+		}
+	}
+	w.setParkedMetric(st)
+	w.m.checkpoint.WithLabelValues(w.cfg.Projection, partLabel(st.p)).Set(float64(st.cp))
+	first, err := w.firstHeld(ctx)
+	if err != nil {
+		return err
+	}
+	if first > st.cp+1 {
+		return w.catchUp(ctx, st, first-1)
+	}
+	return nil
+}
+
+// fetchAndApply pulls one batch and applies it in groups: as many messages
+// as have arrived (up to BatchSize) go into one transaction.
+func (w *Worker) fetchAndApply(ctx context.Context, st *partition) error {
+	fctx, cancel := context.WithTimeout(ctx, w.cfg.FetchWait)
+	defer cancel()
+	batch, err := st.cons.Fetch(w.cfg.BatchSize, jetstream.FetchContext(fctx), jetstream.FetchPriorityGroup(priorityGroup))
+	if err != nil {
+		return fmt.Errorf("fetch: %w", err)
+	}
+	msgs := batch.Messages()
+	nakRest := func() {
+		cancel()
+		for m := range msgs {
+			_ = m.Nak()
+		}
+	}
+	for {
+		m, ok := <-msgs
+		if !ok {
+			break
+		}
+		group := []jetstream.Msg{m}
+	drain:
+		for len(group) < w.cfg.BatchSize {
+			select {
+			case m, ok := <-msgs:
+				if !ok {
+					break drain
+				}
+				group = append(group, m)
+			default:
+				break drain
+			}
+		}
+		if ctx.Err() != nil {
+			for _, m := range group {
+				_ = m.Nak()
+			}
+			nakRest()
+			return nil
+		}
+		if err := w.handle(ctx, st, group); err != nil {
+			if errors.Is(err, errCrashed) {
+				return err
+			}
+			nakRest()
+			return err
+		}
+		if st.parked != nil {
+			nakRest()
+			return nil
+		}
+	}
+	if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) &&
+		!errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) {
+		return fmt.Errorf("fetch: %w", err)
+	}
+	return nil
+}
+
+type delivered struct {
+	e    store.Event
+	msgs []jetstream.Msg
+}
+
+// handle applies one group of messages. Every message ends acked (applied
+// now or before) or nakked (to be delivered again); handle returns an
+// error only for failures worth a pause (store or NATS unavailable).
+func (w *Worker) handle(ctx context.Context, st *partition, msgs []jetstream.Msg) error {
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.ShutdownTimeout)
+	defer cancel()
+	pl := partLabel(st.p)
+	nak := func(ms []jetstream.Msg) {
+		for _, m := range ms {
+			_ = m.Nak()
+		}
+	}
+	bySeq := map[int64]*delivered{}
+	var pending uint64
+	for _, m := range msgs {
+		e, err := Decode(m.Subject(), m.Headers(), m.Data(), w.logID)
+		if err == nil && Partition(e.SubjectID, w.cfg.Partitions) != st.p {
+			err = fmt.Errorf("%w: event %d of subject %s delivered to partition %d", ErrStreamMismatch, e.Sequence, e.SubjectID, st.p)
+		}
+		if err != nil {
+			seq, _ := strconv.ParseInt(m.Headers().Get(HeaderSequence), 10, 64)
+			return w.park(wctx, st, store.ParkedPoison, seq, m.Headers().Get(HeaderEventType), err, 1, msgs)
+		}
+		if md, err := m.Metadata(); err == nil {
+			pending = md.NumPending
+		}
+		if d := bySeq[e.Sequence]; d != nil {
+			d.msgs = append(d.msgs, m)
+		} else {
+			bySeq[e.Sequence] = &delivered{e: e, msgs: []jetstream.Msg{m}}
+		}
+	}
+	items := make([]*delivered, 0, len(bySeq))
+	for _, d := range bySeq {
+		items = append(items, d)
+	}
+	slices.SortFunc(items, func(a, b *delivered) int { return cmp.Compare(a.e.Sequence, b.e.Sequence) })
+	defer w.m.lag.WithLabelValues(w.cfg.Projection, pl).Set(float64(pending))
+
+	for moved := 0; ; {
+		// Idempotent by sequence: what is at or below the checkpoint is
+		// applied already.
+		i := 0
+		for i < len(items) && items[i].e.Sequence <= st.cp {
+			for _, m := range items[i].msgs {
+				_ = m.Ack()
+			}
+			w.m.skipped.WithLabelValues(w.cfg.Projection, pl).Inc()
+			i++
+		}
+		items = items[i:]
+		if len(items) == 0 {
+			return nil
+		}
+		fresh := func() []jetstream.Msg {
+			var out []jetstream.Msg
+			for _, d := range items {
+				out = append(out, d.msgs...)
+			}
+			return out
+		}
+		last := items[len(items)-1].e.Sequence
+
+		// Gap check against the log: the partition's events in (cp, last]
+		// must be exactly the ones delivered.
+		keys, err := w.partitionKeys(wctx, st.p, st.cp, last)
+		if err != nil {
+			nak(fresh())
+			return fmt.Errorf("reading log keys: %w", err)
+		}
+		var missing []int64
+		j := 0
+		for _, k := range keys {
+			if j < len(items) && items[j].e.Sequence == k.Sequence {
+				if items[j].e.PayloadDigest != k.PayloadDigest {
+					err := fmt.Errorf("%w: event %d payload digest differs from the log's", ErrStreamMismatch, k.Sequence)
+					return w.park(wctx, st, store.ParkedPoison, k.Sequence, items[j].e.Type, err, 1, fresh())
+				}
+				j++
+				continue
+			}
+			missing = append(missing, k.Sequence)
+		}
+		if j < len(items) {
+			err := fmt.Errorf("%w: event %d is not in the log's partition %d", ErrStreamMismatch, items[j].e.Sequence, st.p)
+			return w.park(wctx, st, store.ParkedPoison, items[j].e.Sequence, items[j].e.Type, err, 1, fresh())
+		}
+		if len(missing) > 0 {
+			first, err := w.firstHeld(wctx)
+			if err != nil {
+				nak(fresh())
+				return err
+			}
+			if missing[0] < first {
+				// The stream no longer holds them: catch up from the log.
+				if err := w.catchUp(wctx, st, first-1); err != nil {
+					nak(fresh())
+					return err
+				}
+				if st.parked != nil && st.parked.Reason == store.ParkedPoison && st.parked.Sequence < first {
+					nak(fresh())
+					return nil
+				}
+				continue
+			}
+			st.gapTries++
+			w.m.errors.WithLabelValues(w.cfg.Projection, "gap").Inc()
+			gapErr := fmt.Errorf("event %d arrived but event %d of partition %d (after checkpoint %d) was not delivered",
+				items[0].e.Sequence, missing[0], st.p, st.cp)
+			if st.gapTries > w.cfg.GapRetries {
+				return w.park(wctx, st, store.ParkedGap, missing[0], "", gapErr, st.gapTries, fresh())
+			}
+			st.log.Warn("gap in partition; refetching", zap.Error(gapErr), zap.Int("try", st.gapTries))
+			nak(fresh())
+			return nil
+		}
+		st.gapTries = 0
+
+		events := make([]store.Event, len(items))
+		for k, d := range items {
+			events[k] = d.e
+		}
+		err = w.apply(wctx, st, events, last)
+		var ae *applyError
+		switch {
+		case err == nil:
+			if err := w.afterCommit(st, last); err != nil {
+				return err
+			}
+			for _, m := range fresh() {
+				_ = m.Ack()
+			}
+			return nil
+		case errors.Is(err, errCrashed):
+			return err
+		case errors.Is(err, store.ErrCheckpointMoved):
+			// Another worker (that still thinks it owns the partition, or
+			// took it over) advanced it: re-read and drop what it applied.
+			w.m.errors.WithLabelValues(w.cfg.Projection, "checkpoint_moved").Inc()
+			if err := w.reloadCheckpoint(wctx, st); err != nil || moved > 3 {
+				nak(fresh())
+				return err
+			}
+			moved++
+			continue
+		case errors.As(err, &ae):
+			done, err := w.applyPoison(wctx, st, events, ae)
+			if errors.Is(err, errCrashed) {
+				return err
+			}
+			if err != nil || st.parked != nil {
+				// Everything not applied goes back to the stream.
+				var rest []jetstream.Msg
+				for _, d := range items {
+					if d.e.Sequence > st.cp {
+						rest = append(rest, d.msgs...)
+					} else {
+						for _, m := range d.msgs {
+							_ = m.Ack()
+						}
+					}
+				}
+				nak(rest)
+				return err
+			}
+			_ = done
+			continue
+		default:
+			w.m.errors.WithLabelValues(w.cfg.Projection, "store").Inc()
+			nak(fresh())
+			return err
+		}
+	}
+}
+
+// applyPoison deals with a handler failure at events[ae.index]: the events
+// before it are applied, then the failing one is retried alone up to
+// MaxAttempts times; if it still fails the partition parks.
+func (w *Worker) applyPoison(ctx context.Context, st *partition, events []store.Event, ae *applyError) (bool, error) {
+	w.m.errors.WithLabelValues(w.cfg.Projection, "handler").Inc()
+	if ae.index > 0 {
+		if err := w.apply(ctx, st, events[:ae.index], events[ae.index-1].Sequence); err != nil {
+			if errors.As(err, new(*applyError)) {
+				return false, fmt.Errorf("handler failed differently on retry: %w", err)
+			}
+			return false, err
+		}
+		if err := w.afterCommit(st, events[ae.index-1].Sequence); err != nil {
+			return false, err
+		}
+	}
+	e := events[ae.index]
+	last := ae.err
+	attempts := 1
+	if st.parked != nil && st.parked.Sequence == e.Sequence {
+		attempts += st.parked.Attempts
+	}
+	for a := 1; a < w.cfg.MaxAttempts; a++ {
+		select {
+		case <-ctx.Done():
+			return false, ctx.Err()
+		case <-time.After(min(50*time.Millisecond<<a, 2*time.Second)):
+		}
+		err := w.apply(ctx, st, events[ae.index:ae.index+1], e.Sequence)
+		if err == nil {
+			return true, w.afterCommit(st, e.Sequence)
+		}
+		if !errors.As(err, new(*applyError)) {
+			return false, err
+		}
+		last = err
+		attempts++
+	}
+	return false, w.park(ctx, st, store.ParkedPoison, e.Sequence, e.Type, last, attempts, nil)
+}
+
+// apply applies events (all of partition st.p, in order) and advances the
+// checkpoint from st.cp to to, in one transaction.
+func (w *Worker) apply(ctx context.Context, st *partition, events []store.Event, to int64) error {
+	if h := w.cfg.hooks.beforeTx; h != nil {
+		h(st.p)
+	}
+	err := w.db.InTx(ctx, func(tx store.Tx) error {
+		if err := tx.AdvanceCheckpoint(ctx, w.cfg.Projection, st.p, st.cp, to); err != nil {
+			return err
+		}
+		views := store.NewBufferedViews(tx, false)
+		for i, e := range events {
+			if err := w.cfg.Views.Apply(ctx, views, e); err != nil {
+				if store.Temporary(err) || ctx.Err() != nil {
+					return err
+				}
+				return &applyError{index: i, err: err}
+			}
+		}
+		if err := views.Flush(ctx); err != nil {
+			return err
+		}
+		if st.parked != nil {
+			if err := tx.Unpark(ctx, w.cfg.Projection, st.p); err != nil {
+				return err
+			}
+		}
+		if h := w.cfg.hooks.beforeCommit; h != nil {
+			h(st.p)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	pl := partLabel(st.p)
+	st.cp = to
+	w.m.checkpoint.WithLabelValues(w.cfg.Projection, pl).Set(float64(to))
+	w.m.applied.WithLabelValues(w.cfg.Projection, pl).Add(float64(len(events)))
+	w.m.batches.WithLabelValues(w.cfg.Projection, pl).Inc()
+	if st.parked != nil {
+		st.log.Info("partition resumed", zap.Int64("sequence", st.parked.Sequence), zap.String("reason", st.parked.Reason))
+		st.parked = nil
+		w.setParkedMetric(st)
+	}
+	return nil
+}
+
+func (w *Worker) afterCommit(st *partition, last int64) error {
+	if h := w.cfg.hooks.afterCommit; h != nil {
+		if err := h(st.p, last); err != nil {
+			return fmt.Errorf("%w: %w", errCrashed, err)
+		}
+	}
+	return nil
+}
+
+func (w *Worker) reloadCheckpoint(ctx context.Context, st *partition) error {
+	return w.db.InTx(ctx, func(tx store.Tx) error {
+		cp, err := tx.Checkpoint(ctx, w.cfg.Projection, st.p)
+		st.cp = cp
+		return err
+	})
+}
+
+// park records that the partition stopped on event seq, naks msgs and
+// schedules the next attempt after ParkRetry.
+func (w *Worker) park(ctx context.Context, st *partition, reason string, seq int64, eventType string, cause error, attempts int, msgs []jetstream.Msg) error {
+	for _, m := range msgs {
+		_ = m.Nak()
+	}
+	rec := store.Parked{
+		Projection: w.cfg.Projection, Partition: st.p, Sequence: seq, EventType: eventType, Reason: reason,
+		Error: cause.Error(), Worker: w.cfg.WorkerID, Attempts: attempts, ParkedAt: time.Now().UTC(),
+	}
+	if err := w.db.InTx(ctx, func(tx store.Tx) error { return tx.Park(ctx, rec) }); err != nil {
+		return fmt.Errorf("parking partition: %w", err)
+	}
+	st.parked, st.retryAt = &rec, time.Now().Add(w.cfg.ParkRetry)
+	w.setParkedMetric(st)
+	st.log.Error("partition parked", zap.String("reason", reason), zap.Int64("sequence", seq),
+		zap.String("event_type", eventType), zap.Int("attempts", attempts), zap.Error(cause),
+		zap.Duration("retry_in", w.cfg.ParkRetry))
+	return nil
+}
+
+func (w *Worker) setParkedMetric(st *partition) {
+	v := 0.0
+	if st.parked != nil {
+		v = 1
+	}
+	w.m.parked.WithLabelValues(w.cfg.Projection, partLabel(st.p)).Set(v)
+}
+
+// firstHeld returns the sequence of the first event the derived stream
+// still holds (0 when it holds none).
+func (w *Worker) firstHeld(ctx context.Context) (int64, error) {
+	s, err := w.js.Stream(ctx, w.derived)
+	if err != nil {
+		return 0, fmt.Errorf("stream info: %w", err)
+	}
+	state := s.CachedInfo().State
+	if state.Msgs == 0 {
+		return 0, nil
+	}
+	m, err := s.GetMsg(ctx, state.FirstSeq, jetstream.WithGetMsgSubject(partitionedPrefix+">"))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("first stream message: %w", err)
+	}
+	seq, err := strconv.ParseInt(m.Header.Get(HeaderSequence), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("first stream message: bad %s header", HeaderSequence)
+	}
+	return seq, nil
+}
+
+// catchUp applies the partition's events in (st.cp, upTo] from the log,
+// in transactions of up to BatchSize events: the stream no longer holds
+// them. A handler failure parks the partition.
+func (w *Worker) catchUp(ctx context.Context, st *partition, upTo int64) error {
+	if st.cp >= upTo {
+		return nil
+	}
+	st.log.Info("catching up from the log", zap.Int64("checkpoint", st.cp), zap.Int64("up_to", upTo))
+	const page = store.DefaultBatch
+	var mine []store.Event
+	flush := func(to int64) error {
+		err := w.apply(ctx, st, mine, to)
+		var ae *applyError
+		if errors.As(err, &ae) {
+			if _, err := w.applyPoison(ctx, st, mine, ae); err != nil {
+				return err
+			}
+			if st.parked != nil {
+				return nil
+			}
+			mine = slices.DeleteFunc(mine, func(e store.Event) bool { return e.Sequence <= st.cp })
+			return w.apply(ctx, st, mine, to)
+		}
+		if err != nil {
+			return err
+		}
+		w.m.caughtUp.WithLabelValues(w.cfg.Projection, partLabel(st.p)).Add(float64(len(mine)))
+		return w.afterCommit(st, to)
+	}
+	cursor := st.cp
+	for cursor < upTo && st.parked == nil {
+		evs, err := w.db.Fetch(ctx, cursor, int(min(page, upTo-cursor)))
+		if err != nil {
+			return fmt.Errorf("catch-up: %w", err)
+		}
+		if len(evs) == 0 {
+			break
+		}
+		for _, e := range evs {
+			if Partition(e.SubjectID, w.cfg.Partitions) == st.p {
+				mine = append(mine, e)
+			}
+			cursor = e.Sequence
+		}
+		if len(mine) >= w.cfg.BatchSize || cursor >= upTo || len(evs) < page {
+			if err := flush(cursor); err != nil {
+				return err
+			}
+			mine = mine[:0]
+		}
+	}
+	return nil
+}

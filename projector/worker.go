@@ -1,0 +1,391 @@
+package projector
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/sourcegraph/conc"
+	"go.uber.org/zap"
+
+	"github.com/artifactstore/artifactstore/store"
+)
+
+// JetStream is what the projector needs from a JetStream context;
+// jetstream.JetStream implements it.
+type JetStream interface {
+	Stream(ctx context.Context, name string) (jetstream.Stream, error)
+	CreateOrUpdateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error)
+	CreateOrUpdateConsumer(ctx context.Context, stream string, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error)
+	Consumer(ctx context.Context, stream string, name string) (jetstream.Consumer, error)
+	CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error)
+}
+
+// Worker is one projector process's share of a projection: it registers as
+// a member, consumes the partitions assigned to it and applies their events.
+type Worker struct {
+	db      store.DB
+	js      JetStream
+	cfg     Config
+	log     *zap.Logger
+	m       *metrics
+	derived string
+	keys    keyCache
+	logID   string
+}
+
+// New returns a worker for db and js. It checks cfg (errors wrap
+// ErrConfig) and registers the metrics with cfg.Registerer.
+func New(db store.DB, js JetStream, cfg Config) (*Worker, error) {
+	if db == nil || js == nil {
+		return nil, fmt.Errorf("%w: nil database or JetStream", ErrConfig)
+	}
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("projector: registering metrics: %w", err)
+	}
+	return &Worker{
+		db:      db,
+		js:      js,
+		cfg:     cfg,
+		log:     cfg.Logger.Named("projector").With(zap.String("projection", cfg.Projection), zap.String("worker", cfg.WorkerID)),
+		m:       m,
+		derived: DerivedStream(cfg.Stream, cfg.Partitions),
+	}, nil
+}
+
+// ID returns the worker id.
+func (w *Worker) ID() string { return w.cfg.WorkerID }
+
+// Run registers the worker, consumes its partitions and applies their
+// events until ctx ends. It first checks its dependencies: the database
+// (log id, checkpoints of a matching partition count, else
+// ErrPartitionsChanged) and JetStream; it waits for the public stream to
+// exist, then creates (or updates) the derived partitioned stream, the
+// partition consumers and the members bucket. When ctx ends it stops
+// taking messages, finishes in-flight commits and acks within
+// ShutdownTimeout, leaves the group and returns nil. A lost NATS
+// connection (closed) returns its error.
+func (w *Worker) Run(ctx context.Context) error {
+	if err := w.setup(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	kv, err := w.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      w.cfg.MembersBucket,
+		Description: "artifactstore projector workers (heartbeats)",
+		TTL:         w.cfg.MemberTTL,
+		History:     1,
+		Storage:     jetstream.MemoryStorage,
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("projector: members bucket: %w", err)
+	}
+	w.log.Info("projector started", zap.Int("partitions", w.cfg.Partitions), zap.String("stream", w.derived))
+
+	memberKey := w.cfg.Projection + "." + w.cfg.WorkerID
+	type running struct {
+		cancel context.CancelFunc
+		done   chan struct{}
+	}
+	owned := map[int]*running{}
+	var wg conc.WaitGroup
+	fatal := make(chan error, w.cfg.Partitions)
+	stopPartition := func(p int) {
+		r := owned[p]
+		r.cancel()
+		<-r.done
+		delete(owned, p)
+	}
+	defer func() {
+		for p := range owned {
+			owned[p].cancel()
+		}
+		wg.Wait()
+		w.m.owned.WithLabelValues(w.cfg.Projection, w.cfg.WorkerID).Set(0)
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
+		_ = kv.Delete(dctx, memberKey)
+	}()
+
+	tick := time.NewTicker(w.cfg.MemberTTL / 3)
+	defer tick.Stop()
+	var hbErr error
+	for {
+		if h := w.cfg.hooks.beforeHeartbeat; h != nil {
+			h()
+		}
+		members, err := w.heartbeat(ctx, kv, memberKey)
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, jetstream.ErrConnectionClosed):
+			return fmt.Errorf("projector: %w", err)
+		case err != nil:
+			if hbErr == nil {
+				w.log.Warn("heartbeat failed", zap.Error(err))
+			}
+			hbErr = err
+			w.m.errors.WithLabelValues(w.cfg.Projection, "nats").Inc()
+		default:
+			hbErr = nil
+			want := assign(members, w.cfg.Partitions, w.cfg.WorkerID)
+			for p := range owned {
+				if !slices.Contains(want, p) {
+					w.log.Info("releasing partition", zap.Int("partition", p))
+					stopPartition(p)
+				}
+			}
+			for _, p := range want {
+				if owned[p] != nil {
+					continue
+				}
+				pctx, cancel := context.WithCancel(ctx)
+				r := &running{cancel: cancel, done: make(chan struct{})}
+				owned[p] = r
+				w.log.Info("taking partition", zap.Int("partition", p))
+				wg.Go(func() {
+					defer close(r.done)
+					if err := w.consume(pctx, p); err != nil {
+						fatal <- err
+					}
+				})
+			}
+			w.m.owned.WithLabelValues(w.cfg.Projection, w.cfg.WorkerID).Set(float64(len(owned)))
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-fatal:
+			return err
+		case <-tick.C:
+		}
+	}
+}
+
+// heartbeat refreshes this worker's member key and returns the live
+// members of the projection.
+func (w *Worker) heartbeat(ctx context.Context, kv jetstream.KeyValue, key string) ([]string, error) {
+	hctx, cancel := context.WithTimeout(ctx, w.cfg.MemberTTL/2)
+	defer cancel()
+	if _, err := kv.Put(hctx, key, []byte(time.Now().UTC().Format(time.RFC3339Nano))); err != nil {
+		return nil, err
+	}
+	lister, err := kv.ListKeysFiltered(hctx, w.cfg.Projection+".*")
+	if err != nil {
+		return nil, err
+	}
+	var members []string
+	for k := range lister.Keys() {
+		members = append(members, strings.TrimPrefix(k, w.cfg.Projection+"."))
+	}
+	if err := lister.Stop(); err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
+		return nil, err
+	}
+	if !slices.Contains(members, w.cfg.WorkerID) {
+		return nil, fmt.Errorf("own member key %s not listed", key)
+	}
+	return members, nil
+}
+
+// assign spreads partitions over the sorted members round-robin and
+// returns self's share.
+func assign(members []string, partitions int, self string) []int {
+	members = slices.Clone(members)
+	slices.Sort(members)
+	members = slices.Compact(members)
+	i := slices.Index(members, self)
+	if i < 0 {
+		return nil
+	}
+	var out []int
+	for p := i; p < partitions; p += len(members) {
+		out = append(out, p)
+	}
+	return out
+}
+
+// setup checks the database, waits for the public stream and creates the
+// derived stream and the partition consumers.
+func (w *Worker) setup(ctx context.Context) error {
+	logID, err := w.db.LogID(ctx)
+	if err != nil {
+		return fmt.Errorf("projector: reading log id: %w", err)
+	}
+	w.logID = logID
+	if err := w.initCheckpoints(ctx); err != nil {
+		return err
+	}
+	var public jetstream.Stream
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+		public, err = w.js.Stream(ctx, w.cfg.Stream)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return fmt.Errorf("projector: stream %s: %w", w.cfg.Stream, err)
+		}
+		w.log.Info("waiting for the events stream", zap.String("stream", w.cfg.Stream))
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+	pc := public.CachedInfo().Config
+	_, err = w.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        w.derived,
+		Description: fmt.Sprintf("%s partitioned by subject id into %d partitions for projectors", w.cfg.Stream, w.cfg.Partitions),
+		Storage:     pc.Storage,
+		Replicas:    pc.Replicas,
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      pc.MaxAge,
+		MaxMsgs:     pc.MaxMsgs,
+		MaxBytes:    pc.MaxBytes,
+		Sources: []*jetstream.StreamSource{{
+			Name: w.cfg.Stream,
+			SubjectTransforms: []jetstream.SubjectTransformConfig{{
+				Source:      publicSubjects,
+				Destination: partitionTransform(w.cfg.Partitions),
+			}},
+		}},
+	})
+	if err != nil {
+		return fmt.Errorf("projector: derived stream %s: %w", w.derived, err)
+	}
+	for p := range w.cfg.Partitions {
+		_, err := w.js.CreateOrUpdateConsumer(ctx, w.derived, jetstream.ConsumerConfig{
+			Durable:        consumerName(w.cfg.Projection, p),
+			Description:    fmt.Sprintf("projection %s partition %d", w.cfg.Projection, p),
+			FilterSubject:  partitionFilter(p),
+			DeliverPolicy:  jetstream.DeliverAllPolicy,
+			AckPolicy:      jetstream.AckExplicitPolicy,
+			AckWait:        w.cfg.AckWait,
+			MaxDeliver:     -1,
+			MaxAckPending:  4 * w.cfg.BatchSize,
+			MaxWaiting:     512,
+			PriorityPolicy: jetstream.PriorityPolicyPinned,
+			PinnedTTL:      w.cfg.PinnedTTL,
+			PriorityGroups: []string{priorityGroup},
+		})
+		if err != nil {
+			return fmt.Errorf("projector: consumer of partition %d: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// initCheckpoints refuses a partition count that differs from the
+// checkpoints' and creates a checkpoint row for every partition. A
+// projection that has only partition 0's checkpoint (written by an
+// unpartitioned replay) gets it copied to every partition: the replay
+// applied every event up to it.
+func (w *Worker) initCheckpoints(ctx context.Context) error {
+	cps, err := w.db.Checkpoints(ctx)
+	if err != nil {
+		return fmt.Errorf("projector: reading checkpoints: %w", err)
+	}
+	have := map[int]int64{}
+	for _, c := range cps {
+		if c.Projection != w.cfg.Projection {
+			continue
+		}
+		if c.Partition >= w.cfg.Partitions {
+			return fmt.Errorf("%w: %s has a checkpoint for partition %d, configured %d partitions (run replay --reset)",
+				ErrPartitionsChanged, w.cfg.Projection, c.Partition, w.cfg.Partitions)
+		}
+		have[c.Partition] = c.Sequence
+	}
+	fill := int64(0)
+	if seq, ok := have[0]; ok && len(have) == 1 && w.cfg.Partitions > 1 {
+		fill = seq
+	}
+	err = w.db.InTx(ctx, func(tx store.Tx) error {
+		for p := range w.cfg.Partitions {
+			if _, ok := have[p]; ok {
+				continue
+			}
+			if err := tx.AdvanceCheckpoint(ctx, w.cfg.Projection, p, 0, fill); err != nil && !errors.Is(err, store.ErrCheckpointMoved) {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("projector: creating checkpoints: %w", err)
+	}
+	return nil
+}
+
+func partLabel(p int) string { return strconv.Itoa(p) }
+
+// keyCache holds the keys of a contiguous range (lo, hi] of the log, shared
+// by the partitions of one worker, to check batches for gaps without
+// reading the log once per partition.
+type keyCache struct {
+	mu     sync.Mutex
+	lo, hi int64
+	keys   []store.EventKey
+	parts  []int
+}
+
+const keyCacheMax = 200_000
+
+// partitionKeys returns the keys of the events of partition p with after <
+// sequence <= upTo, read from the log.
+func (w *Worker) partitionKeys(ctx context.Context, p int, after, upTo int64) ([]store.EventKey, error) {
+	c := &w.keys
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if after < c.lo || after > c.hi {
+		c.lo, c.hi, c.keys, c.parts = after, after, nil, nil
+	}
+	for c.hi < upTo {
+		const page = 5000
+		ks, err := w.db.FetchKeys(ctx, c.hi, upTo, page)
+		if err != nil {
+			return nil, err
+		}
+		for _, k := range ks {
+			c.keys = append(c.keys, k)
+			c.parts = append(c.parts, Partition(k.SubjectID, w.cfg.Partitions))
+		}
+		if len(ks) < page {
+			// upTo was delivered, so it is committed, and so is everything
+			// below it (sequence order is commit order).
+			c.hi = upTo
+		} else {
+			c.hi = ks[len(ks)-1].Sequence
+		}
+	}
+	if n := len(c.keys); n > keyCacheMax {
+		cut := n - keyCacheMax/2
+		c.lo = c.keys[cut-1].Sequence
+		c.keys, c.parts = slices.Clone(c.keys[cut:]), slices.Clone(c.parts[cut:])
+	}
+	i, _ := slices.BinarySearchFunc(c.keys, after+1, func(k store.EventKey, s int64) int { return cmp.Compare(k.Sequence, s) })
+	var out []store.EventKey
+	for ; i < len(c.keys) && c.keys[i].Sequence <= upTo; i++ {
+		if c.parts[i] == p {
+			out = append(out, c.keys[i])
+		}
+	}
+	return out, nil
+}
