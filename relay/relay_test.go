@@ -191,7 +191,7 @@ func (e *env) requireStreamEqualsLog(t *testing.T) {
 	require.NoError(t, err)
 	i := 0
 	for i < len(events) {
-		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(5*time.Second))
+		batch, err := cons.Fetch(min(500, len(events)-i), jetstream.FetchMaxWait(5*time.Second))
 		require.NoError(t, err)
 		for m := range batch.Messages() {
 			require.Less(t, i, len(events), "more messages than events")
@@ -452,13 +452,17 @@ func TestOutageLongerThanDuplicateWindow(t *testing.T) {
 	in := e.newRelay(t, e.db, window)
 	var once sync.Once
 	var killedAt time.Time
+	killed := make(chan struct{})
 	relay.SetHook(in.r, func(stage string, seq int64) {
 		if stage == "published" && seq >= 200 {
-			once.Do(func() { killedAt = time.Now(); in.kill() })
+			once.Do(func() { killedAt = time.Now(); in.kill(); close(killed) })
 		}
 	})
 	in.start(t)
+	<-killed
 	require.NoError(t, in.stop())
+	published := e.streamInfo(t).State.Msgs
+	require.Greater(t, published, uint64(150), "the relay published before it was killed")
 	testenv.Eventually(t, 5*time.Second, func() bool { return time.Since(killedAt) > 1500*time.Millisecond },
 		"an outage longer than the duplicate window")
 	again := e.newRelay(t, e.db, window).start(t)
