@@ -11,14 +11,26 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
+
+	"github.com/artifactstore/artifactstore/ingest"
+	"github.com/artifactstore/artifactstore/internal/ops"
+	"github.com/artifactstore/artifactstore/relay"
+	"github.com/artifactstore/artifactstore/store"
 )
+
+// devExtras returns the components dev runs besides ingest and relay.
+func (c devCmd) devExtras(ctx context.Context, g *globals, db store.DB, nc *nats.Conn, js jetstream.JetStream, srv *ops.Server) ([]component, error) {
+	return nil, nil
+}
 
 type devCmd struct {
 	DataDir    string `name:"data-dir" env:"ARTIFACTSTORE_DATA_DIR" default:"./data" help:"Where the SQLite log and JetStream data live."`
 	NATSListen string `name:"nats-listen" env:"ARTIFACTSTORE_NATS_LISTEN" default:"127.0.0.1:4222" help:"Address of the in-process NATS server."`
 	HTTPListen string `name:"http-listen" env:"ARTIFACTSTORE_HTTP_LISTEN" default:"127.0.0.1:8080" help:"Address for /metrics, /healthz, /readyz."`
-	Partitions int    `default:"4" env:"ARTIFACTSTORE_PARTITIONS" help:"Projector partitions."`
+	streamFlags
 }
 
 // startEmbeddedNATS runs nats-server with JetStream in this process. A port
@@ -75,5 +87,74 @@ func (c devCmd) natsDir() string { return filepath.Join(c.DataDir, "jetstream") 
 func (c devCmd) sqlitePath() string { return filepath.Join(c.DataDir, "artifactstore.db") }
 
 func (c devCmd) Run(ctx context.Context, g *globals) error {
-	return errors.New("dev: not yet wired")
+	log := g.log
+	dbURL := g.DatabaseURL
+	if dbURL == "" {
+		dbURL = c.sqlitePath()
+	}
+	db, err := openDB(ctx, dbURL, log)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if _, err := db.Migrate(ctx); err != nil {
+		return err
+	}
+	natsURL := g.NATSURL
+	if natsURL == "" {
+		ns, err := startEmbeddedNATS(c.NATSListen, c.natsDir(), log)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			ns.Shutdown()
+			ns.WaitForShutdown()
+		}()
+		natsURL = ns.ClientURL()
+	}
+	nc, err := connectNATS(ctx, natsURL, "artifactstore-dev", log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	srv := ops.New(c.HTTPListen, log)
+	srv.AddCheck("database", dbCheck(db))
+	srv.AddCheck("nats", natsCheck(nc))
+	svc, err := ingest.New(db, nc, ingest.Config{Logger: log, Registerer: srv.Registerer()})
+	if err != nil {
+		return err
+	}
+	r, err := relay.New(db, js, c.relayConfig(log, srv))
+	if err != nil {
+		return err
+	}
+	httpc, err := opsComponent(srv)
+	if err != nil {
+		return err
+	}
+	comps := []component{httpc, {"ingest", svc.Run}, {"relay", r.Run}}
+	extra, err := c.devExtras(ctx, g, db, nc, js, srv)
+	if err != nil {
+		return err
+	}
+	comps = append(comps, extra...)
+	logID, _ := db.LogID(ctx)
+	fmt.Fprintf(os.Stderr, `
+artifactstore dev is running (stop with Ctrl-C)
+  NATS:     %s
+  log:      %s (log id %s)
+  stream:   %s
+  http:     http://%s/ (/metrics, /healthz, /readyz)
+try:
+  artifactstore --nats-url %s package create --actor you --name hello --version 1.0.0
+  artifactstore --nats-url %s events tail
+
+`, natsURL, redactURL(dbURL), logID, c.Stream, c.HTTPListen, natsURL, natsURL)
+	err = runComponents(ctx, log, comps...)
+	log.Info("stopped")
+	return err
 }

@@ -20,8 +20,8 @@ import (
 )
 
 type globals struct {
-	DatabaseURL string `name:"database-url" env:"ARTIFACTSTORE_DATABASE_URL" default:"./data/artifactstore.db" help:"postgres:// URL, or a SQLite file path."`
-	NATSURL     string `name:"nats-url" env:"ARTIFACTSTORE_NATS_URL" default:"nats://127.0.0.1:4222" help:"NATS server URL(s), comma-separated."`
+	DatabaseURL string `name:"database-url" env:"ARTIFACTSTORE_DATABASE_URL" help:"postgres:// URL, or a SQLite file path (default ./data/artifactstore.db; dev: under --data-dir)."`
+	NATSURL     string `name:"nats-url" env:"ARTIFACTSTORE_NATS_URL" help:"NATS server URL(s), comma-separated (default nats://127.0.0.1:4222; dev: its in-process server)."`
 	LogLevel    string `name:"log-level" env:"ARTIFACTSTORE_LOG_LEVEL" default:"info" enum:"debug,info,warn,error" help:"Log level (debug, info, warn, error)."`
 	LogFormat   string `name:"log-format" env:"ARTIFACTSTORE_LOG_FORMAT" default:"auto" enum:"auto,console,json" help:"Log format: console, json, or auto (console on a terminal)."`
 
@@ -32,8 +32,13 @@ type cli struct {
 	globals
 
 	Dev     devCmd     `cmd:"" help:"Run everything in one process on embedded defaults (in-process NATS, SQLite)."`
+	Ingest  ingestCmd  `cmd:"" help:"Run the ingest command service."`
+	Relay   relayCmd   `cmd:"" help:"Run the outbox relay (log -> JetStream)."`
 	Migrate migrateCmd `cmd:"" help:"Schema management."`
-	Replay  replayCmd  `cmd:"" help:"Rebuild the views from the log in one transaction."`
+	Replay  replayCmd  `cmd:"" help:"Rebuild the views from the log in one transaction; prints the highest sequence applied."`
+	Status  statusCmd  `cmd:"" help:"Show log head, relay position, checkpoints and lag."`
+	Package packageCmd `cmd:"" help:"Package commands and queries over NATS."`
+	Events  eventsCmd  `cmd:"" help:"Read the events stream as a downstream consumer would."`
 }
 
 func main() {
@@ -41,7 +46,7 @@ func main() {
 	k := kong.Parse(&c,
 		kong.Name("artifactstore"),
 		kong.Description("The event backbone of an artifact registry."),
-		kong.UsageOnError(),
+		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
 		kong.Bind(&c.globals),
 	)
 	log, err := newLogger(c.LogLevel, c.LogFormat)

@@ -17,7 +17,7 @@ type migrateCmd struct {
 type migrateUpCmd struct{}
 
 func (migrateUpCmd) Run(ctx context.Context, g *globals) error {
-	db, err := openDB(ctx, g.DatabaseURL, g.log)
+	db, err := openDB(ctx, g.databaseURL(), g.log)
 	if err != nil {
 		return err
 	}
@@ -43,7 +43,7 @@ func (c migrateFreshCmd) Run(ctx context.Context, g *globals) error {
 	if !c.Yes {
 		return fmt.Errorf("migrate fresh drops the log and every view: pass --yes to confirm")
 	}
-	db, err := openDB(ctx, g.DatabaseURL, g.log)
+	db, err := openDB(ctx, g.databaseURL(), g.log)
 	if err != nil {
 		return err
 	}
@@ -64,7 +64,7 @@ type migrateStatusCmd struct {
 }
 
 func (c migrateStatusCmd) Run(ctx context.Context, g *globals) error {
-	db, err := openDB(ctx, g.DatabaseURL, g.log)
+	db, err := openDB(ctx, g.databaseURL(), g.log)
 	if err != nil {
 		return err
 	}

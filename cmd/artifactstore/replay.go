@@ -17,7 +17,7 @@ type replayCmd struct {
 }
 
 func (c replayCmd) Run(ctx context.Context, g *globals) error {
-	db, err := openDB(ctx, g.DatabaseURL, g.log)
+	db, err := openDB(ctx, g.databaseURL(), g.log)
 	if err != nil {
 		return err
 	}

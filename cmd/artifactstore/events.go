@@ -1,0 +1,127 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/artifactstore/artifactstore/relay"
+)
+
+type eventsCmd struct {
+	Tail eventsTailCmd `cmd:"" help:"Follow the events stream from a log sequence, verifying every payload digest."`
+}
+
+type eventsTailCmd struct {
+	Since   int64  `help:"Start after this log sequence (0: from the beginning)."`
+	Stream  string `env:"ARTIFACTSTORE_STREAM" default:"ARTIFACTSTORE_EVENTS" help:"Stream to read."`
+	Subject string `default:"artifactstore.events.>" help:"Subject filter, e.g. artifactstore.events.v1.package.>"`
+	JSON    bool   `help:"Print one JSON object per event."`
+	Limit   int    `help:"Stop after this many events (0: follow until interrupted)."`
+}
+
+// tailedEvent is the JSON form events tail prints.
+type tailedEvent struct {
+	Sequence      int64           `json:"sequence"`
+	EventType     string          `json:"event_type"`
+	SubjectKind   string          `json:"subject_kind"`
+	SubjectID     string          `json:"subject_id"`
+	Actor         string          `json:"actor"`
+	CreatedAt     time.Time       `json:"created_at"`
+	PayloadDigest string          `json:"payload_digest"`
+	Payload       json.RawMessage `json:"payload"`
+}
+
+func (c eventsTailCmd) Run(ctx context.Context, g *globals) error {
+	nc, err := dialClient(g)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	stream, err := js.Stream(sctx, c.Stream)
+	cancel()
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return failf(exitNotFound, "stream %s does not exist yet (is the relay running?)", c.Stream)
+	}
+	if err != nil {
+		return failf(exitUnavailble, "reading stream %s: %v", c.Stream, err)
+	}
+	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{c.Subject}, DeliverPolicy: jetstream.DeliverAllPolicy}
+	if start := c.startSequence(ctx, stream); start > 1 {
+		cfg.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
+		cfg.OptStartSeq = start
+	}
+	cons, err := stream.OrderedConsumer(ctx, cfg)
+	if err != nil {
+		return failf(exitUnavailble, "creating a consumer on %s: %v", c.Stream, err)
+	}
+	msgs, err := cons.Messages()
+	if err != nil {
+		return err
+	}
+	defer msgs.Stop()
+	go func() { <-ctx.Done(); msgs.Stop() }()
+	enc := json.NewEncoder(os.Stdout)
+	n := 0
+	for {
+		m, err := msgs.Next()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return nil
+			}
+			return err
+		}
+		e, _, err := relay.Decode(m.Subject(), m.Headers(), m.Data())
+		if err != nil {
+			// Digest mismatches and malformed messages are reported, not hidden.
+			return failf(exitError, "invalid message on %s: %v", m.Subject(), err)
+		}
+		if e.Sequence <= c.Since {
+			continue
+		}
+		if c.JSON {
+			payload := json.RawMessage(e.Payload)
+			if !json.Valid(e.Payload) {
+				payload, _ = json.Marshal(string(e.Payload))
+			}
+			if err := enc.Encode(tailedEvent{e.Sequence, e.Type, e.SubjectKind, e.SubjectID, e.Actor, e.CreatedAt,
+				e.PayloadDigest.String(), payload}); err != nil {
+				return err
+			}
+		} else {
+			fmt.Printf("%d\t%s\t%s\t%s\t%s\tdigest ok\n", e.Sequence, e.CreatedAt.Format(time.RFC3339Nano), e.Type, e.SubjectID, e.Actor)
+		}
+		n++
+		if c.Limit > 0 && n >= c.Limit {
+			return nil
+		}
+	}
+}
+
+// startSequence finds the stream sequence just after log sequence Since
+// when the stream maps log sequences one to one (it does when the relay
+// created it); otherwise it returns 1 and Run skips older events itself.
+func (c eventsTailCmd) startSequence(ctx context.Context, s jetstream.Stream) uint64 {
+	if c.Since <= 0 {
+		return 1
+	}
+	m, err := s.GetMsg(ctx, uint64(c.Since))
+	if err != nil {
+		return 1
+	}
+	e, _, err := relay.Decode(m.Subject, m.Header, m.Data)
+	if err != nil || e.Sequence != c.Since {
+		return 1
+	}
+	return uint64(c.Since) + 1
+}

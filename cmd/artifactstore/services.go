@@ -1,0 +1,201 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/sourcegraph/conc/pool"
+	"go.uber.org/zap"
+
+	"github.com/artifactstore/artifactstore/ingest"
+	"github.com/artifactstore/artifactstore/internal/ops"
+	"github.com/artifactstore/artifactstore/relay"
+	"github.com/artifactstore/artifactstore/store"
+)
+
+const (
+	defaultDatabaseURL = "./data/artifactstore.db"
+	defaultNATSURL     = "nats://127.0.0.1:4222"
+)
+
+func (g *globals) databaseURL() string {
+	if g.DatabaseURL == "" {
+		return defaultDatabaseURL
+	}
+	return g.DatabaseURL
+}
+
+func (g *globals) natsURL() string {
+	if g.NATSURL == "" {
+		return defaultNATSURL
+	}
+	return g.NATSURL
+}
+
+// connectNATS connects as a long-running service: it fails with a clear
+// error when the server cannot be reached at start, then reconnects for
+// ever, logging each disconnect and reconnect.
+func connectNATS(ctx context.Context, url, name string, log *zap.Logger) (*nats.Conn, error) {
+	log = log.Named("nats")
+	nc, err := nats.Connect(url,
+		nats.Name(name),
+		nats.Timeout(5*time.Second),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250*time.Millisecond),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			log.Warn("disconnected from NATS", zap.Error(err))
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) {
+			log.Info("reconnected to NATS", zap.String("url", c.ConnectedUrlRedacted()))
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			log.Warn("NATS async error", zap.Error(err))
+		}),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to NATS at %s: %w", redactURL(url), err)
+	}
+	if ctx.Err() != nil {
+		nc.Close()
+		return nil, ctx.Err()
+	}
+	log.Info("connected to NATS", zap.String("url", nc.ConnectedUrlRedacted()))
+	return nc, nil
+}
+
+// component is one long-running part of a process.
+type component struct {
+	name string
+	run  func(ctx context.Context) error
+}
+
+// runComponents runs every component until ctx is cancelled or one fails;
+// a failure stops the others. It returns the first error.
+func runComponents(ctx context.Context, log *zap.Logger, comps ...component) error {
+	p := pool.New().WithContext(ctx).WithCancelOnError().WithFirstError()
+	for _, c := range comps {
+		p.Go(func(ctx context.Context) error {
+			err := c.run(ctx)
+			if err != nil && !errors.Is(err, context.Canceled) {
+				log.Error("component failed", zap.String("component", c.name), zap.Error(err))
+				return fmt.Errorf("%s: %w", c.name, err)
+			}
+			if ctx.Err() == nil {
+				return fmt.Errorf("%s stopped unexpectedly", c.name)
+			}
+			return nil
+		})
+	}
+	return p.Wait()
+}
+
+// opsComponent binds the ops server now (so a busy port fails at start)
+// and serves it as a component.
+func opsComponent(srv *ops.Server) (component, error) {
+	l, err := srv.Listen()
+	if err != nil {
+		return component{}, err
+	}
+	return component{"http", func(ctx context.Context) error { return srv.Serve(ctx, l) }}, nil
+}
+
+func dbCheck(db store.DB) ops.Check {
+	return func(ctx context.Context) error { _, err := db.Head(ctx); return err }
+}
+
+func natsCheck(nc *nats.Conn) ops.Check {
+	return func(ctx context.Context) error {
+		if !nc.IsConnected() {
+			return fmt.Errorf("not connected (%s)", nc.Status())
+		}
+		return nc.FlushWithContext(ctx)
+	}
+}
+
+type httpFlag struct {
+	HTTPListen string `name:"http-listen" env:"ARTIFACTSTORE_HTTP_LISTEN" default:"127.0.0.1:9090" help:"Address for /metrics, /healthz and /readyz (empty: none)."`
+}
+
+type ingestCmd struct {
+	httpFlag
+	RequestTimeout time.Duration `name:"request-timeout" env:"ARTIFACTSTORE_REQUEST_TIMEOUT" default:"2s" help:"Longest a command waits for its commit before it is answered unavailable."`
+	MaxBatch       int           `name:"max-batch" env:"ARTIFACTSTORE_MAX_BATCH" default:"256" help:"Most commands committed in one transaction."`
+}
+
+func (c ingestCmd) Run(ctx context.Context, g *globals) error {
+	db, err := openDB(ctx, g.databaseURL(), g.log)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	nc, err := connectNATS(ctx, g.natsURL(), "artifactstore-ingest", g.log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	srv := ops.New(c.HTTPListen, g.log)
+	srv.AddCheck("database", dbCheck(db))
+	srv.AddCheck("nats", natsCheck(nc))
+	svc, err := ingest.New(db, nc, ingest.Config{RequestTimeout: c.RequestTimeout, MaxBatch: c.MaxBatch,
+		Logger: g.log, Registerer: srv.Registerer()})
+	if err != nil {
+		return err
+	}
+	httpc, err := opsComponent(srv)
+	if err != nil {
+		return err
+	}
+	return runComponents(ctx, g.log, httpc, component{"ingest", svc.Run})
+}
+
+type streamFlags struct {
+	Stream          string        `env:"ARTIFACTSTORE_STREAM" default:"ARTIFACTSTORE_EVENTS" help:"JetStream stream of the events."`
+	Replicas        int           `env:"ARTIFACTSTORE_STREAM_REPLICAS" default:"1" help:"Stream replicas when the relay creates it (3 on a cluster)."`
+	DuplicateWindow time.Duration `name:"duplicate-window" env:"ARTIFACTSTORE_DUPLICATE_WINDOW" default:"2m" help:"Stream de-duplication window (exactly-once does not depend on it)."`
+}
+
+func (f streamFlags) relayConfig(log *zap.Logger, srv *ops.Server) relay.Config {
+	cfg := relay.Config{Stream: f.Stream, Replicas: f.Replicas, DuplicateWindow: f.DuplicateWindow, Logger: log}
+	if srv != nil {
+		cfg.Registerer = srv.Registerer()
+	}
+	return cfg
+}
+
+type relayCmd struct {
+	httpFlag
+	streamFlags
+}
+
+func (c relayCmd) Run(ctx context.Context, g *globals) error {
+	db, err := openDB(ctx, g.databaseURL(), g.log)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	nc, err := connectNATS(ctx, g.natsURL(), "artifactstore-relay", g.log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	srv := ops.New(c.HTTPListen, g.log)
+	srv.AddCheck("database", dbCheck(db))
+	srv.AddCheck("nats", natsCheck(nc))
+	r, err := relay.New(db, js, c.relayConfig(g.log, srv))
+	if err != nil {
+		return err
+	}
+	httpc, err := opsComponent(srv)
+	if err != nil {
+		return err
+	}
+	return runComponents(ctx, g.log, httpc, component{"relay", r.Run})
+}

@@ -1,0 +1,123 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/artifactstore/artifactstore/relay"
+	"github.com/artifactstore/artifactstore/store"
+)
+
+type statusCmd struct {
+	JSON   bool   `help:"Print JSON."`
+	Stream string `env:"ARTIFACTSTORE_STREAM" default:"ARTIFACTSTORE_EVENTS" help:"Events stream."`
+}
+
+// statusReport is what status prints.
+type statusReport struct {
+	LogID       string             `json:"log_id"`
+	Head        int64              `json:"head"`
+	Relay       *relayStatus       `json:"relay,omitempty"`
+	RelayError  string             `json:"relay_error,omitempty"`
+	Projections []projectionStatus `json:"projections"`
+}
+
+type relayStatus struct {
+	Stream         string `json:"stream"`
+	Position       int64  `json:"position"`
+	StreamSequence uint64 `json:"stream_sequence"`
+	Lag            int64  `json:"lag"`
+}
+
+type projectionStatus struct {
+	Projection string `json:"projection"`
+	Partition  int    `json:"partition"`
+	Sequence   int64  `json:"sequence"`
+	Lag        int64  `json:"lag"`
+	Parked     bool   `json:"parked,omitempty"`
+	ParkedAt   int64  `json:"parked_at,omitempty"`
+	Reason     string `json:"reason,omitempty"`
+}
+
+func (c statusCmd) Run(ctx context.Context, g *globals) error {
+	db, err := openDB(ctx, g.databaseURL(), g.log)
+	if err != nil {
+		return failf(exitUnavailble, "%v", err)
+	}
+	defer db.Close()
+	rep, err := readStatus(ctx, db, g, c.Stream)
+	if err != nil {
+		return err
+	}
+	if c.JSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "log\t%s\thead %d\n", rep.LogID, rep.Head)
+	if rep.Relay != nil {
+		fmt.Fprintf(w, "relay\t%s\tposition %d\tlag %d\n", rep.Relay.Stream, rep.Relay.Position, rep.Relay.Lag)
+	} else {
+		fmt.Fprintf(w, "relay\tunknown\t%s\n", rep.RelayError)
+	}
+	for _, p := range rep.Projections {
+		state := ""
+		if p.Parked {
+			state = fmt.Sprintf("PARKED at %d: %s", p.ParkedAt, p.Reason)
+		}
+		fmt.Fprintf(w, "projection\t%s/%d\tcheckpoint %d\tlag %d\t%s\n", p.Projection, p.Partition, p.Sequence, p.Lag, state)
+	}
+	return w.Flush()
+}
+
+func readStatus(ctx context.Context, db store.DB, g *globals, stream string) (statusReport, error) {
+	var rep statusReport
+	var err error
+	if rep.LogID, err = db.LogID(ctx); err != nil {
+		return rep, failf(exitUnavailble, "reading the log: %v", err)
+	}
+	if rep.Head, err = db.Head(ctx); err != nil {
+		return rep, failf(exitUnavailble, "reading the log: %v", err)
+	}
+	if rs, err := readRelay(ctx, db, g, stream); err != nil {
+		rep.RelayError = err.Error()
+	} else {
+		rep.Relay = rs
+	}
+	cps, err := db.Checkpoints(ctx)
+	if err != nil {
+		return rep, failf(exitUnavailble, "reading checkpoints: %v", err)
+	}
+	rep.Projections = []projectionStatus{}
+	for _, cp := range cps {
+		rep.Projections = append(rep.Projections, projectionStatus{Projection: cp.Projection, Partition: cp.Partition,
+			Sequence: cp.Sequence, Lag: rep.Head - cp.Sequence})
+	}
+	return rep, nil
+}
+
+func readRelay(ctx context.Context, db store.DB, g *globals, stream string) (*relayStatus, error) {
+	nc, err := dialClient(g)
+	if err != nil {
+		return nil, err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	st, err := relay.ReadStatus(ctx, db, js, stream)
+	if err != nil {
+		return nil, err
+	}
+	return &relayStatus{Stream: st.Stream, Position: st.Sequence, StreamSequence: st.StreamSequence, Lag: st.Lag}, nil
+}

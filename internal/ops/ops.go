@@ -1,0 +1,156 @@
+// Package ops serves what operators of each artifactstore service read
+// over HTTP: Prometheus metrics on /metrics, liveness on /healthz and
+// readiness on /readyz (every registered dependency check must pass), and
+// any extra handlers a service adds (the status page).
+package ops
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+)
+
+// Check reports whether one dependency is usable; ctx bounds it.
+type Check func(ctx context.Context) error
+
+// Server is the operations HTTP server of one process.
+type Server struct {
+	addr     string
+	log      *zap.Logger
+	registry *prometheus.Registry
+	mux      *http.ServeMux
+
+	mu     sync.Mutex
+	checks map[string]Check
+}
+
+// New returns a server for addr with a fresh metrics registry that already
+// holds the Go runtime and process collectors.
+func New(addr string, log *zap.Logger) *Server {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s := &Server{addr: addr, log: log.Named("ops"), registry: reg, mux: http.NewServeMux(), checks: map[string]Check{}}
+	s.mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	s.mux.HandleFunc("GET /readyz", s.ready)
+	return s
+}
+
+// Registerer returns the registry services register their metrics with.
+func (s *Server) Registerer() prometheus.Registerer { return s.registry }
+
+// Gatherer returns the registry for reading metrics back.
+func (s *Server) Gatherer() prometheus.Gatherer { return s.registry }
+
+// AddCheck adds a readiness check under name.
+func (s *Server) AddCheck(name string, c Check) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.checks[name] = c
+}
+
+// Handle adds a handler to the server's mux (pattern as for http.ServeMux).
+func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+
+// CheckResult is one readiness check's outcome.
+type CheckResult struct {
+	Name  string `json:"name"`
+	OK    bool   `json:"ok"`
+	Error string `json:"error,omitempty"`
+}
+
+// Ready runs every check (each bounded by 2 seconds) and reports the results
+// in name order and whether all passed.
+func (s *Server) Ready(ctx context.Context) ([]CheckResult, bool) {
+	s.mu.Lock()
+	names := make([]string, 0, len(s.checks))
+	for n := range s.checks {
+		names = append(names, n)
+	}
+	checks := make(map[string]Check, len(s.checks))
+	for n, c := range s.checks {
+		checks[n] = c
+	}
+	s.mu.Unlock()
+	sort.Strings(names)
+	all := true
+	out := make([]CheckResult, 0, len(names))
+	for _, n := range names {
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := checks[n](cctx)
+		cancel()
+		r := CheckResult{Name: n, OK: err == nil}
+		if err != nil {
+			r.Error = err.Error()
+			all = false
+		}
+		out = append(out, r)
+	}
+	return out, all
+}
+
+func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
+	results, ok := s.Ready(r.Context())
+	w.Header().Set("Content-Type", "application/json")
+	if !ok {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	_ = json.NewEncoder(w).Encode(map[string]any{"ready": ok, "checks": results})
+}
+
+// Listen binds the address; call it before Serve so a bad address fails
+// at start. An empty address disables the server (nil listener).
+func (s *Server) Listen() (net.Listener, error) {
+	if s.addr == "" {
+		return nil, nil
+	}
+	l, err := net.Listen("tcp", s.addr)
+	if err != nil {
+		return nil, fmt.Errorf("ops: listening on %s (choose another with --http-listen): %w", s.addr, err)
+	}
+	return l, nil
+}
+
+// Serve serves on l until ctx is cancelled, then shuts down gracefully
+// within 5 seconds. A nil l returns when ctx is done.
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	if l == nil {
+		<-ctx.Done()
+		return nil
+	}
+	srv := &http.Server{Handler: s.mux, ReadHeaderTimeout: 5 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+	s.log.Info("serving /metrics, /healthz and /readyz", zap.String("addr", l.Addr().String()))
+	select {
+	case err := <-errc:
+		return fmt.Errorf("ops: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("ops: shutdown: %w", err)
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("ops: %w", err)
+	}
+	return nil
+}
