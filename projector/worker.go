@@ -188,16 +188,15 @@ func (w *Worker) heartbeat(ctx context.Context, kv jetstream.KeyValue, key strin
 	if _, err := kv.Put(hctx, key, []byte(time.Now().UTC().Format(time.RFC3339Nano))); err != nil {
 		return nil, err
 	}
-	lister, err := kv.ListKeysFiltered(hctx, w.cfg.Projection+".*")
+	keys, err := kv.Keys(hctx)
 	if err != nil {
 		return nil, err
 	}
 	var members []string
-	for k := range lister.Keys() {
-		members = append(members, strings.TrimPrefix(k, w.cfg.Projection+"."))
-	}
-	if err := lister.Stop(); err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
-		return nil, err
+	for _, k := range keys {
+		if m, ok := strings.CutPrefix(k, w.cfg.Projection+"."); ok {
+			members = append(members, m)
+		}
 	}
 	if !slices.Contains(members, w.cfg.WorkerID) {
 		return nil, fmt.Errorf("own member key %s not listed", key)

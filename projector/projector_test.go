@@ -1,0 +1,108 @@
+package projector
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+
+	"github.com/artifactstore/artifactstore/internal/testenv"
+	"github.com/artifactstore/artifactstore/store"
+	"github.com/artifactstore/artifactstore/store/storetest"
+)
+
+func TestPartitionMatchesServerTransform(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	appendPackages(t, e.db, 0, 300)
+	e.relay(t)
+	w, err := New(e.db, e.js, Config{Partitions: 7, Logger: testenv.Logger(t)})
+	require.NoError(t, err)
+	ctx := context.Background()
+	require.NoError(t, w.setup(ctx))
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		s, err := e.js.Stream(ctx, w.derived)
+		require.NoError(t, err)
+		return s.CachedInfo().State.Msgs == 450
+	}, "derived stream sources every event")
+	cons, err := e.js.OrderedConsumer(ctx, w.derived, jetstream.OrderedConsumerConfig{})
+	require.NoError(t, err)
+	for range 450 {
+		m, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
+		require.NoError(t, err)
+		ev, err := Decode(m.Subject(), m.Headers(), m.Data(), e.logID)
+		require.NoError(t, err)
+		want := partitionedPrefix + itoa(Partition(ev.SubjectID, 7)) + "." + ev.Type + "." + ev.SubjectID
+		require.Equal(t, want, m.Subject())
+	}
+}
+
+func TestSingleWorkerAppliesAndStopsCleanly(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	const n = 4
+	appendPackages(t, e.db, 0, 200)
+	e.relay(t)
+	r := e.start(t, fastConfig("solo", n))
+	want := expected(t, e.db, n)
+	testenv.Eventually(t, 30*time.Second, func() bool { return caughtUp(t, e.db, DefaultProjection, want) }, "checkpoints reach the log")
+	// Live events keep flowing.
+	appendPackages(t, e.db, 200, 260)
+	e.relay(t)
+	want = expected(t, e.db, n)
+	testenv.Eventually(t, 30*time.Second, func() bool { return caughtUp(t, e.db, DefaultProjection, want) }, "live events applied")
+	require.NoError(t, r.stop())
+	require.Equal(t, 390.0, r.metric(t, "artifactstore_projector_events_applied_total", nil))
+	st, err := Inspect(context.Background(), e.db, DefaultProjection)
+	require.NoError(t, err)
+	require.Len(t, st.Partitions, n)
+	require.Zero(t, st.ParkedPartitions)
+	requireReplayEqual(t, e.db, n)
+	// After the replay every partition's checkpoint is the head: a worker
+	// started now applies nothing twice.
+	st, err = Inspect(context.Background(), e.db, DefaultProjection)
+	require.NoError(t, err)
+	require.Zero(t, st.Lag)
+	r2 := e.start(t, fastConfig("after-replay", n))
+	appendPackages(t, e.db, 260, 270)
+	e.relay(t)
+	want = expected(t, e.db, n)
+	testenv.Eventually(t, 30*time.Second, func() bool { return caughtUp(t, e.db, DefaultProjection, want) }, "events after replay applied")
+	require.NoError(t, r2.stop())
+	requireReplayEqual(t, e.db, n)
+}
+
+func TestUnknownEventTypesAdvanceCheckpointAndChangeNothing(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	const n = 3
+	appendPackages(t, e.db, 0, 50)
+	e.relay(t)
+	r := e.start(t, fastConfig("u", n))
+	want := expected(t, e.db, n)
+	testenv.Eventually(t, 30*time.Second, func() bool { return caughtUp(t, e.db, DefaultProjection, want) }, "known events applied")
+	before, err := e.db.DumpViews(context.Background())
+	require.NoError(t, err)
+	var unknown []store.Event
+	for i := range 30 {
+		ev, err := store.NewEvent("v9.widget.spun", "widget", storetest.PackageID(i), "ci", []byte(`{"rpm":33}`))
+		require.NoError(t, err)
+		unknown = append(unknown, ev)
+	}
+	storetest.Append(t, e.db, unknown...)
+	e.relay(t)
+	want = expected(t, e.db, n)
+	testenv.Eventually(t, 30*time.Second, func() bool { return caughtUp(t, e.db, DefaultProjection, want) }, "unknown events advance the checkpoints")
+	after, err := e.db.DumpViews(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, before, after)
+	require.NoError(t, r.stop())
+	requireReplayEqual(t, e.db, n)
+}
+
+func itoa(i int) string { return string(rune('0' + i)) }
+
+var _ = atomic.Bool{}
