@@ -185,94 +185,115 @@ func (s *Service) decide(cmds []*command) {
 // log_head row in Append — so concurrent batches (of this instance or
 // others) wait for each other but never deadlock.
 func (s *Service) tryCommit(ctx context.Context, cmds []*command) (committing bool, err error) {
-	err = s.db.InTx(ctx, func(tx store.Tx) error {
+	err = s.db.InTx(ctx, func(stx store.Tx) error {
+		tx := bulk(stx)
 		for _, c := range cmds {
 			c.claimed, c.res = false, result{}
 		}
 		// 1. Idempotency: claim command ids; a seen id gets its first reply.
 		byID := filter(cmds, func(c *command) bool { return c.commandID != "" })
-		slices.SortStableFunc(byID, func(a, b *command) int { return cmp.Compare(a.commandID, b.commandID) })
-		for _, c := range byID {
-			ok, err := tx.ClaimCommand(ctx, c.commandID)
+		slices.SortFunc(byID, func(a, b *command) int { return cmp.Compare(a.commandID, b.commandID) })
+		if len(byID) > 0 {
+			claimed, err := tx.ClaimCommands(ctx, keys(byID, func(c *command) string { return c.commandID }))
 			if err != nil {
 				return err
 			}
-			if ok {
-				c.claimed = true
-				continue
+			var seen []*command
+			for i, c := range byID {
+				c.claimed = claimed[i]
+				if !c.claimed {
+					seen = append(seen, c)
+				}
 			}
-			body, err := tx.CommandReply(ctx, c.commandID)
-			if errors.Is(err, store.ErrNotFound) {
-				c.res.err = newError(CodeUnavailable, "command %s is still being handled; retry", c.commandID)
-				continue
-			} else if err != nil {
-				return err
+			if len(seen) > 0 {
+				replies, err := tx.CommandReplies(ctx, keys(seen, func(c *command) string { return c.commandID }))
+				if err != nil {
+					return err
+				}
+				for _, c := range seen {
+					if body, ok := replies[c.commandID]; ok {
+						c.res = result{body: body, duplicate: true}
+					} else {
+						c.res.err = newError(CodeUnavailable, "command %s is still being handled; retry", c.commandID)
+					}
+				}
 			}
-			c.res = result{body: body, duplicate: true}
 		}
 		undecided := func(c *command) bool { return c.res.err == nil && c.res.body == nil }
-		// 2. Creates: (name, version) is unique.
+		// 2. Creates: (name, version) is unique; the first of a batch wins.
 		creates := filter(cmds, func(c *command) bool { return undecided(c) && c.endpoint == endpointCreate })
 		slices.SortStableFunc(creates, func(a, b *command) int {
 			return cmp.Or(cmp.Compare(a.name, b.name), cmp.Compare(a.version, b.version))
 		})
-		for _, c := range creates {
-			ok, err := tx.ClaimPackage(ctx, c.event.SubjectID, c.name, c.version)
+		if len(creates) > 0 {
+			ok, err := tx.ClaimPackages(ctx, keys(creates, func(c *command) string { return c.event.SubjectID }),
+				keys(creates, func(c *command) string { return c.name }), keys(creates, func(c *command) string { return c.version }))
 			if err != nil {
 				return err
 			}
-			if !ok {
-				c.res.err = newError(CodeConflict, "package %s version %s already exists", c.name, c.version)
+			for i, c := range creates {
+				if !ok[i] {
+					c.res.err = newError(CodeConflict, "package %s version %s already exists", c.name, c.version)
+				}
 			}
 		}
 		// 3. Finalizes: known packages, once. Creates of this batch are
 		// already in the index, so finalizing one of them works.
 		finals := filter(cmds, func(c *command) bool { return undecided(c) && c.endpoint == endpointFinalize })
 		slices.SortStableFunc(finals, func(a, b *command) int { return cmp.Compare(a.event.SubjectID, b.event.SubjectID) })
-		for _, c := range finals {
-			ok, err := tx.FinalizePackage(ctx, c.event.SubjectID)
-			switch {
-			case errors.Is(err, store.ErrNotFound):
-				c.res.err = newError(CodeNotFound, "package %s not found", c.event.SubjectID)
-			case err != nil:
+		if len(finals) > 0 {
+			ok, exists, err := tx.FinalizePackages(ctx, keys(finals, func(c *command) string { return c.event.SubjectID }))
+			if err != nil {
 				return err
-			case !ok:
-				c.res.err = newError(CodeConflict, "package %s is already finalized", c.event.SubjectID)
+			}
+			for i, c := range finals {
+				switch {
+				case !exists[i]:
+					c.res.err = newError(CodeNotFound, "package %s not found", c.event.SubjectID)
+				case !ok[i]:
+					c.res.err = newError(CodeConflict, "package %s is already finalized", c.event.SubjectID)
+				}
 			}
 		}
 		// 4. A rejected command keeps nothing, not even its id.
-		for _, c := range byID {
-			if c.claimed && c.res.err != nil {
-				if err := tx.ReleaseCommand(ctx, c.commandID); err != nil {
-					return err
-				}
+		if rejected := filter(byID, func(c *command) bool { return c.claimed && c.res.err != nil }); len(rejected) > 0 {
+			if err := tx.ReleaseCommands(ctx, keys(rejected, func(c *command) string { return c.commandID })); err != nil {
+				return err
 			}
 		}
 		// 5. Append the accepted commands' events, creates first so that a
 		// package created and finalized in one batch reads in order.
 		accepted := filter(cmds, func(c *command) bool { return undecided(c) && c.endpoint == endpointCreate })
 		accepted = append(accepted, filter(cmds, func(c *command) bool { return undecided(c) && c.endpoint == endpointFinalize })...)
-		if len(accepted) > 0 {
-			events := make([]store.Event, len(accepted))
-			for i, c := range accepted {
-				events[i] = c.event
-			}
-			appended, err := tx.Append(ctx, events...)
+		if len(accepted) == 0 {
+			committing = true
+			return nil
+		}
+		events := make([]store.Event, len(accepted))
+		for i, c := range accepted {
+			events[i] = c.event
+		}
+		appended, err := stx.Append(ctx, events...)
+		if err != nil {
+			return err
+		}
+		var ids []string
+		var seqs []int64
+		var replies [][]byte
+		for i, c := range accepted {
+			e := appended[i]
+			c.res.body, err = json.Marshal(CommandReply{Sequence: e.Sequence, EventType: e.Type, PackageID: e.SubjectID, CreatedAt: e.CreatedAt})
 			if err != nil {
 				return err
 			}
-			for i, c := range accepted {
-				e := appended[i]
-				c.res.body, err = json.Marshal(CommandReply{Sequence: e.Sequence, EventType: e.Type, PackageID: e.SubjectID, CreatedAt: e.CreatedAt})
-				if err != nil {
-					return err
-				}
-				// 6. Remember the reply of an idempotent command.
-				if c.claimed {
-					if err := tx.CompleteCommand(ctx, c.commandID, e.Sequence, c.res.body); err != nil {
-						return err
-					}
-				}
+			if c.claimed {
+				ids, seqs, replies = append(ids, c.commandID), append(seqs, e.Sequence), append(replies, c.res.body)
+			}
+		}
+		// 6. Remember the replies of idempotent commands.
+		if len(ids) > 0 {
+			if err := tx.CompleteCommands(ctx, ids, seqs, replies); err != nil {
+				return err
 			}
 		}
 		committing = true
@@ -287,6 +308,14 @@ func filter(cmds []*command, keep func(*command) bool) []*command {
 		if keep(c) {
 			out = append(out, c)
 		}
+	}
+	return out
+}
+
+func keys(cmds []*command, key func(*command) string) []string {
+	out := make([]string, len(cmds))
+	for i, c := range cmds {
+		out[i] = key(c)
 	}
 	return out
 }

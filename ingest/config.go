@@ -18,10 +18,12 @@ const (
 	// transaction.
 	DefaultMaxBatch = 256
 	// DefaultBatchDelay is how long a batch waits for more commands once
-	// its first one has arrived, when fewer than MaxBatch are queued.
-	DefaultBatchDelay = 500 * time.Microsecond
+	// its first one has arrived, when fewer than MaxBatch are queued: none.
+	// Batches form by themselves while the committers are busy; lingering
+	// only added latency in the benchmark (bench_test.go).
+	DefaultBatchDelay time.Duration = 0
 	// DefaultCommitters is how many batches may be committing at once.
-	DefaultCommitters = 4
+	DefaultCommitters = 2
 	// DefaultMaxPending is how many decoded commands may wait for a batch.
 	DefaultMaxPending = 8192
 	// DefaultMaxRetries is how many times a batch that lost a race
@@ -43,7 +45,7 @@ type Config struct {
 	// MaxBatch caps the commands of one transaction (1..10000).
 	MaxBatch int
 	// BatchDelay is how long a batch lingers for more commands after its
-	// first one (0..100ms). Negative means do not linger.
+	// first one (0..100ms; 0, the default, does not linger).
 	BatchDelay time.Duration
 	// Committers is how many batches commit concurrently (1..64).
 	Committers int
@@ -74,11 +76,6 @@ func (c Config) withDefaults() Config {
 	if c.MaxBatch == 0 {
 		c.MaxBatch = DefaultMaxBatch
 	}
-	if c.BatchDelay == 0 {
-		c.BatchDelay = DefaultBatchDelay
-	} else if c.BatchDelay < 0 {
-		c.BatchDelay = 0
-	}
 	if c.Committers == 0 {
 		c.Committers = DefaultCommitters
 	}
@@ -108,8 +105,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("ingest: config: RequestTimeout %s is below 10ms", c.RequestTimeout)
 	case c.MaxBatch < 1 || c.MaxBatch > 10000:
 		return fmt.Errorf("ingest: config: MaxBatch %d is outside 1..10000", c.MaxBatch)
-	case c.BatchDelay > 100*time.Millisecond:
-		return fmt.Errorf("ingest: config: BatchDelay %s is above 100ms", c.BatchDelay)
+	case c.BatchDelay < 0 || c.BatchDelay > 100*time.Millisecond:
+		return fmt.Errorf("ingest: config: BatchDelay %s is outside 0..100ms", c.BatchDelay)
 	case c.BatchDelay >= c.RequestTimeout:
 		return fmt.Errorf("ingest: config: BatchDelay %s is not below RequestTimeout %s", c.BatchDelay, c.RequestTimeout)
 	case c.Committers < 1 || c.Committers > 64:
