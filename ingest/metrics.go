@@ -1,7 +1,6 @@
 package ingest
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -57,11 +56,7 @@ func newMetrics(reg prometheus.Registerer, pending func() float64) (*metrics, er
 	}
 	for _, c := range []prometheus.Collector{m.requests, m.batchSize, m.commit, m.retries, m.appended, m.pendingGauge} {
 		if err := reg.Register(c); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if errors.As(err, &are) {
-				return nil, fmt.Errorf("ingest: registering metrics: %w (one Registerer per service)", err)
-			}
-			return nil, fmt.Errorf("ingest: registering metrics: %w", err)
+			return nil, fmt.Errorf("ingest: registering metrics (one Registerer per service): %w", err)
 		}
 	}
 	return m, nil
