@@ -121,6 +121,9 @@ func decodeStrict(data []byte, v any) error {
 	if !utf8.Valid(data) {
 		return invalidf("request is not valid UTF-8")
 	}
+	if err := checkKeys(data); err != nil {
+		return err
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
@@ -130,6 +133,72 @@ func decodeStrict(data []byte, v any) error {
 		return invalidf("decoding request: unexpected data after the JSON object")
 	}
 	return nil
+}
+
+// checkKeys closes the gaps encoding/json leaves open: it matches keys
+// case-insensitively (with Unicode folding) and lets a repeated key win. Every
+// field of the requests is lowercase ASCII, so a key must be made of a-z
+// and '_' only, and appear once per object. Syntax errors are left to the
+// decoder.
+func checkKeys(data []byte) error {
+	type frame struct {
+		object    bool
+		expectKey bool
+		keys      map[string]bool
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	var stack []*frame
+	valueDone := func() bool { // reports whether the top-level value is complete
+		if len(stack) == 0 {
+			return true
+		}
+		if top := stack[len(stack)-1]; top.object {
+			top.expectKey = true
+		}
+		return false
+	}
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil
+		}
+		if n := len(stack); n > 0 && stack[n-1].object && stack[n-1].expectKey {
+			top := stack[n-1]
+			if d, ok := tok.(json.Delim); ok && d == '}' {
+				stack = stack[:n-1]
+				if valueDone() {
+					return nil
+				}
+				continue
+			}
+			key, _ := tok.(string)
+			for i := 0; i < len(key); i++ {
+				if c := key[i]; (c < 'a' || c > 'z') && c != '_' {
+					return invalidf("decoding request: unknown field %q", key)
+				}
+			}
+			if top.keys[key] {
+				return invalidf("decoding request: field %q appears twice", key)
+			}
+			top.keys[key] = true
+			top.expectKey = false
+			continue
+		}
+		switch tok {
+		case json.Delim('{'):
+			stack = append(stack, &frame{object: true, expectKey: true, keys: map[string]bool{}})
+			continue
+		case json.Delim('['):
+			stack = append(stack, &frame{})
+			continue
+		case json.Delim(']'), json.Delim('}'):
+			stack = stack[:len(stack)-1]
+		}
+		if valueDone() {
+			return nil
+		}
+	}
 }
 
 func jsonErrorMessage(err error) string {
