@@ -752,3 +752,20 @@ func mustJSON(v any) []byte {
 	}
 	return b
 }
+
+// TestNATSRestart restarts the nats-server under a running service: it
+// answers again once its connection is back, without a restart of its own.
+func TestNATSRestart(t *testing.T) {
+	t.Parallel()
+	e := setup(t, ingest.Config{})
+	_, err := e.create(t, ingest.CreateRequest{Actor: "a", Name: "restart", Version: "1"})
+	require.NoError(t, err)
+	e.nats.Restart()
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		err = ingest.Call(ctx, e.client, ingest.SubjectCreate, ingest.CreateRequest{CommandID: "after-restart", Actor: "a", Name: "restart", Version: "2"}, nil)
+		return err == nil
+	}, "a create succeeds after the restart (last error %v)", err)
+	assert.Len(t, e.log(t), 2)
+}
