@@ -23,10 +23,14 @@ type partition struct {
 	log  *zap.Logger
 	// cp is the checkpoint as this worker last saw it; the compare-and-set
 	// in every transaction tells it when somebody else moved it.
-	cp       int64
-	parked   *store.Parked
-	retryAt  time.Time
+	cp      int64
+	parked  *store.Parked
+	retryAt time.Time
+	// gapTries counts refetches since gapSince while event gapSeq is
+	// missing.
 	gapTries int
+	gapSeq   int64
+	gapSince time.Time
 }
 
 // applyError is a handler failure at events[index] of a batch.
@@ -298,15 +302,41 @@ func (w *Worker) handle(ctx context.Context, st *partition, msgs []jetstream.Msg
 				}
 				continue
 			}
+			if items[0].e.Sequence < missing[0] {
+				// Apply what is contiguous; the rest comes again.
+				k := 0
+				for k < len(items) && items[k].e.Sequence < missing[0] {
+					k++
+				}
+				var later []jetstream.Msg
+				for _, d := range items[k:] {
+					later = append(later, d.msgs...)
+				}
+				for _, m := range later {
+					_ = m.NakWithDelay(w.gapDelay())
+				}
+				items = items[:k]
+				continue
+			}
+			// The predecessor may still be out with a worker that died or
+			// stalled: it comes back after AckWait. Only a gap that outlives
+			// that parks the partition.
+			if st.gapTries == 0 || st.gapSeq != missing[0] {
+				st.gapTries, st.gapSeq, st.gapSince = 0, missing[0], time.Now()
+			}
 			st.gapTries++
 			w.m.errors.WithLabelValues(w.cfg.Projection, "gap").Inc()
 			gapErr := fmt.Errorf("event %d arrived but event %d of partition %d (after checkpoint %d) was not delivered",
 				items[0].e.Sequence, missing[0], st.p, st.cp)
-			if st.gapTries > w.cfg.GapRetries {
+			if st.gapTries > w.cfg.GapRetries && time.Since(st.gapSince) > 2*w.cfg.AckWait {
 				return w.park(wctx, st, store.ParkedGap, missing[0], "", gapErr, st.gapTries, fresh())
 			}
-			st.log.Warn("gap in partition; refetching", zap.Error(gapErr), zap.Int("try", st.gapTries))
-			nak(fresh())
+			if st.gapTries == 1 {
+				st.log.Info("partition waits for a predecessor to be redelivered", zap.Error(gapErr))
+			}
+			for _, m := range fresh() {
+				_ = m.NakWithDelay(w.gapDelay())
+			}
 			return nil
 		}
 		st.gapTries = 0
@@ -581,3 +611,7 @@ func (w *Worker) catchUp(ctx context.Context, st *partition, upTo int64) error {
 	}
 	return nil
 }
+
+// gapDelay is how long messages delivered ahead of a missing predecessor
+// wait before they come again.
+func (w *Worker) gapDelay() time.Duration { return min(w.cfg.AckWait/4, time.Second) }

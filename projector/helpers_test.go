@@ -241,7 +241,14 @@ func (r *running) stop() error {
 func (r *running) kill() error {
 	r.killed.Store(true)
 	r.nc.Close()
-	return r.stop()
+	select {
+	case err := <-r.done:
+		close(r.done)
+		r.cancel()
+		return err
+	case <-time.After(10 * time.Second):
+		return r.stop()
+	}
 }
 
 // metric sums the samples of the named metric whose labels include want.

@@ -2,6 +2,7 @@ package projector
 
 import (
 	"context"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -103,6 +104,6 @@ func TestUnknownEventTypesAdvanceCheckpointAndChangeNothing(t *testing.T) {
 	requireReplayEqual(t, e.db, n)
 }
 
-func itoa(i int) string { return string(rune('0' + i)) }
+func itoa(i int) string { return strconv.Itoa(i) }
 
 var _ = atomic.Bool{}
