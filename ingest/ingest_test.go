@@ -31,11 +31,7 @@ import (
 func TestMain(m *testing.M) {
 	code := testenv.Main(m)
 	if code == 0 {
-		if err := goleak.Find(
-			// Process-wide goroutines of libraries, not owned by any test.
-			goleak.IgnoreTopFunction("github.com/jackc/pgx/v5/pgxpool.(*Pool).backgroundHealthCheck"),
-			goleak.IgnoreAnyFunction("github.com/nats-io/nats-server/v2/server.(*Server).startGoRoutine.func1"),
-		); err != nil {
+		if err := goleak.Find(); err != nil {
 			fmt.Fprintln(os.Stderr, "goleak:", err)
 			code = 1
 		}
