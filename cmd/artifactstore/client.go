@@ -56,6 +56,18 @@ func clientError(err error) error {
 	return err
 }
 
+// natsDialError explains a failed NATS connection and which flags fix it.
+func natsDialError(url string, err error) error {
+	switch {
+	case errors.Is(err, nats.ErrAuthorization), errors.Is(err, nats.ErrAuthExpired), errors.Is(err, nats.ErrAuthRevoked):
+		return fmt.Errorf("NATS at %s refused the credentials (authorization violation: %v); check --nats-user/--nats-password, --nats-token, --nats-nkey or --nats-creds",
+			redactURL(url), err)
+	case strings.Contains(url, "tls://") || errors.Is(err, nats.ErrSecureConnRequired) || errors.Is(err, nats.ErrSecureConnWanted):
+		return fmt.Errorf("cannot reach NATS at %s over TLS: %v (check --nats-tls-ca, --nats-tls-cert and --nats-tls-key)", redactURL(url), err)
+	}
+	return fmt.Errorf("cannot reach NATS at %s: %v (set --nats-url or ARTIFACTSTORE_NATS_URL)", redactURL(url), err)
+}
+
 type clientFlags struct {
 	JSON    bool          `help:"Print JSON instead of a table."`
 	Timeout time.Duration `env:"ARTIFACTSTORE_TIMEOUT" default:"5s" help:"How long to wait for the reply."`
@@ -64,9 +76,13 @@ type clientFlags struct {
 // dialClient connects for a single request: no reconnect loop, a clear
 // error when the server cannot be reached.
 func dialClient(g *globals) (*nats.Conn, error) {
-	nc, err := nats.Connect(g.natsURL(), nats.Name("artifactstore-cli"), nats.Timeout(3*time.Second), nats.NoReconnect())
+	auth, err := g.options()
 	if err != nil {
-		return nil, failf(exitUnavailble, "cannot reach NATS at %s: %v (set --nats-url or ARTIFACTSTORE_NATS_URL)", redactURL(g.natsURL()), err)
+		return nil, err
+	}
+	nc, err := nats.Connect(g.natsURL(), append(auth, nats.Name("artifactstore-cli"), nats.Timeout(3*time.Second), nats.NoReconnect())...)
+	if err != nil {
+		return nil, failf(exitUnavailble, "%v", natsDialError(g.natsURL(), err))
 	}
 	return nc, nil
 }

@@ -112,7 +112,7 @@ func (c devCmd) Run(ctx context.Context, g *globals) error {
 		}()
 		natsURL = ns.ClientURL()
 	}
-	nc, err := connectNATS(ctx, natsURL, "artifactstore-dev", log)
+	nc, err := connectNATS(ctx, g, natsURL, "artifactstore-dev")
 	if err != nil {
 		return err
 	}

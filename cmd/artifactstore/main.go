@@ -22,8 +22,9 @@ import (
 type globals struct {
 	DatabaseURL string `name:"database-url" env:"ARTIFACTSTORE_DATABASE_URL" help:"postgres:// URL, or a SQLite file path (default ./data/artifactstore.db; dev: under --data-dir)."`
 	NATSURL     string `name:"nats-url" env:"ARTIFACTSTORE_NATS_URL" help:"NATS server URL(s), comma-separated (default nats://127.0.0.1:4222; dev: its in-process server)."`
-	LogLevel    string `name:"log-level" env:"ARTIFACTSTORE_LOG_LEVEL" default:"info" enum:"debug,info,warn,error" help:"Log level (debug, info, warn, error)."`
-	LogFormat   string `name:"log-format" env:"ARTIFACTSTORE_LOG_FORMAT" default:"auto" enum:"auto,console,json" help:"Log format: console, json, or auto (console on a terminal)."`
+	natsAuth
+	LogLevel  string `name:"log-level" env:"ARTIFACTSTORE_LOG_LEVEL" default:"info" enum:"debug,info,warn,error" help:"Log level (debug, info, warn, error)."`
+	LogFormat string `name:"log-format" env:"ARTIFACTSTORE_LOG_FORMAT" default:"auto" enum:"auto,console,json" help:"Log format: console, json, or auto (console on a terminal)."`
 
 	log *zap.Logger
 }

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
@@ -231,4 +232,26 @@ func TestRedactURL(t *testing.T) {
 	} {
 		require.Equal(t, want, redactURL(in))
 	}
+}
+
+func TestNATSCredentials(t *testing.T) {
+	t.Parallel()
+	opts := &server.Options{Host: "127.0.0.1", Port: testenv.FreePort(), Username: "svc", Password: "s3cret-pw", NoLog: true, NoSigs: true}
+	ns, err := server.NewServer(opts)
+	require.NoError(t, err)
+	go ns.Start()
+	require.True(t, ns.ReadyForConnections(10*time.Second))
+	t.Cleanup(ns.Shutdown)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", opts.Port)
+
+	r := runCLI(t, []string{"ARTIFACTSTORE_NATS_URL=" + url, "ARTIFACTSTORE_NATS_USER=svc", "ARTIFACTSTORE_NATS_PASSWORD=wrong-pw"}, "package", "list")
+	require.Equal(t, exitUnavailble, r.code)
+	require.Contains(t, r.stderr, "authorization violation", "wrong credentials name the problem")
+	require.NotContains(t, r.stderr, "wrong-pw")
+
+	r = runCLI(t, []string{"ARTIFACTSTORE_NATS_URL=" + url, "ARTIFACTSTORE_NATS_USER=svc", "ARTIFACTSTORE_NATS_PASSWORD=s3cret-pw"}, "package", "list")
+	require.Contains(t, r.stderr, "no artifactstore ingest service", "with the right credentials the client connects")
+
+	r = runCLI(t, []string{"ARTIFACTSTORE_NATS_URL=nats://svc:s3cret-pw@127.0.0.1:1"}, "package", "list")
+	require.NotContains(t, r.stderr, "s3cret-pw", "a password in the URL is never printed")
 }

@@ -39,9 +39,13 @@ func (g *globals) natsURL() string {
 // connectNATS connects as a long-running service: it fails with a clear
 // error when the server cannot be reached at start, then reconnects for
 // ever, logging each disconnect and reconnect.
-func connectNATS(ctx context.Context, url, name string, log *zap.Logger) (*nats.Conn, error) {
-	log = log.Named("nats")
-	nc, err := nats.Connect(url,
+func connectNATS(ctx context.Context, g *globals, url, name string) (*nats.Conn, error) {
+	log := g.log.Named("nats")
+	auth, err := g.options()
+	if err != nil {
+		return nil, err
+	}
+	nc, err := nats.Connect(url, append(auth,
 		nats.Name(name),
 		nats.Timeout(5*time.Second),
 		nats.MaxReconnects(-1),
@@ -55,9 +59,9 @@ func connectNATS(ctx context.Context, url, name string, log *zap.Logger) (*nats.
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			log.Warn("NATS async error", zap.Error(err))
 		}),
-	)
+	)...)
 	if err != nil {
-		return nil, fmt.Errorf("connecting to NATS at %s: %w", redactURL(url), err)
+		return nil, natsDialError(url, err)
 	}
 	if ctx.Err() != nil {
 		nc.Close()
@@ -132,7 +136,7 @@ func (c ingestCmd) Run(ctx context.Context, g *globals) error {
 		return err
 	}
 	defer db.Close()
-	nc, err := connectNATS(ctx, g.natsURL(), "artifactstore-ingest", g.log)
+	nc, err := connectNATS(ctx, g, g.natsURL(), "artifactstore-ingest")
 	if err != nil {
 		return err
 	}
@@ -177,7 +181,7 @@ func (c relayCmd) Run(ctx context.Context, g *globals) error {
 		return err
 	}
 	defer db.Close()
-	nc, err := connectNATS(ctx, g.natsURL(), "artifactstore-relay", g.log)
+	nc, err := connectNATS(ctx, g, g.natsURL(), "artifactstore-relay")
 	if err != nil {
 		return err
 	}
