@@ -35,24 +35,33 @@ const CreatedAtLayout = "2006-01-02T15:04:05.000000000Z07:00"
 // Encode returns the stream message of event e of log logID: its public
 // subject, the payload as body and every header of the contract. The
 // fencing header is not set.
-func Encode(logID string, e store.Event) *nats.Msg {
+func Encode(logID string, e store.Event) *nats.Msg { return encode(logID, e, 0) }
+
+// encode is Encode with room for extra more headers.
+func encode(logID string, e store.Event, extra int) *nats.Msg {
 	seq := strconv.FormatInt(e.Sequence, 10)
-	return &nats.Msg{
-		Subject: e.Subject(),
-		Data:    e.Payload,
-		Header: nats.Header{
-			HeaderMsgID:         {logID + "-" + seq},
-			HeaderSequence:      {seq},
-			HeaderEventType:     {headerValue(e.Type)},
-			HeaderSubjectKind:   {headerValue(e.SubjectKind)},
-			HeaderSubjectID:     {headerValue(e.SubjectID)},
-			HeaderActor:         {headerValue(e.Actor)},
-			HeaderPayloadDigest: {e.PayloadDigest.String()},
-			HeaderCreatedAt:     {e.CreatedAt.UTC().Format(CreatedAtLayout)},
-			HeaderLogID:         {headerValue(logID)},
-		},
+	// One backing array for every header's value slice.
+	v := [...]string{
+		logID + "-" + seq,
+		seq,
+		headerValue(e.Type),
+		headerValue(e.SubjectKind),
+		headerValue(e.SubjectID),
+		headerValue(e.Actor),
+		e.PayloadDigest.String(),
+		e.CreatedAt.UTC().Format(CreatedAtLayout),
+		headerValue(logID),
 	}
+	h := make(nats.Header, len(v)+extra)
+	for i, name := range headerNames {
+		h[name] = v[i : i+1 : i+1]
+	}
+	return &nats.Msg{Subject: e.Subject(), Data: e.Payload, Header: h}
 }
+
+// headerNames lists the event headers in the order encode fills them.
+var headerNames = [...]string{HeaderMsgID, HeaderSequence, HeaderEventType, HeaderSubjectKind, HeaderSubjectID,
+	HeaderActor, HeaderPayloadDigest, HeaderCreatedAt, HeaderLogID}
 
 // Decode parses a message of the events stream back into its event and the
 // id of the log it came from. It checks that the message is consistent: the
@@ -76,8 +85,7 @@ func Decode(subject string, h nats.Header, data []byte) (store.Event, string, er
 		return s, nil
 	}
 	var vals [9]string
-	for i, name := range []string{HeaderMsgID, HeaderSequence, HeaderEventType, HeaderSubjectKind, HeaderSubjectID,
-		HeaderActor, HeaderPayloadDigest, HeaderCreatedAt, HeaderLogID} {
+	for i, name := range headerNames {
 		v, err := get(name)
 		if err != nil {
 			return store.Event{}, "", err

@@ -79,6 +79,8 @@ func (r *Relay) Active() bool { return r.active.Load() }
 // fix: the stream belongs to another log (ErrForeignStream), its last
 // message is gone (ErrStreamTruncated), it is ahead of the log
 // (ErrStreamAhead), or its configuration conflicts (ErrStreamConflict).
+// A stream deleted while the relay runs is created again and refilled from
+// the log.
 func (r *Relay) Run(ctx context.Context) error {
 	if !r.running.CompareAndSwap(false, true) {
 		return errors.New("relay: Run is already running")
@@ -327,12 +329,14 @@ func (r *Relay) publish(ctx context.Context, logID string, pos Position, batches
 	w := &window{buf: make([]inflight, r.cfg.MaxInFlight)}
 	last := pos.StreamSequence // stream sequence of the last message sent
 	var pending []store.Event
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
+	// Ack deadlines are checked a few times per AckTimeout rather than
+	// with a timer re-armed for every ack.
+	check := time.NewTicker(max(r.cfg.AckTimeout/4, time.Millisecond))
+	defer check.Stop()
 	for {
 		for len(pending) > 0 && w.n < len(w.buf) && ctx.Err() == nil {
 			e := pending[0]
-			m := Encode(logID, e)
+			m := encode(logID, e, 1)
 			m.Header[jetstream.ExpectedLastSeqHeader] = []string{strconv.FormatUint(last, 10)}
 			r.stage("publish", e.Sequence)
 			paf, err := r.js.PublishMsgAsync(m)
@@ -351,12 +355,9 @@ func (r *Relay) publish(ctx context.Context, logID string, pos Position, batches
 		}
 		var ackc <-chan *jetstream.PubAck
 		var errc <-chan error
-		var timeout <-chan time.Time
 		if w.n > 0 {
 			f := w.front()
 			ackc, errc = f.ok, f.err
-			timer.Reset(time.Until(f.deadline))
-			timeout = timer.C
 		}
 		select {
 		case b := <-in:
@@ -380,7 +381,10 @@ func (r *Relay) publish(ctx context.Context, logID string, pos Position, batches
 			f := w.pop()
 			r.abort(ctx, w)
 			return progressed, publishErr(f, err)
-		case <-timeout:
+		case now := <-check.C:
+			if w.n == 0 || now.Before(w.front().deadline) {
+				continue
+			}
 			f := w.pop()
 			r.abort(ctx, w)
 			return progressed, kindErr(errKindTimeout, fmt.Errorf("%w: event %d after %s", ErrAckTimeout, f.seq, r.cfg.AckTimeout))
