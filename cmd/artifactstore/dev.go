@@ -11,26 +11,20 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
 	"github.com/artifactstore/artifactstore/ingest"
 	"github.com/artifactstore/artifactstore/internal/ops"
 	"github.com/artifactstore/artifactstore/relay"
-	"github.com/artifactstore/artifactstore/store"
 )
-
-// devExtras returns the components dev runs besides ingest and relay.
-func (c devCmd) devExtras(ctx context.Context, g *globals, db store.DB, nc *nats.Conn, js jetstream.JetStream, srv *ops.Server) ([]component, error) {
-	return nil, nil
-}
 
 type devCmd struct {
 	DataDir    string `name:"data-dir" env:"ARTIFACTSTORE_DATA_DIR" default:"./data" help:"Where the SQLite log and JetStream data live."`
 	NATSListen string `name:"nats-listen" env:"ARTIFACTSTORE_NATS_LISTEN" default:"127.0.0.1:4222" help:"Address of the in-process NATS server."`
 	HTTPListen string `name:"http-listen" env:"ARTIFACTSTORE_HTTP_LISTEN" default:"127.0.0.1:8080" help:"Address for /metrics, /healthz, /readyz."`
 	streamFlags
+	projectorFlags
 }
 
 // startEmbeddedNATS runs nats-server with JetStream in this process. A port
@@ -137,11 +131,11 @@ func (c devCmd) Run(ctx context.Context, g *globals) error {
 		return err
 	}
 	comps := []component{httpc, {"ingest", svc.Run}, {"relay", r.Run}}
-	extra, err := c.devExtras(ctx, g, db, nc, js, srv)
+	proj, err := projectorComponent(db, js, c.projectorFlags, c.Stream, log, srv)
 	if err != nil {
 		return err
 	}
-	comps = append(comps, extra...)
+	comps = append(comps, proj)
 	logID, _ := db.LogID(ctx)
 	fmt.Fprintf(os.Stderr, `
 artifactstore dev is running (stop with Ctrl-C)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/artifactstore/artifactstore/projector"
 	"github.com/artifactstore/artifactstore/relay"
 	"github.com/artifactstore/artifactstore/store"
 )
@@ -25,7 +26,7 @@ type statusReport struct {
 	Head        int64              `json:"head"`
 	Relay       *relayStatus       `json:"relay,omitempty"`
 	RelayError  string             `json:"relay_error,omitempty"`
-	Projections []projectionStatus `json:"projections"`
+	Projections []projector.Status `json:"projections"`
 }
 
 type relayStatus struct {
@@ -33,16 +34,6 @@ type relayStatus struct {
 	Position       int64  `json:"position"`
 	StreamSequence uint64 `json:"stream_sequence"`
 	Lag            int64  `json:"lag"`
-}
-
-type projectionStatus struct {
-	Projection string `json:"projection"`
-	Partition  int    `json:"partition"`
-	Sequence   int64  `json:"sequence"`
-	Lag        int64  `json:"lag"`
-	Parked     bool   `json:"parked,omitempty"`
-	ParkedAt   int64  `json:"parked_at,omitempty"`
-	Reason     string `json:"reason,omitempty"`
 }
 
 func (c statusCmd) Run(ctx context.Context, g *globals) error {
@@ -68,11 +59,14 @@ func (c statusCmd) Run(ctx context.Context, g *globals) error {
 		fmt.Fprintf(w, "relay\tunknown\t%s\n", rep.RelayError)
 	}
 	for _, p := range rep.Projections {
-		state := ""
-		if p.Parked {
-			state = fmt.Sprintf("PARKED at %d: %s", p.ParkedAt, p.Reason)
+		fmt.Fprintf(w, "projection\t%s\tapplied %d\tlag %d\tparked partitions %d\n", p.Projection, p.Applied, p.Lag, p.ParkedPartitions)
+		for _, part := range p.Partitions {
+			state := ""
+			if part.Parked != nil {
+				state = fmt.Sprintf("PARKED at sequence %d: %s", part.Parked.Sequence, part.Parked.Reason)
+			}
+			fmt.Fprintf(w, "  partition %d\tcheckpoint %d\t%s\n", part.Partition, part.Checkpoint, state)
 		}
-		fmt.Fprintf(w, "projection\t%s/%d\tcheckpoint %d\tlag %d\t%s\n", p.Projection, p.Partition, p.Sequence, p.Lag, state)
 	}
 	return w.Flush()
 }
@@ -95,10 +89,18 @@ func readStatus(ctx context.Context, db store.DB, g *globals, stream string) (st
 	if err != nil {
 		return rep, failf(exitUnavailble, "reading checkpoints: %v", err)
 	}
-	rep.Projections = []projectionStatus{}
+	rep.Projections = []projector.Status{}
+	seen := map[string]bool{}
 	for _, cp := range cps {
-		rep.Projections = append(rep.Projections, projectionStatus{Projection: cp.Projection, Partition: cp.Partition,
-			Sequence: cp.Sequence, Lag: rep.Head - cp.Sequence})
+		if seen[cp.Projection] {
+			continue
+		}
+		seen[cp.Projection] = true
+		ps, err := projector.Inspect(ctx, db, cp.Projection)
+		if err != nil {
+			return rep, failf(exitUnavailble, "reading projection %s: %v", cp.Projection, err)
+		}
+		rep.Projections = append(rep.Projections, ps)
 	}
 	return rep, nil
 }
