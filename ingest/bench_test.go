@@ -44,6 +44,8 @@ func BenchmarkIngest(b *testing.B) {
 			prefix := fmt.Sprintf("bench-%d", run.Add(1))
 			var next atomic.Int64
 			lat := make([][]time.Duration, requesters)
+			batches0 := histogram(b, e.reg, "artifactstore_ingest_batch_size")
+			commits0 := histogram(b, e.reg, "artifactstore_ingest_commit_seconds")
 			b.ReportAllocs()
 			b.ResetTimer()
 			start := time.Now()
@@ -71,6 +73,12 @@ func BenchmarkIngest(b *testing.B) {
 			rate := float64(b.N) / elapsed.Seconds()
 			b.ReportMetric(rate, "cmds/s")
 			reportLatency(b, slices.Concat(lat...))
+			batches := histogram(b, e.reg, "artifactstore_ingest_batch_size")
+			commits := histogram(b, e.reg, "artifactstore_ingest_commit_seconds")
+			if n := batches.GetSampleCount() - batches0.GetSampleCount(); n > 0 {
+				b.ReportMetric((batches.GetSampleSum()-batches0.GetSampleSum())/float64(n), "cmds/batch")
+				b.ReportMetric(1000*(commits.GetSampleSum()-commits0.GetSampleSum())/float64(n), "commit-ms")
+			}
 			if rawRate > 0 {
 				b.ReportMetric(rawRate, "raw-rows/s")
 				b.ReportMetric(rate/rawRate, "x-raw")
