@@ -368,15 +368,31 @@ func (r *Relay) publish(ctx context.Context, logID string, pos Position, batches
 			pending = b.events
 			r.stage("fetched", pending[len(pending)-1].Sequence)
 		case ack := <-ackc:
-			f := w.pop()
-			if err := r.checkAck(f, ack); err != nil {
-				r.abort(ctx, w)
-				return progressed, err
+			// Take this ack and every one that has arrived behind it, then
+			// refill the window in one go.
+			for {
+				f := w.pop()
+				if err := r.checkAck(f, ack); err != nil {
+					r.abort(ctx, w)
+					return progressed, err
+				}
+				progressed = true
+				r.m.position.Store(f.seq)
+				r.m.published.Inc()
+				r.stage("acked", f.seq)
+				if w.n == 0 {
+					break
+				}
+				var ok bool
+				select {
+				case ack = <-w.front().ok:
+					ok = true
+				default:
+				}
+				if !ok {
+					break
+				}
 			}
-			progressed = true
-			r.m.position.Store(f.seq)
-			r.m.published.Inc()
-			r.stage("acked", f.seq)
 		case err := <-errc:
 			f := w.pop()
 			r.abort(ctx, w)
