@@ -49,4 +49,15 @@
 // digits. Header values that a NATS header cannot carry verbatim (an actor
 // with control characters, a '%', or leading or trailing spaces) are
 // percent-encoded; every other value is the field verbatim.
+//
+// # Operating it
+//
+// Metrics (when Config.Registerer is set), each labelled with the stream:
+// artifactstore_relay_position (last event known in the stream),
+// artifactstore_relay_log_head, artifactstore_relay_lag (head − position),
+// artifactstore_relay_published_total (rate() of it is the publish rate),
+// artifactstore_relay_errors_total{kind="database|nats|fenced|timeout|stream"},
+// artifactstore_relay_resyncs_total and artifactstore_relay_leader (1 on the
+// active relay). [ReadStatus] and [ReadPosition] read the same position from
+// the stream itself, without a running relay.
 package relay

