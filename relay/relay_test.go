@@ -216,6 +216,7 @@ func (e *env) requireStreamEqualsLog(t *testing.T) {
 				require.Equal(t, []string{value}, h.Values(name), "event %d header %s", want.Sequence, name)
 			}
 			require.Equal(t, want.PayloadDigest.String(), h.Get("Artifactstore-Payload-Digest"))
+			require.Equal(t, strconv.Itoa(i), h.Get("Nats-Expected-Last-Sequence"), "event %d was fenced", want.Sequence)
 			got, gotLog, err := relay.Decode(m.Subject(), h, m.Data())
 			require.NoError(t, err)
 			require.Equal(t, logID, gotLog)
