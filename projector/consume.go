@@ -222,6 +222,9 @@ func (w *Worker) handle(ctx context.Context, st *partition, msgs []jetstream.Msg
 		}
 		if md, err := m.Metadata(); err == nil {
 			pending = md.NumPending
+			if md.NumDelivered > 1 {
+				w.m.redelivered.WithLabelValues(w.cfg.Projection, partLabel(st.p)).Inc()
+			}
 		}
 		if d := bySeq[e.Sequence]; d != nil {
 			d.msgs = append(d.msgs, m)
@@ -285,6 +288,17 @@ func (w *Worker) handle(ctx context.Context, st *partition, msgs []jetstream.Msg
 			return w.park(wctx, st, store.ParkedPoison, items[j].e.Sequence, items[j].e.Type, err, 1, fresh())
 		}
 		if len(missing) > 0 {
+			// Another worker (the previous owner finishing its last batch)
+			// may have applied them: a gap counts only against the
+			// checkpoint in the database.
+			prev := st.cp
+			if err := w.reloadCheckpoint(wctx, st); err != nil {
+				nak(fresh())
+				return err
+			}
+			if st.cp != prev {
+				continue
+			}
 			first, err := w.firstHeld(wctx)
 			if err != nil {
 				nak(fresh())

@@ -7,15 +7,16 @@ import (
 )
 
 type metrics struct {
-	checkpoint *prometheus.GaugeVec
-	lag        *prometheus.GaugeVec
-	applied    *prometheus.CounterVec
-	skipped    *prometheus.CounterVec
-	batches    *prometheus.CounterVec
-	parked     *prometheus.GaugeVec
-	errors     *prometheus.CounterVec
-	owned      *prometheus.GaugeVec
-	caughtUp   *prometheus.CounterVec
+	checkpoint  *prometheus.GaugeVec
+	lag         *prometheus.GaugeVec
+	applied     *prometheus.CounterVec
+	skipped     *prometheus.CounterVec
+	batches     *prometheus.CounterVec
+	parked      *prometheus.GaugeVec
+	errors      *prometheus.CounterVec
+	owned       *prometheus.GaugeVec
+	caughtUp    *prometheus.CounterVec
+	redelivered *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -39,6 +40,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "owned_partitions", Help: "Partitions this worker currently consumes."}, []string{"projection", "worker"}),
 		caughtUp: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "artifactstore", Subsystem: "projector",
 			Name: "catchup_events_total", Help: "Events applied from PostgreSQL because the stream no longer held them."}, pp),
+		redelivered: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "artifactstore", Subsystem: "projector",
+			Name: "redeliveries_total", Help: "Messages delivered more than once (ack wait expired, nak, failover)."}, pp),
 	}
 	if reg == nil {
 		return m, nil
@@ -67,6 +70,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		{m.errors, func(c prometheus.Collector) { m.errors = c.(*prometheus.CounterVec) }},
 		{m.owned, func(c prometheus.Collector) { m.owned = c.(*prometheus.GaugeVec) }},
 		{m.caughtUp, func(c prometheus.Collector) { m.caughtUp = c.(*prometheus.CounterVec) }},
+		{m.redelivered, func(c prometheus.Collector) { m.redelivered = c.(*prometheus.CounterVec) }},
 	} {
 		if err := reg1(r.c, r.set); err != nil {
 			return nil, err
