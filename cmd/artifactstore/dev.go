@@ -136,6 +136,11 @@ func (c devCmd) Run(ctx context.Context, g *globals) error {
 		return err
 	}
 	comps = append(comps, proj)
+	page, err := statusPageComponent(srv, db, nc, c.Stream, log)
+	if err != nil {
+		return err
+	}
+	comps = append(comps, page)
 	logID, _ := db.LogID(ctx)
 	fmt.Fprintf(os.Stderr, `
 artifactstore dev is running (stop with Ctrl-C)

@@ -58,7 +58,11 @@ func (c projectorCmd) Run(ctx context.Context, g *globals) error {
 	if err != nil {
 		return err
 	}
-	return runComponents(ctx, g.log, httpc, component{"projector", w.Run})
+	page, err := statusPageComponent(srv, db, nc, c.Stream, g.log)
+	if err != nil {
+		return err
+	}
+	return runComponents(ctx, g.log, httpc, page, component{"projector", w.Run})
 }
 
 // projectorComponent builds the projector dev runs.

@@ -126,6 +126,7 @@ type httpFlag struct {
 
 type ingestCmd struct {
 	httpFlag
+	Stream         string        `env:"ARTIFACTSTORE_STREAM" default:"ARTIFACTSTORE_EVENTS" help:"Events stream (for the status page)."`
 	RequestTimeout time.Duration `name:"request-timeout" env:"ARTIFACTSTORE_REQUEST_TIMEOUT" default:"2s" help:"Longest a command waits for its commit before it is answered unavailable."`
 	MaxBatch       int           `name:"max-batch" env:"ARTIFACTSTORE_MAX_BATCH" default:"256" help:"Most commands committed in one transaction."`
 }
@@ -153,7 +154,11 @@ func (c ingestCmd) Run(ctx context.Context, g *globals) error {
 	if err != nil {
 		return err
 	}
-	return runComponents(ctx, g.log, httpc, component{"ingest", svc.Run})
+	page, err := statusPageComponent(srv, db, nc, c.Stream, g.log)
+	if err != nil {
+		return err
+	}
+	return runComponents(ctx, g.log, httpc, page, component{"ingest", svc.Run})
 }
 
 type streamFlags struct {
@@ -201,5 +206,9 @@ func (c relayCmd) Run(ctx context.Context, g *globals) error {
 	if err != nil {
 		return err
 	}
-	return runComponents(ctx, g.log, httpc, component{"relay", r.Run})
+	page, err := statusPageComponent(srv, db, nc, c.Stream, g.log)
+	if err != nil {
+		return err
+	}
+	return runComponents(ctx, g.log, httpc, page, component{"relay", r.Run})
 }

@@ -42,9 +42,21 @@ func (c statusCmd) Run(ctx context.Context, g *globals) error {
 		return failf(exitUnavailble, "%v", err)
 	}
 	defer db.Close()
-	rep, err := readStatus(ctx, db, g, c.Stream)
+	var js relay.StreamLookup
+	nc, err := dialClient(g)
+	if err == nil {
+		defer nc.Close()
+		js, err = jetstream.New(nc)
+	}
+	if err != nil {
+		js = nil
+	}
+	rep, err := collectStatus(ctx, db, js, c.Stream)
 	if err != nil {
 		return err
+	}
+	if js == nil && rep.RelayError == "" {
+		rep.RelayError = fmt.Sprintf("NATS unreachable at %s", redactURL(g.natsURL()))
 	}
 	if c.JSON {
 		enc := json.NewEncoder(os.Stdout)
@@ -71,7 +83,9 @@ func (c statusCmd) Run(ctx context.Context, g *globals) error {
 	return w.Flush()
 }
 
-func readStatus(ctx context.Context, db store.DB, g *globals, stream string) (statusReport, error) {
+// collectStatus reads the log, the relay's position in the stream (when js
+// is not nil) and every projection's checkpoints.
+func collectStatus(ctx context.Context, db store.DB, js relay.StreamLookup, stream string) (statusReport, error) {
 	var rep statusReport
 	var err error
 	if rep.LogID, err = db.LogID(ctx); err != nil {
@@ -80,10 +94,12 @@ func readStatus(ctx context.Context, db store.DB, g *globals, stream string) (st
 	if rep.Head, err = db.Head(ctx); err != nil {
 		return rep, failf(exitUnavailble, "reading the log: %v", err)
 	}
-	if rs, err := readRelay(ctx, db, g, stream); err != nil {
-		rep.RelayError = err.Error()
-	} else {
-		rep.Relay = rs
+	if js != nil {
+		if rs, err := readRelay(ctx, db, js, stream); err != nil {
+			rep.RelayError = err.Error()
+		} else {
+			rep.Relay = rs
+		}
 	}
 	cps, err := db.Checkpoints(ctx)
 	if err != nil {
@@ -105,16 +121,7 @@ func readStatus(ctx context.Context, db store.DB, g *globals, stream string) (st
 	return rep, nil
 }
 
-func readRelay(ctx context.Context, db store.DB, g *globals, stream string) (*relayStatus, error) {
-	nc, err := dialClient(g)
-	if err != nil {
-		return nil, err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return nil, err
-	}
+func readRelay(ctx context.Context, db store.DB, js relay.StreamLookup, stream string) (*relayStatus, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	st, err := relay.ReadStatus(ctx, db, js, stream)
