@@ -185,8 +185,7 @@ func (r *Relay) lead(parent context.Context, lost <-chan struct{}) error {
 		kind := errKind(err)
 		r.m.errors.WithLabelValues(kind).Inc()
 		if permanent(err) {
-			r.log.Error("relay stopped", zap.Error(err))
-			return err
+			return err // Run's caller reports it
 		}
 		if progressed {
 			bo.reset()
