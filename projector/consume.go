@@ -138,6 +138,9 @@ func (w *Worker) fetchAndApply(ctx context.Context, st *partition) error {
 	fctx, cancel := context.WithTimeout(ctx, w.cfg.FetchWait)
 	defer cancel()
 	batch, err := st.cons.Fetch(w.cfg.BatchSize, jetstream.FetchContext(fctx), jetstream.FetchPriorityGroup(priorityGroup))
+	if errors.Is(err, jetstream.ErrPinIDMismatch) {
+		return nil // another client holds the pin (or ours expired): pull again
+	}
 	if err != nil {
 		return fmt.Errorf("fetch: %w", err)
 	}
@@ -186,7 +189,7 @@ func (w *Worker) fetchAndApply(ctx context.Context, st *partition) error {
 		}
 	}
 	if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) &&
-		!errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) {
+		!errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, jetstream.ErrPinIDMismatch) {
 		return fmt.Errorf("fetch: %w", err)
 	}
 	return nil

@@ -128,6 +128,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	tick := time.NewTicker(w.cfg.MemberTTL / 3)
 	defer tick.Stop()
 	var hbErr error
+	lastBeat := time.Now()
 	for {
 		if h := w.cfg.hooks.beforeHeartbeat; h != nil {
 			h()
@@ -144,8 +145,16 @@ func (w *Worker) Run(ctx context.Context) error {
 			}
 			hbErr = err
 			w.m.errors.WithLabelValues(w.cfg.Projection, "nats").Inc()
+			if time.Since(lastBeat) > w.cfg.MemberTTL && len(owned) > 0 {
+				// The others see this worker gone and take its partitions.
+				w.log.Warn("membership lapsed; releasing every partition")
+				for p := range owned {
+					stopPartition(p)
+				}
+				w.m.owned.WithLabelValues(w.cfg.Projection, w.cfg.WorkerID).Set(0)
+			}
 		default:
-			hbErr = nil
+			hbErr, lastBeat = nil, time.Now()
 			want := assign(members, w.cfg.Partitions, w.cfg.WorkerID)
 			for p := range owned {
 				if !slices.Contains(want, p) {
