@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"os"
 	"text/tabwriter"
+
+	"github.com/artifactstore/artifactstore/store/postgres"
 )
 
 type migrateCmd struct {
 	Up     migrateUpCmd     `cmd:"" help:"Apply pending migrations (safe to run from several processes at once)."`
 	Fresh  migrateFreshCmd  `cmd:"" help:"Drop every table, the log included, and migrate again (a new log id)."`
 	Status migrateStatusCmd `cmd:"" help:"List migrations and whether each is applied."`
+	Roles  migrateRolesCmd  `cmd:"" help:"Create the least-privilege PostgreSQL roles (ingest, relay, projector, reader)."`
 }
 
 type migrateUpCmd struct{}
@@ -82,4 +85,28 @@ func (c migrateStatusCmd) Run(ctx context.Context, g *globals) error {
 		fmt.Fprintf(w, "%05d\t%s\t%v\n", s.Version, s.Name, s.Applied)
 	}
 	return w.Flush()
+}
+
+type migrateRolesCmd struct {
+	Prefix string `default:"artifactstore" env:"ARTIFACTSTORE_ROLE_PREFIX" help:"Role name prefix: creates <prefix>_ingest, _relay, _projector, _reader."`
+}
+
+func (c migrateRolesCmd) Run(ctx context.Context, g *globals) error {
+	db, err := openDB(ctx, g.databaseURL(), g.log)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	pg, ok := db.(*postgres.DB)
+	if !ok {
+		return fmt.Errorf("migrate roles needs PostgreSQL (--database-url postgres://...)")
+	}
+	r, err := pg.CreateRoles(ctx, c.Prefix)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("roles ready: %s (append, decide, query), %s (read the log), %s (write the views), %s (read only)\n",
+		r.Ingest, r.Relay, r.Projector, r.Reader)
+	fmt.Println("grant them to the login roles the services use, e.g. GRANT " + r.Ingest + " TO ingest_svc;")
+	return nil
 }
