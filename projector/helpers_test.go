@@ -16,7 +16,6 @@ import (
 
 	"github.com/artifactstore/artifactstore/internal/testenv"
 	"github.com/artifactstore/artifactstore/store"
-	"github.com/artifactstore/artifactstore/store/postgres"
 	"github.com/artifactstore/artifactstore/store/storetest"
 )
 
@@ -25,20 +24,32 @@ import (
 // stream exactly as the relay does (subjects, headers, exactly once, in
 // order).
 type env struct {
-	url, schema string
-	db          *postgres.DB
-	srv         *testenv.NATSServer
-	js          jetstream.JetStream
-	logID       string
+	db  store.DB
+	srv *testenv.NATSServer
+	// open returns another handle on the same database (its own pool, so
+	// a worker can be killed alone).
+	open  func(t testing.TB) store.DB
+	js    jetstream.JetStream
+	logID string
 
 	mu        sync.Mutex
 	published int64
 }
 
-func setup(t *testing.T) *env {
+func setup(t testing.TB) *env {
 	t.Helper()
 	url, schema := testenv.Schema(t)
-	db := testenv.OpenPostgres(t, url, schema)
+	return setupWith(t, testenv.OpenPostgres(t, url, schema), func(t testing.TB) store.DB { return testenv.OpenPostgres(t, url, schema) })
+}
+
+func setupSQLite(t testing.TB) *env {
+	t.Helper()
+	db := testenv.SQLite(t)
+	return setupWith(t, db, func(testing.TB) store.DB { return db })
+}
+
+func setupWith(t testing.TB, db store.DB, open func(t testing.TB) store.DB) *env {
+	t.Helper()
 	srv := testenv.NATS(t)
 	js := srv.JetStream(t)
 	ctx := context.Background()
@@ -51,7 +62,7 @@ func setup(t *testing.T) *env {
 		Duplicates: 2 * time.Minute,
 	})
 	require.NoError(t, err)
-	return &env{url: url, schema: schema, db: db, srv: srv, js: js, logID: logID}
+	return &env{db: db, open: open, srv: srv, js: js, logID: logID}
 }
 
 // relay publishes every event after the last published one.
@@ -191,12 +202,12 @@ type running struct {
 	killed atomic.Bool
 }
 
-func (e *env) start(t *testing.T, cfg Config) *running {
+func (e *env) start(t testing.TB, cfg Config) *running {
 	t.Helper()
 	nc := e.srv.Connect(t)
 	js, err := jetstream.New(nc)
 	require.NoError(t, err)
-	db := testenv.OpenPostgres(t, e.url, e.schema)
+	db := e.open(t)
 	reg := prometheus.NewRegistry()
 	cfg.Registerer = reg
 	if cfg.Logger == nil {

@@ -107,3 +107,17 @@ func TestUnknownEventTypesAdvanceCheckpointAndChangeNothing(t *testing.T) {
 func itoa(i int) string { return strconv.Itoa(i) }
 
 var _ = atomic.Bool{}
+
+func TestSQLiteWorker(t *testing.T) {
+	t.Parallel()
+	e := setupSQLite(t)
+	const n = 3
+	appendPackages(t, e.db, 0, 100)
+	e.relay(t)
+	a, b := e.start(t, fastConfig("a", n)), e.start(t, fastConfig("b", n))
+	want := expected(t, e.db, n)
+	testenv.Eventually(t, 30*time.Second, func() bool { return caughtUp(t, e.db, DefaultProjection, want) }, "checkpoints reach the log")
+	require.NoError(t, a.stop())
+	require.NoError(t, b.stop())
+	requireReplayEqual(t, e.db, n)
+}

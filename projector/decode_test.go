@@ -1,0 +1,79 @@
+package projector
+
+import (
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/stretchr/testify/require"
+
+	"github.com/artifactstore/artifactstore/store"
+)
+
+func TestDecodeRoundTrip(t *testing.T) {
+	t.Parallel()
+	ev, err := store.NewEvent(store.TypePackageCreated, store.SubjectKindPackage, "pkg-1", "ci", []byte(`{"package_id":"pkg-1"}`))
+	require.NoError(t, err)
+	ev.Sequence, ev.CreatedAt = 42, time.Date(2026, 1, 2, 3, 4, 5, 6000, time.UTC)
+	m := eventMsg(ev, "log1")
+	for _, subject := range []string{ev.Subject(), partitionedPrefix + "3." + ev.Type + "." + ev.SubjectID} {
+		got, err := Decode(subject, m.Header, m.Data, "log1")
+		require.NoError(t, err)
+		require.Equal(t, ev, got)
+	}
+	for name, tc := range map[string]struct {
+		subject, logID string
+		edit           func(nats.Header)
+	}{
+		"other log":       {ev.Subject(), "log2", func(nats.Header) {}},
+		"bad sequence":    {ev.Subject(), "log1", func(h nats.Header) { h.Set(HeaderSequence, "x") }},
+		"zero sequence":   {ev.Subject(), "log1", func(h nats.Header) { h.Set(HeaderSequence, "0") }},
+		"bad digest":      {ev.Subject(), "log1", func(h nats.Header) { h.Set(HeaderPayloadDigest, store.DigestOf(nil).String()) }},
+		"bad time":        {ev.Subject(), "log1", func(h nats.Header) { h.Set(HeaderCreatedAt, "yesterday") }},
+		"wrong subject":   {"artifactstore.events.v1.package.created.pkg-2", "log1", func(nats.Header) {}},
+		"dotted token":    {partitionedPrefix + "3.x." + ev.Type + "." + ev.SubjectID, "log1", func(nats.Header) {}},
+		"missing actor":   {ev.Subject(), "log1", func(h nats.Header) { h.Del(HeaderActor) }},
+		"bad event type":  {ev.Subject(), "log1", func(h nats.Header) { h.Set(HeaderEventType, "created") }},
+		"missing subject": {ev.Subject(), "log1", func(h nats.Header) { h.Del(HeaderSubjectID) }},
+	} {
+		h := nats.Header{}
+		for k, v := range m.Header {
+			h[k] = append([]string(nil), v...)
+		}
+		tc.edit(h)
+		_, err := Decode(tc.subject, h, m.Data, tc.logID)
+		require.Error(t, err, name)
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	ev, err := store.NewEvent(store.TypePackageCreated, store.SubjectKindPackage, "pkg-1", "ci", []byte(`{"package_id":"pkg-1"}`))
+	if err != nil {
+		f.Fatal(err)
+	}
+	ev.Sequence, ev.CreatedAt = 7, time.Unix(1700000000, 123456000).UTC()
+	m := eventMsg(ev, "L")
+	f.Add(m.Subject, "7", ev.Type, ev.SubjectKind, ev.SubjectID, ev.Actor, ev.PayloadDigest.String(), m.Header.Get(HeaderCreatedAt), m.Data)
+	f.Add("x", "-1", "a.b", "", "", "", "zz", "", []byte{})
+	f.Fuzz(func(t *testing.T, subject, seq, typ, kind, id, actor, digest, at string, body []byte) {
+		h := nats.Header{}
+		h.Set(HeaderSequence, seq)
+		h.Set(HeaderEventType, typ)
+		h.Set(HeaderSubjectKind, kind)
+		h.Set(HeaderSubjectID, id)
+		h.Set(HeaderActor, actor)
+		h.Set(HeaderPayloadDigest, digest)
+		h.Set(HeaderCreatedAt, at)
+		h.Set(HeaderLogID, "L")
+		got, err := Decode(subject, h, body, "L")
+		if err != nil {
+			return
+		}
+		// Whatever decodes is a valid event that encodes back to itself.
+		require.NoError(t, got.Validate(0))
+		back := eventMsg(got, "L")
+		again, err := Decode(got.Subject(), back.Header, back.Data, "L")
+		require.NoError(t, err)
+		require.Equal(t, got, again)
+	})
+}
