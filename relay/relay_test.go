@@ -655,3 +655,40 @@ func TestConfigValidate(t *testing.T) {
 	_, err := relay.New(db, js, relay.Config{})
 	require.NoError(t, err)
 }
+
+// TestNATSDownAtStart starts the relay while NATS is down: it waits and
+// relays once NATS is back.
+func TestNATSDownAtStart(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	e.appendEvents(t, e.db, 50, 50)
+	in := e.newRelay(t, e.db, nil)
+	e.ns.Shutdown()
+	in.start(t)
+	testenv.Eventually(t, 10*time.Second, func() bool { return in.nc.Status() == nats.RECONNECTING }, "the relay's connection to notice")
+	e.appendEvents(t, e.db, 50, 10)
+	e.ns.Start()
+	e.requireStreamEqualsLog(t)
+	require.NoError(t, in.stop())
+}
+
+func TestMetricsRegistration(t *testing.T) {
+	t.Parallel()
+	db := testenv.SQLite(t)
+	js := testenv.NATS(t).JetStream(t)
+	reg := prometheus.NewRegistry()
+	_, err := relay.New(db, js, relay.Config{Registerer: reg})
+	require.NoError(t, err)
+	_, err = relay.New(db, js, relay.Config{Registerer: reg})
+	require.ErrorContains(t, err, "registering metrics")
+	_, err = relay.New(db, js, relay.Config{Registerer: reg, Stream: "OTHER"})
+	require.NoError(t, err, "relays of different streams can share a registry")
+	families, err := reg.Gather()
+	require.NoError(t, err)
+	var names []string
+	for _, f := range families {
+		names = append(names, f.GetName())
+	}
+	require.Subset(t, names, []string{"artifactstore_relay_position", "artifactstore_relay_lag",
+		"artifactstore_relay_published_total", "artifactstore_relay_errors_total", "artifactstore_relay_log_head"})
+}
