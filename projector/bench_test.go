@@ -136,6 +136,7 @@ func BenchmarkLatency(b *testing.B) {
 		pending := map[int][]int64{}
 		var visible []time.Duration
 		cfg := fastConfig("lat", n)
+		cfg.FetchWait = time.Second
 		cfg.Logger = zap.NewNop()
 		cfg.hooks.afterCommit = func(p int, last int64) error {
 			now := time.Now()
@@ -181,6 +182,7 @@ func BenchmarkLatency(b *testing.B) {
 		slices.Sort(visible)
 		b.ReportMetric(float64(visible[len(visible)/2].Microseconds())/1000, "p50_ms")
 		b.ReportMetric(float64(visible[len(visible)*99/100].Microseconds())/1000, "p99_ms")
+		b.ReportMetric(float64(visible[len(visible)*9/10].Microseconds())/1000, "p90_ms")
 	}
 }
 
