@@ -136,7 +136,7 @@ func BenchmarkLatency(b *testing.B) {
 		pending := map[int][]int64{}
 		var visible []time.Duration
 		cfg := fastConfig("lat", n)
-		cfg.FetchWait = time.Second
+		cfg.FetchWait, cfg.PinnedTTL = time.Second, 3*time.Second
 		cfg.Logger = zap.NewNop()
 		cfg.hooks.afterCommit = func(p int, last int64) error {
 			now := time.Now()

@@ -168,8 +168,8 @@ func (c *Config) validate() error {
 		return bad("BatchSize", "must be 1..10000")
 	case c.AckWait < 100*time.Millisecond:
 		return bad("AckWait", "must be at least 100ms")
-	case c.PinnedTTL < 100*time.Millisecond:
-		return bad("PinnedTTL", "must be at least 100ms")
+	case c.PinnedTTL < 100*time.Millisecond || c.PinnedTTL <= c.FetchWait:
+		return bad("PinnedTTL", "must be at least 100ms and longer than FetchWait (a pull at most every FetchWait keeps the pin)")
 	case c.MemberTTL < 300*time.Millisecond:
 		return bad("MemberTTL", "must be at least 300ms")
 	case c.FetchWait < 10*time.Millisecond:

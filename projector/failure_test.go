@@ -223,7 +223,7 @@ func TestPoisonEventParksOnlyItsPartition(t *testing.T) {
 	testenv.Eventually(t, 30*time.Second, func() bool {
 		st, err := Inspect(ctx, e.db, DefaultProjection)
 		require.NoError(t, err)
-		if st.ParkedPartitions != 1 || st.Partitions[pp].Parked == nil {
+		if len(st.Partitions) < n || st.ParkedPartitions != 1 || st.Partitions[pp].Parked == nil {
 			return false
 		}
 		for p, cp := range want {
@@ -294,5 +294,65 @@ func TestCatchUpFromLog(t *testing.T) {
 	require.NoError(t, w.stop())
 	require.Positive(t, w.metric(t, "artifactstore_projector_catchup_events_total", nil))
 	require.GreaterOrEqual(t, w.metric(t, "artifactstore_projector_events_applied_total", nil), 975.0)
+	requireReplayEqual(t, e.db, n)
+}
+
+// TestGapParksPartition: the stream lost an event (it holds later ones of
+// the same partition); the partition stops and says so, the others go on;
+// once the event shows up it resumes.
+func TestGapParksPartition(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	const n = 3
+	appendPackages(t, e.db, 0, 60)
+	ctx := context.Background()
+	// Lose a created event that has later events in its partition.
+	lost := storetest.PackageID(20)
+	var lostEv store.Event
+	for ev, err := range store.All(ctx, e.db, 0, 0) {
+		require.NoError(t, err)
+		if ev.SubjectID == lost && ev.Type == store.TypePackageCreated {
+			lostEv = ev
+		}
+	}
+	require.NotZero(t, lostEv.Sequence)
+	e.relayExcept(t, lostEv.Sequence)
+	pp := Partition(lost, n)
+
+	cfg := fastConfig("g", n)
+	cfg.AckWait = 300 * time.Millisecond
+	cfg.GapRetries = 1
+	cfg.ParkRetry = 500 * time.Millisecond
+	w := e.start(t, cfg)
+	want := expected(t, e.db, n)
+	testenv.Eventually(t, 30*time.Second, func() bool {
+		st, err := Inspect(ctx, e.db, DefaultProjection)
+		require.NoError(t, err)
+		if len(st.Partitions) < n {
+			return false
+		}
+		rec := st.Partitions[pp].Parked
+		if rec == nil || rec.Reason != store.ParkedGap || rec.Sequence != lostEv.Sequence {
+			return false
+		}
+		for p, cp := range want {
+			if p != pp && st.Partitions[p].Checkpoint < cp {
+				return false
+			}
+		}
+		return st.Partitions[pp].Checkpoint < lostEv.Sequence
+	}, "the partition with the gap parks, the others reach the log")
+	require.Positive(t, w.metric(t, "artifactstore_projector_errors_total", map[string]string{"kind": "gap"}))
+	pkg, err := e.db.Package(ctx, storetest.PackageID(22))
+	if Partition(storetest.PackageID(22), n) == pp {
+		require.ErrorIs(t, err, store.ErrNotFound, "nothing after the gap is applied")
+	}
+
+	// The event shows up (late, out of order): the partition resumes.
+	_, err = e.js.PublishMsg(ctx, eventMsg(lostEv, e.logID))
+	require.NoError(t, err)
+	testenv.Eventually(t, 30*time.Second, func() bool { return caughtUp(t, e.db, DefaultProjection, want) }, "resumes after the gap is filled")
+	require.NoError(t, w.stop())
+	_ = pkg
 	requireReplayEqual(t, e.db, n)
 }

@@ -68,6 +68,13 @@ func setupWith(t testing.TB, db store.DB, open func(t testing.TB) store.DB) *env
 // relay publishes every event after the last published one.
 func (e *env) relay(t testing.TB) int64 {
 	t.Helper()
+	return e.relayExcept(t, 0)
+}
+
+// relayExcept is relay that leaves event skip out of the stream (a
+// stream that lost a message).
+func (e *env) relayExcept(t testing.TB, skip int64) int64 {
+	t.Helper()
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	ctx := context.Background()
@@ -79,6 +86,9 @@ func (e *env) relay(t testing.TB) int64 {
 		}
 		futures := make([]jetstream.PubAckFuture, 0, len(batch))
 		for _, ev := range batch {
+			if ev.Sequence == skip {
+				continue
+			}
 			f, err := e.js.PublishMsgAsync(eventMsg(ev, e.logID), jetstream.WithMsgID(store.MsgID(e.logID, ev.Sequence)))
 			require.NoError(t, err)
 			futures = append(futures, f)

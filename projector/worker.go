@@ -258,6 +258,10 @@ func (w *Worker) setup(ctx context.Context) error {
 		}
 	}
 	pc := public.CachedInfo().Config
+	dup := pc.Duplicates
+	if pc.MaxAge > 0 && (dup == 0 || dup > pc.MaxAge) {
+		dup = pc.MaxAge
+	}
 	_, err = w.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        w.derived,
 		Description: fmt.Sprintf("%s partitioned by subject id into %d partitions for projectors", w.cfg.Stream, w.cfg.Partitions),
@@ -267,6 +271,7 @@ func (w *Worker) setup(ctx context.Context) error {
 		MaxAge:      pc.MaxAge,
 		MaxMsgs:     pc.MaxMsgs,
 		MaxBytes:    pc.MaxBytes,
+		Duplicates:  dup,
 		Sources: []*jetstream.StreamSource{{
 			Name: w.cfg.Stream,
 			SubjectTransforms: []jetstream.SubjectTransformConfig{{
