@@ -692,3 +692,22 @@ func TestMetricsRegistration(t *testing.T) {
 	require.Subset(t, names, []string{"artifactstore_relay_position", "artifactstore_relay_lag",
 		"artifactstore_relay_published_total", "artifactstore_relay_errors_total", "artifactstore_relay_log_head"})
 }
+
+// TestWakesOnCommit sets a poll interval far beyond the test's patience:
+// the relay must be woken by the commit itself, through LISTEN/NOTIFY when
+// another connection pool (another process) writes.
+func TestWakesOnCommit(t *testing.T) {
+	t.Parallel()
+	url, schema := testenv.Schema(t)
+	db := testenv.OpenPostgres(t, url, schema)
+	writer := testenv.OpenPostgres(t, url, schema)
+	e := setupDB(t, db)
+	in := e.newRelay(t, db, func(c *relay.Config) { c.PollInterval = time.Hour }).start(t)
+	testenv.Eventually(t, 10*time.Second, in.r.Active, "relay to start")
+	for i := range 20 {
+		e.appendEvents(t, writer, 1, 1)
+		testenv.Eventually(t, 5*time.Second, func() bool { return in.r.Position() == int64(i+1) }, "event %d relayed without polling", i+1)
+	}
+	e.requireStreamEqualsLog(t)
+	require.NoError(t, in.stop())
+}
