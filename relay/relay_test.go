@@ -338,7 +338,7 @@ func TestCrashRestart(t *testing.T) {
 	})
 	stages := []string{"synced", "fetched", "publish", "published", "acked"}
 	rng := rand.New(rand.NewPCG(7, 7))
-	for round := range 25 {
+	for round := range 40 {
 		stage := stages[round%len(stages)]
 		after := rng.IntN(150) // times the stage is seen before the kill
 		switch stage {
@@ -357,7 +357,14 @@ func TestCrashRestart(t *testing.T) {
 				return
 			}
 			if count++; count > after {
-				once.Do(func() { in.kill(); close(killed) })
+				once.Do(func() {
+					if round%4 == 3 {
+						in.cancel() // a graceful stop mid-window, for contrast
+					} else {
+						in.kill()
+					}
+					close(killed)
+				})
 			}
 		})
 		in.start(t)
