@@ -70,6 +70,12 @@
 // command_id learns what happened. Every request is answered within
 // Config.RequestTimeout.
 //
+// Replies sent after the handler has returned (by a committer or a query
+// goroutine) are published to the request's reply subject directly, so
+// `nats micro stats` counts every request but only the errors of requests
+// rejected while decoding; artifactstore_ingest_requests_total (by endpoint
+// and outcome) counts every reply.
+//
 // The relay is woken after each commit by the store's own append signal
 // (PostgreSQL NOTIFY; an in-process signal on both dialects).
 package ingest

@@ -180,7 +180,7 @@ type command struct {
 	version   string // create
 	event     store.Event
 	deadline  time.Time
-	req       micro.Request
+	req       responder
 
 	// Set while deciding.
 	claimed   bool
@@ -229,7 +229,7 @@ func (s *Service) handleFinalize(req micro.Request) {
 // submit builds c's event from its canonical payload and queues c for a
 // batch, or answers at once when the service is closed or overloaded.
 func (s *Service) submit(req micro.Request, c *command, eventType, subjectID, actor string, payload any) {
-	c.req = req
+	c.req = s.detach(req)
 	c.deadline = time.Now().Add(s.cfg.RequestTimeout)
 	b, err := json.Marshal(payload)
 	if err != nil {
@@ -267,22 +267,23 @@ func (s *Service) query(endpoint string, fn func(ctx context.Context, data []byt
 			return
 		}
 		s.qslots <- struct{}{}
+		data, r := req.Data(), s.detach(req)
 		s.queries.Go(func() {
 			defer func() { <-s.qslots }()
 			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
 			defer cancel()
-			v, err := fn(ctx, req.Data())
+			v, err := fn(ctx, data)
 			if err != nil {
-				s.replyError(req, endpoint, s.storeError(err, endpoint))
+				s.replyError(r, endpoint, s.storeError(err, endpoint))
 				return
 			}
 			body, err := json.Marshal(v)
 			if err != nil {
-				s.replyError(req, endpoint, newError(CodeInternal, "encoding the reply"))
+				s.replyError(r, endpoint, newError(CodeInternal, "encoding the reply"))
 				return
 			}
 			s.m.requests.WithLabelValues(endpoint, outcomeOK).Inc()
-			_ = req.Respond(body)
+			_ = r.Respond(body)
 		})
 	}
 }
@@ -338,7 +339,7 @@ func (s *Service) storeError(err error, endpoint string) *Error {
 }
 
 // replyError sends err as an error reply with the micro error headers.
-func (s *Service) replyError(req micro.Request, endpoint string, err error) {
+func (s *Service) replyError(req responder, endpoint string, err error) {
 	var e *Error
 	if !errors.As(err, &e) {
 		e = s.storeError(err, endpoint)
@@ -347,6 +348,47 @@ func (s *Service) replyError(req micro.Request, endpoint string, err error) {
 	if rerr := req.Error(e.statusText(), headerSafe(e.Message), e.body()); rerr != nil {
 		s.log.Debug("sending an error reply", zap.String("endpoint", endpoint), zap.Error(rerr))
 	}
+}
+
+// responder answers one request. A micro.Request is one, but only inside
+// its handler: micro reads the request's state when the handler returns,
+// so answers sent later (by a committer or a query goroutine) go through
+// a detached responder instead.
+type responder interface {
+	Respond(data []byte, opts ...micro.RespondOpt) error
+	Error(code, description string, data []byte, opts ...micro.RespondOpt) error
+}
+
+// detach returns a responder for req that is safe to use after the
+// handler has returned.
+func (s *Service) detach(req micro.Request) responder {
+	return detached{nc: s.nc, reply: req.Reply()}
+}
+
+// detached answers a request by publishing to its reply subject, with the
+// same headers micro.Request.Error sets.
+type detached struct {
+	nc    *nats.Conn
+	reply string
+}
+
+func (d detached) Respond(data []byte, _ ...micro.RespondOpt) error {
+	return d.publish(&nats.Msg{Data: data})
+}
+
+func (d detached) Error(code, description string, data []byte, _ ...micro.RespondOpt) error {
+	return d.publish(&nats.Msg{Data: data, Header: nats.Header{
+		micro.ErrorHeader:     []string{description},
+		micro.ErrorCodeHeader: []string{code},
+	}})
+}
+
+func (d detached) publish(m *nats.Msg) error {
+	if d.reply == "" {
+		return nats.ErrMsgNoReply
+	}
+	m.Subject = d.reply
+	return d.nc.PublishMsg(m)
 }
 
 // headerSafe keeps a message usable as a NATS header value.
