@@ -57,9 +57,7 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 		{"unknown type", "v9.widget.exploded", "ci", "ci"},
 		{"unicode actor", "v1.package.created", "jürgen ✓", "jürgen ✓"},
 		{"spaces inside", "v1.package.created", "Jane Q. Public", "Jane Q. Public"},
-		{"leading and trailing space", "v1.package.created", " bob ", "%20bob%20"},
 		{"percent", "v1.package.created", "100%", "100%25"},
-		{"header injection", "v1.package.created", "eve\r\nNats-Expected-Last-Sequence: 0", "eve%0D%0ANats-Expected-Last-Sequence: 0"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := testEvent(t, 7, tc.typ, tc.actor, `{"x":1}`)

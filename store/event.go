@@ -69,8 +69,8 @@ func (e Event) Validate(maxPayload int) error {
 		return &FieldError{"subject_kind", fmt.Sprintf("%q is not a single subject token", e.SubjectKind)}
 	case !ValidToken(e.SubjectID):
 		return &FieldError{"subject_id", fmt.Sprintf("%q is not a single subject token", e.SubjectID)}
-	case strings.TrimSpace(e.Actor) == "" || len(e.Actor) > 256:
-		return &FieldError{"actor", "must be 1-256 bytes and not blank"}
+	case e.Actor == "" || len(e.Actor) > 256 || strings.TrimSpace(e.Actor) != e.Actor || hasControl(e.Actor):
+		return &FieldError{"actor", "must be 1-256 bytes without control characters or leading/trailing spaces"}
 	case len(e.Payload) == 0:
 		return &FieldError{"payload", "is empty"}
 	case maxPayload > 0 && len(e.Payload) > maxPayload:
@@ -79,6 +79,17 @@ func (e Event) Validate(maxPayload int) error {
 		return &FieldError{"payload_digest", "does not match BLAKE3-256 of the payload"}
 	}
 	return nil
+}
+
+// hasControl reports whether s holds an ASCII control character (which
+// could forge a header line when the actor is relayed as a NATS header).
+func hasControl(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] == 0x7f {
+			return true
+		}
+	}
+	return false
 }
 
 // maxTokenLen bounds a subject token so subjects stay well inside NATS limits.
