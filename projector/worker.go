@@ -23,7 +23,7 @@ import (
 // jetstream.JetStream implements it.
 type JetStream interface {
 	Stream(ctx context.Context, name string) (jetstream.Stream, error)
-	CreateOrUpdateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error)
+	CreateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error)
 	CreateOrUpdateConsumer(ctx context.Context, stream string, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error)
 	Consumer(ctx context.Context, stream string, name string) (jetstream.Consumer, error)
 	CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error)
@@ -262,7 +262,10 @@ func (w *Worker) setup(ctx context.Context) error {
 	if pc.MaxAge > 0 && (dup == 0 || dup > pc.MaxAge) {
 		dup = pc.MaxAge
 	}
-	_, err = w.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	// Create, never update: workers starting together must not race a
+	// stream update against consumer creation (and a derived stream that
+	// exists is used as it is).
+	_, err = w.js.CreateStream(ctx, jetstream.StreamConfig{
 		Name:        w.derived,
 		Description: fmt.Sprintf("%s partitioned by subject id into %d partitions for projectors", w.cfg.Stream, w.cfg.Partitions),
 		Storage:     pc.Storage,
@@ -280,6 +283,10 @@ func (w *Worker) setup(ctx context.Context) error {
 			}},
 		}},
 	})
+	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		w.log.Info("derived stream exists with another configuration; using it as it is", zap.String("stream", w.derived))
+		err = nil
+	}
 	if err != nil {
 		return fmt.Errorf("projector: derived stream %s: %w", w.derived, err)
 	}
