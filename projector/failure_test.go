@@ -32,6 +32,10 @@ func TestScaleKillAndJoin(t *testing.T) {
 		e.start(t, fastConfig("w2", n)),
 		e.start(t, fastConfig("w3", n)),
 	}
+	owned := func(r *running) float64 { return r.metric(t, "artifactstore_projector_owned_partitions", nil) }
+	testenv.Eventually(t, 30*time.Second, func() bool {
+		return owned(ws[0]) == n/3 && owned(ws[1]) == n/3 && owned(ws[2]) == n/3
+	}, "the three workers share the partitions")
 	var killedAt int64
 	for chunk := 0; chunk < 10; chunk++ {
 		appendPackages(t, e.db, chunk*packages/10, (chunk+1)*packages/10)
@@ -48,8 +52,8 @@ func TestScaleKillAndJoin(t *testing.T) {
 			w4 := e.start(t, fastConfig("w4", n))
 			ws = append(ws, w4)
 			testenv.Eventually(t, 30*time.Second, func() bool {
-				return w4.metric(t, "artifactstore_projector_owned_partitions", nil) > 0
-			}, "the late worker gets a share")
+				return owned(w4) == n/3 && owned(ws[0])+owned(ws[2])+owned(w4) == n
+			}, "the late worker gets its share")
 		}
 	}
 	want := expected(t, e.db, n)
