@@ -103,4 +103,18 @@
 // checkpoint (a replay before any worker ran) has it copied to every
 // partition when a worker starts. Changing the partition count needs a
 // replay --reset (Run refuses with ErrPartitionsChanged).
+//
+// # Limits
+//
+//   - A worker stopped (SIGSTOP) inside a batch transaction keeps the
+//     partition's checkpoint row locked until it resumes or PostgreSQL
+//     ends the session (set idle_in_transaction_session_timeout); a worker
+//     stopped between transactions is simply outrun (compare-and-set).
+//   - The derived stream is created, never updated: a change of the public
+//     stream's limits is not copied to it (delete it to have it recreated).
+//   - The server starts sourcing into a new derived stream a few hundred
+//     milliseconds after creating it; the first events wait that long.
+//   - Rebalancing is round-robin over the sorted member ids: a join or a
+//     death moves several partitions, and a partition whose previous owner
+//     died resumes after the dead owner's messages' AckWait.
 package projector
