@@ -29,6 +29,8 @@ type JetStream interface {
 	CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error)
 }
 
+var _ JetStream = jetstream.JetStream(nil)
+
 // Worker is one projector process's share of a projection: it registers as
 // a member, consumes the partitions assigned to it and applies their events.
 type Worker struct {
