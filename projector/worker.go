@@ -26,7 +26,8 @@ type JetStream interface {
 	CreateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error)
 	CreateOrUpdateConsumer(ctx context.Context, stream string, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error)
 	Consumer(ctx context.Context, stream string, name string) (jetstream.Consumer, error)
-	CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error)
+	CreateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error)
+	KeyValue(ctx context.Context, bucket string) (jetstream.KeyValue, error)
 }
 
 var _ JetStream = jetstream.JetStream(nil)
@@ -87,13 +88,17 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	kv, err := w.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	// Create, never update (see setup); an existing bucket is used as it is.
+	kv, err := w.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      w.cfg.MembersBucket,
 		Description: "artifactstore projector workers (heartbeats)",
 		TTL:         w.cfg.MemberTTL,
 		History:     1,
 		Storage:     jetstream.MemoryStorage,
 	})
+	if errors.Is(err, jetstream.ErrBucketExists) {
+		kv, err = w.js.KeyValue(ctx, w.cfg.MembersBucket)
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
