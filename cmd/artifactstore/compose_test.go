@@ -329,14 +329,35 @@ func TestComposeNATSConfig(t *testing.T) {
 				require.Contains(t, users, u, "%s: %s logs in as %s", name, sname, u)
 			}
 		}
-		// Only the relay may publish events.
+		// Who may publish and subscribe where, evaluated as the server
+		// does (deny wins; an empty allow list allows everything).
 		for uname, u := range users {
-			pub := u.Permissions.Publish
-			allowed := pub != nil && slices.Contains(pub.Allow, "artifactstore.events.>")
-			require.Equal(t, uname == "relay", allowed, "%s: only the relay may publish artifactstore.events.>", uname)
+			pub, sub := u.Permissions.Publish, u.Permissions.Subscribe
+			require.Equal(t, uname == "relay", permits(pub, "artifactstore.events.v1.package.created.x"),
+				"%s: only the relay may publish artifactstore.events.>", uname)
+			for _, api := range []string{"STREAM.DELETE", "STREAM.PURGE", "STREAM.MSG.DELETE", "STREAM.UPDATE"} {
+				subj := "$JS.API." + api + ".ARTIFACTSTORE_EVENTS"
+				require.False(t, permits(pub, subj), "%s: nobody may %s", uname, subj)
+			}
+			require.False(t, permits(pub, "$JS.API.STREAM.CREATE.ANY_STREAM"), "%s: no user creates arbitrary streams", uname)
+			for _, subj := range []string{"artifactstore.cmd.package.create", "artifactstore.query.package.get"} {
+				require.Equal(t, uname == "client", permits(pub, subj), "%s: only clients send %s", uname, subj)
+				require.Equal(t, uname == "ingest", permits(sub, subj), "%s: only ingest receives %s (nobody else can answer as the service)", uname, subj)
+			}
 		}
 	}
 	require.Len(t, routes, 9)
+}
+
+// permits reports whether p lets subject through, as nats-server decides.
+func permits(p *server.SubjectPermission, subject string) bool {
+	if p == nil {
+		return true
+	}
+	match := func(filters []string) bool {
+		return slices.ContainsFunc(filters, func(f string) bool { return server.SubjectMatchesFilter(subject, f) })
+	}
+	return (len(p.Allow) == 0 || match(p.Allow)) && !match(p.Deny)
 }
 
 // moduleVersion returns the version of a module the test binary was built

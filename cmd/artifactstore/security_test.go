@@ -265,7 +265,10 @@ func streamMsgs(t *testing.T, js jetstream.JetStream) uint64 {
 func TestSecurityServicesWithLeastPrivilege(t *testing.T) {
 	t.Parallel()
 	natsURL := deployNATS(t)
-	dbURL := pgSchemaURL(t)
+	// The test cluster trusts local connections: the password is accepted
+	// and must never show in the services' debug logs.
+	const dbPassword = "svcDbPw-S3cr3t-5b7e"
+	dbURL := withPassword(t, pgSchemaURL(t), dbPassword)
 	migrateUp(t, dbURL)
 	dbEnv := []string{"ARTIFACTSTORE_DATABASE_URL=" + dbURL}
 
@@ -326,6 +329,7 @@ func TestSecurityServicesWithLeastPrivilege(t *testing.T) {
 		for user, pw := range deployUsers(t) {
 			require.NotContains(t, out, pw, "%s logged %s's password", p.name, user)
 		}
+		require.NotContains(t, out, dbPassword, "%s logged the database password", p.name)
 	}
 
 	readerNC, _ := connectAs(t, natsURL, "reader")
