@@ -337,68 +337,76 @@ func TestSecurityServicesWithLeastPrivilege(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, uint64(1), streamMsgs(t, readerJS))
 
-	t.Run("NATSPermissionClientCannotWriteEvents", func(t *testing.T) {
-		nc, errs := connectAs(t, natsURL, "client")
-		require.NoError(t, nc.Publish("artifactstore.events.v1.package.created.forged", []byte(`{}`)))
-		require.NoError(t, nc.Flush())
-		testenv.Eventually(t, 10*time.Second, func() bool { return errs.violation("artifactstore.events.v1.package.created.forged") },
-			"the server to refuse the client's publish to artifactstore.events.>")
-		requireDenied(t, nc, errs, "client", "$JS.API.STREAM.PURGE.ARTIFACTSTORE_EVENTS")
-		requireDenied(t, nc, errs, "client", "$JS.API.STREAM.DELETE.ARTIFACTSTORE_EVENTS")
-		requireDenied(t, nc, errs, "client", "$JS.API.STREAM.INFO.ARTIFACTSTORE_EVENTS")
-	})
+	// The denials and the failed logins run side by side; the group ends
+	// when all of them have.
+	t.Run("denied", func(t *testing.T) {
+		t.Run("NATSPermissionClientCannotWriteEvents", func(t *testing.T) {
+			t.Parallel()
+			nc, errs := connectAs(t, natsURL, "client")
+			require.NoError(t, nc.Publish("artifactstore.events.v1.package.created.forged", []byte(`{}`)))
+			require.NoError(t, nc.Flush())
+			testenv.Eventually(t, 10*time.Second, func() bool { return errs.violation("artifactstore.events.v1.package.created.forged") },
+				"the server to refuse the client's publish to artifactstore.events.>")
+			requireDenied(t, nc, errs, "client", "$JS.API.STREAM.PURGE.ARTIFACTSTORE_EVENTS")
+			requireDenied(t, nc, errs, "client", "$JS.API.STREAM.DELETE.ARTIFACTSTORE_EVENTS")
+			requireDenied(t, nc, errs, "client", "$JS.API.STREAM.INFO.ARTIFACTSTORE_EVENTS")
+		})
 
-	t.Run("NATSPermissionReaderCannotPurgeOrDelete", func(t *testing.T) {
-		nc, errs := connectAs(t, natsURL, "reader")
-		js, err := jetstream.New(nc)
-		require.NoError(t, err)
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		s, err := js.Stream(ctx, "ARTIFACTSTORE_EVENTS")
-		require.NoError(t, err, "a reader may look at the stream")
-		pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
-		require.Error(t, s.Purge(pctx), "a reader must not purge the stream")
-		pcancel()
-		require.True(t, errs.violation("$JS.API.STREAM.PURGE.ARTIFACTSTORE_EVENTS"))
-		dctx, dcancel := context.WithTimeout(ctx, 2*time.Second)
-		require.Error(t, js.DeleteStream(dctx, "ARTIFACTSTORE_EVENTS"), "a reader must not delete the stream")
-		dcancel()
-		require.True(t, errs.violation("$JS.API.STREAM.DELETE.ARTIFACTSTORE_EVENTS"))
-		mctx, mcancel := context.WithTimeout(ctx, 2*time.Second)
-		require.Error(t, s.DeleteMsg(mctx, 1), "a reader must not delete an event")
-		mcancel()
-		_, err = js.Publish(ctx, "artifactstore.events.v1.package.created.forged", []byte(`{}`))
-		require.Error(t, err, "a reader must not publish events")
-		require.True(t, errs.violation("artifactstore.events.v1.package.created.forged"))
-	})
+		t.Run("NATSPermissionReaderCannotPurgeOrDelete", func(t *testing.T) {
+			t.Parallel()
+			nc, errs := connectAs(t, natsURL, "reader")
+			js, err := jetstream.New(nc)
+			require.NoError(t, err)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			s, err := js.Stream(ctx, "ARTIFACTSTORE_EVENTS")
+			require.NoError(t, err, "a reader may look at the stream")
+			pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
+			require.Error(t, s.Purge(pctx), "a reader must not purge the stream")
+			pcancel()
+			require.True(t, errs.violation("$JS.API.STREAM.PURGE.ARTIFACTSTORE_EVENTS"))
+			dctx, dcancel := context.WithTimeout(ctx, 2*time.Second)
+			require.Error(t, js.DeleteStream(dctx, "ARTIFACTSTORE_EVENTS"), "a reader must not delete the stream")
+			dcancel()
+			require.True(t, errs.violation("$JS.API.STREAM.DELETE.ARTIFACTSTORE_EVENTS"))
+			mctx, mcancel := context.WithTimeout(ctx, 2*time.Second)
+			require.Error(t, s.DeleteMsg(mctx, 1), "a reader must not delete an event")
+			mcancel()
+			_, err = js.Publish(ctx, "artifactstore.events.v1.package.created.forged", []byte(`{}`))
+			require.Error(t, err, "a reader must not publish events")
+			require.True(t, errs.violation("artifactstore.events.v1.package.created.forged"))
+		})
 
-	t.Run("NATSPermissionProjectorCannotWriteEvents", func(t *testing.T) {
-		nc, errs := connectAs(t, natsURL, "projector")
-		require.NoError(t, nc.Publish("artifactstore.events.v1.package.finalized.forged", []byte(`{}`)))
-		require.NoError(t, nc.Flush())
-		testenv.Eventually(t, 10*time.Second, func() bool { return errs.violation("artifactstore.events.v1.package.finalized.forged") },
-			"the server to refuse the projector's publish to artifactstore.events.>")
-		requireDenied(t, nc, errs, "projector", "$JS.API.STREAM.PURGE.ARTIFACTSTORE_EVENTS")
-		requireDenied(t, nc, errs, "projector", "$JS.API.STREAM.DELETE.ARTIFACTSTORE_EVENTS")
-		requireDenied(t, nc, errs, "projector", "$JS.API.STREAM.PURGE.ARTIFACTSTORE_EVENTS_P8")
+		t.Run("NATSPermissionProjectorCannotWriteEvents", func(t *testing.T) {
+			t.Parallel()
+			nc, errs := connectAs(t, natsURL, "projector")
+			require.NoError(t, nc.Publish("artifactstore.events.v1.package.finalized.forged", []byte(`{}`)))
+			require.NoError(t, nc.Flush())
+			testenv.Eventually(t, 10*time.Second, func() bool { return errs.violation("artifactstore.events.v1.package.finalized.forged") },
+				"the server to refuse the projector's publish to artifactstore.events.>")
+			requireDenied(t, nc, errs, "projector", "$JS.API.STREAM.PURGE.ARTIFACTSTORE_EVENTS")
+			requireDenied(t, nc, errs, "projector", "$JS.API.STREAM.DELETE.ARTIFACTSTORE_EVENTS")
+			requireDenied(t, nc, errs, "projector", "$JS.API.STREAM.PURGE.ARTIFACTSTORE_EVENTS_P8")
+		})
+
+		t.Run("NATSPermissionWrongCredentialsFailFast", func(t *testing.T) {
+			t.Parallel()
+			for _, svc := range []string{"ingest", "relay", "projector"} {
+				env := append([]string{"ARTIFACTSTORE_NATS_URL=" + natsURL, "ARTIFACTSTORE_NATS_USER=" + svc,
+					"ARTIFACTSTORE_NATS_PASSWORD=not-the-password", "ARTIFACTSTORE_HTTP_LISTEN="}, dbEnv...)
+				start := time.Now()
+				r := runBinary(t, 30*time.Second, env, svc)
+				require.NotEqual(t, 0, r.code, "%s with a wrong password must exit", svc)
+				require.Contains(t, r.stderr, "authorization violation", "%s names the problem: %s", svc, r.stderr)
+				require.Contains(t, r.stderr, "--nats-user", "%s says which flags to check", svc)
+				require.NotContains(t, r.stderr, "not-the-password")
+				require.Less(t, time.Since(start), 20*time.Second, "%s failed fast", svc)
+			}
+		})
 	})
 
 	// Nothing the denied users tried reached the stream.
 	require.Equal(t, uint64(1), streamMsgs(t, readerJS), "the stream still holds exactly its one event")
-
-	t.Run("NATSPermissionWrongCredentialsFailFast", func(t *testing.T) {
-		for _, svc := range []string{"ingest", "relay", "projector"} {
-			env := append([]string{"ARTIFACTSTORE_NATS_URL=" + natsURL, "ARTIFACTSTORE_NATS_USER=" + svc,
-				"ARTIFACTSTORE_NATS_PASSWORD=not-the-password", "ARTIFACTSTORE_HTTP_LISTEN="}, dbEnv...)
-			start := time.Now()
-			r := runBinary(t, 30*time.Second, env, svc)
-			require.NotEqual(t, 0, r.code, "%s with a wrong password must exit", svc)
-			require.Contains(t, r.stderr, "authorization violation", "%s names the problem: %s", svc, r.stderr)
-			require.Contains(t, r.stderr, "--nats-user", "%s says which flags to check", svc)
-			require.NotContains(t, r.stderr, "not-the-password")
-			require.Less(t, time.Since(start), 20*time.Second, "%s failed fast", svc)
-		}
-	})
 }
 
 // tlsFiles are PEM files of a test CA, a server and a client certificate.
