@@ -386,7 +386,7 @@ func (w *Worker) handle(ctx context.Context, st *partition, msgs []jetstream.Msg
 			moved++
 			continue
 		case errors.As(err, &ae):
-			done, err := w.applyPoison(wctx, st, events, ae)
+			err := w.applyPoison(wctx, st, events, ae)
 			if errors.Is(err, errCrashed) {
 				return err
 			}
@@ -405,7 +405,6 @@ func (w *Worker) handle(ctx context.Context, st *partition, msgs []jetstream.Msg
 				nak(rest)
 				return err
 			}
-			_ = done
 			continue
 		default:
 			w.m.errors.WithLabelValues(w.cfg.Projection, "store").Inc()
@@ -418,17 +417,17 @@ func (w *Worker) handle(ctx context.Context, st *partition, msgs []jetstream.Msg
 // applyPoison deals with a handler failure at events[ae.index]: the events
 // before it are applied, then the failing one is retried alone up to
 // MaxAttempts times; if it still fails the partition parks.
-func (w *Worker) applyPoison(ctx context.Context, st *partition, events []store.Event, ae *applyError) (bool, error) {
+func (w *Worker) applyPoison(ctx context.Context, st *partition, events []store.Event, ae *applyError) error {
 	w.m.errors.WithLabelValues(w.cfg.Projection, "handler").Inc()
 	if ae.index > 0 {
 		if err := w.apply(ctx, st, events[:ae.index], events[ae.index-1].Sequence); err != nil {
 			if errors.As(err, new(*applyError)) {
-				return false, fmt.Errorf("handler failed differently on retry: %w", err)
+				return fmt.Errorf("handler failed differently on retry: %w", err)
 			}
-			return false, err
+			return err
 		}
 		if err := w.afterCommit(st, events[ae.index-1].Sequence); err != nil {
-			return false, err
+			return err
 		}
 	}
 	e := events[ae.index]
@@ -440,20 +439,20 @@ func (w *Worker) applyPoison(ctx context.Context, st *partition, events []store.
 	for a := 1; a < w.cfg.MaxAttempts; a++ {
 		select {
 		case <-ctx.Done():
-			return false, ctx.Err()
+			return ctx.Err()
 		case <-time.After(min(50*time.Millisecond<<a, 2*time.Second)):
 		}
 		err := w.apply(ctx, st, events[ae.index:ae.index+1], e.Sequence)
 		if err == nil {
-			return true, w.afterCommit(st, e.Sequence)
+			return w.afterCommit(st, e.Sequence)
 		}
 		if !errors.As(err, new(*applyError)) {
-			return false, err
+			return err
 		}
 		last = err
 		attempts++
 	}
-	return false, w.park(ctx, st, store.ParkedPoison, e.Sequence, e.Type, last, attempts, nil)
+	return w.park(ctx, st, store.ParkedPoison, e.Sequence, e.Type, last, attempts, nil)
 }
 
 // apply applies events (all of partition st.p, in order) and advances the
@@ -589,7 +588,7 @@ func (w *Worker) catchUp(ctx context.Context, st *partition, upTo int64) error {
 		err := w.apply(ctx, st, mine, to)
 		var ae *applyError
 		if errors.As(err, &ae) {
-			if _, err := w.applyPoison(ctx, st, mine, ae); err != nil {
+			if err := w.applyPoison(ctx, st, mine, ae); err != nil {
 				return err
 			}
 			if st.parked != nil {
