@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +22,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/artifactstore/artifactstore/internal/testenv"
+	"github.com/artifactstore/artifactstore/projector"
 )
 
 // The compose file cannot run here (no container engine); these tests keep
@@ -277,6 +280,21 @@ func TestComposeStructure(t *testing.T) {
 			}
 		}
 	}
+	// Every database URL logs in as the PostgreSQL service's user.
+	pg := p.Services["postgres"].Environment
+	for name, s := range p.appServices() {
+		raw := s.Environment["ARTIFACTSTORE_DATABASE_URL"]
+		if raw == "" {
+			continue
+		}
+		u, err := url.Parse(raw)
+		require.NoError(t, err, name)
+		pw, _ := u.User.Password()
+		require.Equal(t, "postgres:5432", u.Host, name)
+		require.Equal(t, pg["POSTGRES_USER"], u.User.Username(), name)
+		require.Equal(t, pg["POSTGRES_PASSWORD"], pw, name)
+		require.Equal(t, "/"+pg["POSTGRES_DB"], u.Path, name)
+	}
 	require.Equal(t, "client", p.Services["cli"].Environment["ARTIFACTSTORE_NATS_USER"])
 	require.Equal(t, "reader", p.Services["cli-reader"].Environment["ARTIFACTSTORE_NATS_USER"])
 
@@ -306,6 +324,8 @@ func TestComposeNATSConfig(t *testing.T) {
 		require.True(t, opts.JetStream, "%s: JetStream enabled", name)
 		require.True(t, opts.SyncAlways, "%s: sync_interval: always (fsync before every ack)", name)
 		require.Equal(t, "/data/jetstream", opts.StoreDir, name)
+		require.Equal(t, 4222, opts.Port, "%s: the port the services' URLs use", name)
+		require.Equal(t, 8222, opts.HTTPPort, "%s: the port the health check uses", name)
 		require.Equal(t, "artifactstore", opts.Cluster.Name, name)
 		require.Equal(t, 6222, opts.Cluster.Port, name)
 		require.NotEmpty(t, opts.Cluster.Username, "%s: routes authenticate", name)
@@ -327,6 +347,15 @@ func TestComposeNATSConfig(t *testing.T) {
 		for sname, s := range p.Services {
 			if u := s.Environment["ARTIFACTSTORE_NATS_USER"]; u != "" {
 				require.Contains(t, users, u, "%s: %s logs in as %s", name, sname, u)
+			}
+			// The projector's permissions name its derived stream, which
+			// follows the partition count.
+			if parts := s.Environment["ARTIFACTSTORE_PARTITIONS"]; parts != "" {
+				n, err := strconv.Atoi(parts)
+				require.NoError(t, err)
+				derived := projector.DerivedStream("ARTIFACTSTORE_EVENTS", n)
+				require.True(t, permits(users["projector"].Permissions.Publish, "$JS.API.STREAM.CREATE."+derived),
+					"%s: %s runs %d partitions: the projector user must be allowed to create %s", name, sname, n, derived)
 			}
 		}
 		// Who may publish and subscribe where, evaluated as the server
