@@ -151,11 +151,13 @@ func (w *Worker) fetchAndApply(ctx context.Context, st *partition) error {
 			_ = m.Nak()
 		}
 	}
+	received := 0
 	for {
 		m, ok := <-msgs
 		if !ok {
 			break
 		}
+		received++
 		group := []jetstream.Msg{m}
 	drain:
 		for len(group) < w.cfg.BatchSize {
@@ -165,6 +167,7 @@ func (w *Worker) fetchAndApply(ctx context.Context, st *partition) error {
 					break drain
 				}
 				group = append(group, m)
+				received++
 			default:
 				break drain
 			}
@@ -192,6 +195,45 @@ func (w *Worker) fetchAndApply(ctx context.Context, st *partition) error {
 		!errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, jetstream.ErrPinIDMismatch) {
 		return fmt.Errorf("fetch: %w", err)
 	}
+	if received == 0 && st.parked == nil && ctx.Err() == nil {
+		return w.advanceIdle(ctx, st)
+	}
+	return nil
+}
+
+// advanceIdle moves an idle partition's checkpoint up to the log head when
+// the log holds none of its events above the checkpoint (or up to just
+// below the first one that is still on its way). The checkpoint means
+// "every event of this partition up to here is applied", so this is true
+// by construction, and it keeps status's lag honest for partitions that
+// see no events. The write is compare-and-set like every other.
+func (w *Worker) advanceIdle(ctx context.Context, st *partition) error {
+	head, err := w.db.Head(ctx)
+	if err != nil || head <= st.cp {
+		return err
+	}
+	keys, err := w.partitionKeys(ctx, st.p, st.cp, head)
+	if err != nil {
+		return err
+	}
+	to := head
+	if len(keys) > 0 {
+		to = keys[0].Sequence - 1
+	}
+	if to <= st.cp {
+		return nil
+	}
+	err = w.db.InTx(ctx, func(tx store.Tx) error {
+		return tx.AdvanceCheckpoint(ctx, w.cfg.Projection, st.p, st.cp, to)
+	})
+	if errors.Is(err, store.ErrCheckpointMoved) {
+		return w.reloadCheckpoint(ctx, st)
+	}
+	if err != nil {
+		return err
+	}
+	st.cp = to
+	w.m.checkpoint.WithLabelValues(w.cfg.Projection, partLabel(st.p)).Set(float64(to))
 	return nil
 }
 

@@ -121,3 +121,36 @@ func TestSQLiteWorker(t *testing.T) {
 	require.NoError(t, b.stop())
 	requireReplayEqual(t, e.db, n)
 }
+
+// TestIdlePartitionsFollowTheHead: partitions that receive no events move
+// their checkpoints up to the log head, so status reports zero lag once the
+// projection has applied everything.
+func TestIdlePartitionsFollowTheHead(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	const n = 4
+	// Every event goes to the partition of "pkg-a..." ids that share one partition.
+	var events []store.Event
+	for i := 0; len(events) < 20; i++ {
+		id := "pkg-" + strconv.Itoa(i)
+		if Partition(id, n) == 2 {
+			events = append(events, storetest.Created(t, id, "idle", strconv.Itoa(i), "alice"))
+		}
+	}
+	storetest.Append(t, e.db, events...)
+	e.relay(t)
+	r := e.start(t, fastConfig("idle", n))
+	ctx := context.Background()
+	testenv.Eventually(t, 30*time.Second, func() bool {
+		st, err := Inspect(ctx, e.db, DefaultProjection)
+		require.NoError(t, err)
+		return st.Head == 20 && st.Lag == 0 && len(st.Partitions) == n
+	}, "every partition, idle ones included, reaches the head")
+	st, err := Inspect(ctx, e.db, DefaultProjection)
+	require.NoError(t, err)
+	for _, p := range st.Partitions {
+		require.Equal(t, int64(20), p.Checkpoint, "partition %d", p.Partition)
+	}
+	require.NoError(t, r.stop())
+	requireReplayEqual(t, e.db, n)
+}
