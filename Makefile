@@ -4,7 +4,7 @@ PKGS      ?= ./...
 STATICCHECK_VERSION ?= v0.8.2
 BENCHTIME ?= 1x
 
-.PHONY: help run test bench lint fuzz migrate-fresh tidy build
+.PHONY: help run test bench lint fuzz migrate-fresh tidy build bench-e2e chaos chaos-short fuzz-short
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -38,3 +38,15 @@ migrate-fresh: ## drop and recreate the schema at ARTIFACTSTORE_DATABASE_URL (de
 
 tidy: ## go mod tidy
 	$(GO) mod tidy
+
+bench-e2e: ## end-to-end benchmark: real processes, 64 clients, raw baselines and ratios (ARTIFACTSTORE_BENCH_COMMANDS, default 20000)
+	$(GO) test -run '^$$' -bench '^BenchmarkEndToEnd$$' -benchtime 1x -timeout 30m -v ./internal/e2e
+
+chaos: ## chaos suite, long mode: every scenario, more faults, broken-relay builds must be caught (~12 min)
+	ARTIFACTSTORE_CHAOS=long $(GO) test -count=1 -run '^(TestChaos|TestChaosCatchesBrokenRelay|TestOraclesBite)$$' -timeout 45m -v ./internal/e2e
+
+chaos-short: ## chaos suite, short mode (what make test and CI run, < 3 min)
+	ARTIFACTSTORE_CHAOS=short $(GO) test -count=1 -run '^(TestChaos|TestOraclesBite)$$' -timeout 10m -v ./internal/e2e
+
+fuzz-short: ## run every Fuzz target for 3s each (CI)
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=3s
