@@ -179,8 +179,35 @@ func TestDevProcessEndToEnd(t *testing.T) {
 		if r.code != 0 || json.Unmarshal([]byte(r.stdout), &st) != nil {
 			return false
 		}
-		return st.Relay != nil && st.Relay.Lag == 0 && st.Head == 2
-	}, "status to report zero relay lag: %s %s", r.stdout, r.stderr)
+		return st.Relay != nil && st.Relay.Lag == 0 && st.Head == 2 && len(st.Projections) == 1 && st.Projections[0].Lag == 0
+	}, "status to report zero lag at every stage: %s %s", r.stdout, r.stderr)
+
+	// The view was updated by the projector running inside dev.
+	r = runCLI(t, env, "package", "get", created.PackageID, "--json")
+	require.Equal(t, 0, r.code, r.stderr)
+	var view struct {
+		Status         string `json:"status"`
+		ManifestDigest string `json:"manifest_digest"`
+		FinalizedBy    string `json:"finalized_by"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &view))
+	require.Equal(t, "finalized", view.Status)
+	require.Equal(t, digest, view.ManifestDigest)
+	require.Equal(t, "bob", view.FinalizedBy)
+	r = runCLI(t, env, "package", "get", created.PackageID)
+	require.Equal(t, 0, r.code, r.stderr)
+	require.Contains(t, r.stdout, "finalized")
+	r = runCLI(t, env, "package", "list", "--name", "web")
+	require.Equal(t, 0, r.code, r.stderr)
+	require.Contains(t, r.stdout, created.PackageID)
+	r = runCLI(t, env, "package", "get", "no-such-package")
+	require.Equal(t, exitNotFound, r.code)
+	require.Contains(t, r.stderr, "not_found")
+
+	// replay --reset rebuilds the same views.
+	r = runCLI(t, dbEnv, "replay", "--reset")
+	require.Equal(t, 0, r.code, r.stderr)
+	require.Equal(t, "2\n", r.stdout, "replay prints the highest sequence applied")
 
 	require.Equal(t, 0, dev.stop(t), "a clean stop exits 0; stderr:\n%s", dev.stderr)
 
