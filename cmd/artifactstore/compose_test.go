@@ -226,8 +226,17 @@ func TestComposeStructure(t *testing.T) {
 			require.Equal(t, "deploy/Dockerfile", s.Build.Dockerfile, name)
 		}
 	}
-	_, err := os.Stat(filepath.Join("../..", "deploy/Dockerfile"))
+	// The image builds this binary with the Go release go.mod asks for.
+	dockerfile, err := os.ReadFile("../../deploy/Dockerfile")
 	require.NoError(t, err)
+	gomod, err := os.ReadFile("../../go.mod")
+	require.NoError(t, err)
+	goVersion := regexp.MustCompile(`(?m)^go (\d+\.\d+)`).FindSubmatch(gomod)
+	require.NotNil(t, goVersion)
+	require.Contains(t, string(dockerfile), "FROM golang:"+string(goVersion[1])+" AS build")
+	require.Contains(t, string(dockerfile), "go build -trimpath")
+	require.Contains(t, string(dockerfile), "./cmd/artifactstore")
+	require.Contains(t, string(dockerfile), `ENTRYPOINT ["/usr/local/bin/artifactstore"]`)
 
 	// Only the NATS client port of one node is published, on loopback.
 	for name, s := range p.Services {
