@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -57,15 +60,34 @@ func clientError(err error) error {
 }
 
 // natsDialError explains a failed NATS connection and which flags fix it.
-func natsDialError(url string, err error) error {
+func natsDialError(url string, err error, tlsFlags bool) error {
 	switch {
 	case errors.Is(err, nats.ErrAuthorization), errors.Is(err, nats.ErrAuthExpired), errors.Is(err, nats.ErrAuthRevoked):
 		return fmt.Errorf("NATS at %s refused the credentials (authorization violation: %v); check --nats-user/--nats-password, --nats-token, --nats-nkey or --nats-creds",
 			redactURL(url), err)
-	case strings.Contains(url, "tls://") || errors.Is(err, nats.ErrSecureConnRequired) || errors.Is(err, nats.ErrSecureConnWanted):
+	case tlsFlags || strings.Contains(url, "tls://") || isTLSError(err):
 		return fmt.Errorf("cannot reach NATS at %s over TLS: %v (check --nats-tls-ca, --nats-tls-cert and --nats-tls-key)", redactURL(url), err)
 	}
 	return fmt.Errorf("cannot reach NATS at %s: %v (set --nats-url or ARTIFACTSTORE_NATS_URL)", redactURL(url), err)
+}
+
+// isTLSError reports whether err comes from the TLS handshake or
+// certificate checks.
+func isTLSError(err error) bool {
+	var alert tls.AlertError
+	var verify *tls.CertificateVerificationError
+	var unknown x509.UnknownAuthorityError
+	var hostname x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	var recordHeader tls.RecordHeaderError
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "remote error" { // crypto/tls reports a peer's alert this way
+		return true
+	}
+	return errors.Is(err, nats.ErrSecureConnRequired) || errors.Is(err, nats.ErrSecureConnWanted) ||
+		errors.Is(err, nats.ErrClientCertOrRootCAsRequired) ||
+		errors.As(err, &alert) || errors.As(err, &verify) || errors.As(err, &unknown) ||
+		errors.As(err, &hostname) || errors.As(err, &invalid) || errors.As(err, &recordHeader)
 }
 
 type clientFlags struct {
@@ -82,7 +104,7 @@ func dialClient(g *globals) (*nats.Conn, error) {
 	}
 	nc, err := nats.Connect(g.natsURL(), append(auth, nats.Name("artifactstore-cli"), nats.Timeout(3*time.Second), nats.NoReconnect())...)
 	if err != nil {
-		return nil, failf(exitUnavailble, "%v", natsDialError(g.natsURL(), err))
+		return nil, failf(exitUnavailble, "%v", natsDialError(g.natsURL(), err, g.usesTLS()))
 	}
 	return nc, nil
 }

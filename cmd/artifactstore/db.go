@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"regexp"
 	"strings"
 
 	"go.uber.org/zap"
@@ -30,7 +31,10 @@ func isPostgresURL(u string) bool {
 // (optionally prefixed sqlite:// or file:).
 func openDB(ctx context.Context, dbURL string, log *zap.Logger) (migratingDB, error) {
 	if isPostgresURL(dbURL) {
-		db, err := postgres.Open(ctx, postgres.Config{URL: dbURL, Logger: log})
+		// A search_path in the URL names the schema: the store then also keys
+		// its advisory locks and NOTIFY channel by it, so deployments in
+		// different schemas of one database never share a relay lock.
+		db, err := postgres.Open(ctx, postgres.Config{URL: dbURL, Schema: schemaOf(dbURL), Logger: log})
 		if err != nil {
 			return nil, fmt.Errorf("opening %s: %w", redactURL(dbURL), err)
 		}
@@ -47,11 +51,33 @@ func openDB(ctx context.Context, dbURL string, log *zap.Logger) (migratingDB, er
 	return db, nil
 }
 
-// redactURL hides a URL's password (and any password= parameter).
+// userinfoPassword matches the password of a URL's user info, for URLs
+// that net/url cannot parse.
+var userinfoPassword = regexp.MustCompile(`(://[^:/@]*:)[^@]*@`)
+
+// passwordParam matches a password= query parameter.
+var passwordParam = regexp.MustCompile(`(?i)(password=)[^&]*`)
+
+// schemaOf returns the single schema a postgres URL's search_path names, or
+// "" (the server's default search_path).
+func schemaOf(dbURL string) string {
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		return ""
+	}
+	sp := strings.TrimSpace(u.Query().Get("search_path"))
+	if sp == "" || strings.ContainsAny(sp, ", ") {
+		return ""
+	}
+	return strings.Trim(sp, `"`)
+}
+
+// redactURL hides a URL's password (and any password= parameter), also in
+// URLs that do not parse.
 func redactURL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil || u.Scheme == "" {
-		return raw
+		return passwordParam.ReplaceAllString(userinfoPassword.ReplaceAllString(raw, "${1}xxxxx@"), "${1}xxxxx")
 	}
 	q := u.Query()
 	if q.Has("password") {

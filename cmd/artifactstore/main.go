@@ -32,14 +32,15 @@ type globals struct {
 type cli struct {
 	globals
 
-	Dev     devCmd     `cmd:"" help:"Run everything in one process on embedded defaults (in-process NATS, SQLite)."`
-	Ingest  ingestCmd  `cmd:"" help:"Run the ingest command service."`
-	Relay   relayCmd   `cmd:"" help:"Run the outbox relay (log -> JetStream)."`
-	Migrate migrateCmd `cmd:"" help:"Schema management."`
-	Replay  replayCmd  `cmd:"" help:"Rebuild the views from the log in one transaction; prints the highest sequence applied."`
-	Status  statusCmd  `cmd:"" help:"Show log head, relay position, checkpoints and lag."`
-	Package packageCmd `cmd:"" help:"Package commands and queries over NATS."`
-	Events  eventsCmd  `cmd:"" help:"Read the events stream as a downstream consumer would."`
+	Dev       devCmd       `cmd:"" help:"Run everything in one process on embedded defaults (in-process NATS, SQLite)."`
+	Ingest    ingestCmd    `cmd:"" help:"Run the ingest command service."`
+	Relay     relayCmd     `cmd:"" help:"Run the outbox relay (log -> JetStream)."`
+	Projector projectorCmd `cmd:"" help:"Run a projector worker (stream -> views)."`
+	Migrate   migrateCmd   `cmd:"" help:"Schema management."`
+	Replay    replayCmd    `cmd:"" help:"Rebuild the views from the log in one transaction; prints the highest sequence applied."`
+	Status    statusCmd    `cmd:"" help:"Show log head, relay position, checkpoints and lag."`
+	Package   packageCmd   `cmd:"" help:"Package commands and queries over NATS."`
+	Events    eventsCmd    `cmd:"" help:"Read the events stream as a downstream consumer would."`
 }
 
 func main() {

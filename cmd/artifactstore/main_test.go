@@ -256,8 +256,22 @@ func TestRedactURL(t *testing.T) {
 		"postgres://h/db?password=secret":               "postgres://h/db?password=xxxxx",
 		"nats://user:pw@127.0.0.1:4222":                 "nats://user:xxxxx@127.0.0.1:4222",
 		"./data/artifactstore.db":                       "./data/artifactstore.db",
+		"postgres://u:PW@host:notaport/x":               "postgres://u:xxxxx@host:notaport/x",
+		"postgres://host:bad/x?sslmode=a&password=PW":   "postgres://host:bad/x?sslmode=a&password=xxxxx",
 	} {
 		require.Equal(t, want, redactURL(in))
+	}
+}
+
+func TestSchemaOf(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		"postgres://h/db?search_path=tenant_a":          "tenant_a",
+		"postgres://h/db?search_path=a,public":          "",
+		"postgres://h/db":                               "",
+		"postgres://h/db?sslmode=disable&search_path=x": "x",
+	} {
+		require.Equal(t, want, schemaOf(in), in)
 	}
 }
 

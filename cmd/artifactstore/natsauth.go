@@ -49,3 +49,8 @@ func (a natsAuth) options() ([]nats.Option, error) {
 	}
 	return opts, nil
 }
+
+// usesTLS reports whether any TLS flag is set.
+func (a natsAuth) usesTLS() bool {
+	return a.NATSTLSCA != "" || a.NATSTLSCert != "" || a.NATSTLSKey != ""
+}

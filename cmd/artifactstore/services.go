@@ -61,7 +61,7 @@ func connectNATS(ctx context.Context, g *globals, url, name string) (*nats.Conn,
 		}),
 	)...)
 	if err != nil {
-		return nil, natsDialError(url, err)
+		return nil, natsDialError(url, err, g.usesTLS())
 	}
 	if ctx.Err() != nil {
 		nc.Close()
