@@ -170,7 +170,6 @@ func digest() string {
 	return hex.EncodeToString(b)
 }
 
-func name() string { return strings.ReplaceAll(testenv.Name("pkg"), "_", "-") }
 
 func TestCreateFinalizeGetList(t *testing.T) {
 	t.Parallel()
