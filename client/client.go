@@ -48,6 +48,8 @@ var (
 	ErrConflict        = ingest.ErrConflict
 	ErrUnavailable     = ingest.ErrUnavailable
 	ErrInternal        = ingest.ErrInternal
+	// ErrPermissionDenied: the claimed actor is not the authenticated one.
+	ErrPermissionDenied = ingest.ErrPermissionDenied
 )
 
 // DefaultTimeout bounds a request when its context has no deadline.

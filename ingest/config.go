@@ -64,6 +64,11 @@ type Config struct {
 	// Metadata is added to the micro service metadata (shown by `nats
 	// micro info`).
 	Metadata map[string]string
+	// Identity says what to do with the requester's identity that
+	// nats-server attaches (the Nats-Request-Info header) when commands
+	// reach ingest through a service import with share: true
+	// (IdentityTrustClaim by default). See identity.go for the trust model.
+	Identity IdentityMode
 }
 
 func (c Config) withDefaults() Config {
@@ -117,6 +122,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("ingest: config: MaxRetries %d is above 100", c.MaxRetries)
 	case c.QueryConcurrency < 1 || c.QueryConcurrency > 1024:
 		return fmt.Errorf("ingest: config: QueryConcurrency %d is outside 1..1024", c.QueryConcurrency)
+	case c.Identity != IdentityTrustClaim && c.Identity != IdentityVerify && c.Identity != IdentityRequire:
+		return fmt.Errorf("ingest: config: Identity %q is not one of \"\", verify, require", c.Identity)
 	}
 	return nil
 }

@@ -14,15 +14,19 @@ const (
 	CodeConflict        = "conflict"
 	CodeUnavailable     = "unavailable"
 	CodeInternal        = "internal"
+	// CodePermissionDenied answers a command whose claimed actor is not the
+	// identity NATS authenticated (see Config.Identity).
+	CodePermissionDenied = "permission_denied"
 )
 
 // Sentinels that *Error values match with errors.Is, one per code.
 var (
-	ErrInvalidArgument = errors.New("ingest: invalid argument")
-	ErrNotFound        = errors.New("ingest: not found")
-	ErrConflict        = errors.New("ingest: conflict")
-	ErrUnavailable     = errors.New("ingest: unavailable")
-	ErrInternal        = errors.New("ingest: internal error")
+	ErrInvalidArgument  = errors.New("ingest: invalid argument")
+	ErrNotFound         = errors.New("ingest: not found")
+	ErrConflict         = errors.New("ingest: conflict")
+	ErrUnavailable      = errors.New("ingest: unavailable")
+	ErrInternal         = errors.New("ingest: internal error")
+	ErrPermissionDenied = errors.New("ingest: permission denied")
 )
 
 // Error is an error reply: its Code is one of the Code constants and its
@@ -49,13 +53,15 @@ func (e *Error) Unwrap() error {
 		return ErrConflict
 	case CodeUnavailable:
 		return ErrUnavailable
+	case CodePermissionDenied:
+		return ErrPermissionDenied
 	default:
 		return ErrInternal
 	}
 }
 
 // HTTPStatus returns the status the Nats-Service-Error-Code header carries
-// for e's code: 400, 404, 409, 503 or 500.
+// for e's code: 400, 403, 404, 409, 503 or 500.
 func (e *Error) HTTPStatus() int {
 	switch e.Code {
 	case CodeInvalidArgument:
@@ -66,6 +72,8 @@ func (e *Error) HTTPStatus() int {
 		return 409
 	case CodeUnavailable:
 		return 503
+	case CodePermissionDenied:
+		return 403
 	default:
 		return 500
 	}

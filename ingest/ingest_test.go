@@ -170,7 +170,6 @@ func digest() string {
 	return hex.EncodeToString(b)
 }
 
-
 func TestCreateFinalizeGetList(t *testing.T) {
 	t.Parallel()
 	e := setup(t, ingest.Config{})

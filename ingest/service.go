@@ -201,6 +201,10 @@ func (s *Service) handleCreate(req micro.Request) {
 		s.replyError(req, endpointCreate, err)
 		return
 	}
+	if e := checkActor(s.cfg.Identity, r.Actor, req.Headers()); e != nil {
+		s.replyError(req, endpointCreate, e)
+		return
+	}
 	id, err := uuid.NewV7()
 	if err != nil {
 		s.replyError(req, endpointCreate, newError(CodeInternal, "generating a package id"))
@@ -219,6 +223,10 @@ func (s *Service) handleFinalize(req micro.Request) {
 	r, err := DecodeFinalize(req.Data())
 	if err != nil {
 		s.replyError(req, endpointFinalize, err)
+		return
+	}
+	if e := checkActor(s.cfg.Identity, r.Actor, req.Headers()); e != nil {
+		s.replyError(req, endpointFinalize, e)
 		return
 	}
 	d, _ := store.ParseDigest(r.ManifestDigest) // validated by DecodeFinalize

@@ -26,6 +26,7 @@ const (
 	exitNotFound   = 3 // not_found
 	exitConflict   = 4 // conflict
 	exitUnavailble = 5 // unavailable, or no service answering
+	exitDenied     = 6 // permission_denied
 )
 
 // cliError carries an exit code and a message without a stack of wrapping.
@@ -46,7 +47,7 @@ func clientError(err error) error {
 	switch {
 	case errors.As(err, &e):
 		code := map[string]int{ingest.CodeInvalidArgument: exitInvalid, ingest.CodeNotFound: exitNotFound,
-			ingest.CodeConflict: exitConflict, ingest.CodeUnavailable: exitUnavailble}[e.Code]
+			ingest.CodeConflict: exitConflict, ingest.CodeUnavailable: exitUnavailble, ingest.CodePermissionDenied: exitDenied}[e.Code]
 		if code == 0 {
 			code = exitError
 		}

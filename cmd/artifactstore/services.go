@@ -129,6 +129,7 @@ type ingestCmd struct {
 	Stream         string        `env:"ARTIFACTSTORE_STREAM" default:"ARTIFACTSTORE_EVENTS" help:"Events stream (for the status page)."`
 	RequestTimeout time.Duration `name:"request-timeout" env:"ARTIFACTSTORE_REQUEST_TIMEOUT" default:"2s" help:"Longest a command waits for its commit before it is answered unavailable."`
 	MaxBatch       int           `name:"max-batch" env:"ARTIFACTSTORE_MAX_BATCH" default:"256" help:"Most commands committed in one transaction."`
+	Identity       string        `env:"ARTIFACTSTORE_IDENTITY" enum:"trust,verify,require" default:"trust" help:"Actor check against the Nats-Request-Info identity of a shared service import: trust (record the claim), verify (check when present), require."`
 }
 
 func (c ingestCmd) Run(ctx context.Context, g *globals) error {
@@ -145,8 +146,12 @@ func (c ingestCmd) Run(ctx context.Context, g *globals) error {
 	srv := ops.New(c.HTTPListen, g.log)
 	srv.AddCheck("database", dbCheck(db))
 	srv.AddCheck("nats", natsCheck(nc))
+	identity := ingest.IdentityMode(c.Identity)
+	if c.Identity == "trust" {
+		identity = ingest.IdentityTrustClaim
+	}
 	svc, err := ingest.New(db, nc, ingest.Config{RequestTimeout: c.RequestTimeout, MaxBatch: c.MaxBatch,
-		Logger: g.log, Registerer: srv.Registerer()})
+		Identity: identity, Logger: g.log, Registerer: srv.Registerer()})
 	if err != nil {
 		return err
 	}
