@@ -125,7 +125,9 @@ func PGBinDir() string {
 type Cluster struct {
 	Dir  string
 	Port int
-	bin  string
+	// Options are extra server settings (-c name=value) used by Start.
+	Options []string
+	bin     string
 }
 
 // URL returns the cluster's connection URL for database postgres.
@@ -160,6 +162,21 @@ func NewCluster() (*Cluster, error) {
 	return c, nil
 }
 
+// WriteFile writes a file into the cluster's directory, readable only by
+// the server's user, and returns its path.
+func (c *Cluster) WriteFile(name string, data []byte) (string, error) {
+	path := filepath.Join(c.Dir, name)
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		return "", err
+	}
+	if os.Geteuid() == 0 {
+		if err := exec.Command("chown", "postgres", path).Run(); err != nil {
+			return "", fmt.Errorf("chown: %w", err)
+		}
+	}
+	return path, nil
+}
+
 func (c *Cluster) pgctl(args ...string) error {
 	cmd := exec.Command(filepath.Join(c.bin, "pg_ctl"), args...)
 	if os.Geteuid() == 0 {
@@ -174,8 +191,11 @@ func (c *Cluster) pgctl(args ...string) error {
 
 // Start starts the cluster and waits until it accepts connections.
 func (c *Cluster) Start() error {
-	return c.pgctl("start", "-w", "-D", filepath.Join(c.Dir, "data"), "-l", filepath.Join(c.Dir, "log"),
-		"-o", fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300", c.Port, c.Dir))
+	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300", c.Port, c.Dir)
+	for _, o := range c.Options {
+		opts += " -c " + o
+	}
+	return c.pgctl("start", "-w", "-D", filepath.Join(c.Dir, "data"), "-l", filepath.Join(c.Dir, "log"), "-o", opts)
 }
 
 // Stop stops the cluster (fast shutdown).
