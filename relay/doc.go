@@ -46,9 +46,9 @@
 // Subject artifactstore.events.<event_type>.<subject_id>, body the payload
 // bytes as stored, and the headers listed in DESIGN.md ([Encode], [Decode]).
 // Artifactstore-Created-At is RFC 3339 in UTC with exactly nine fractional
-// digits. Header values that a NATS header cannot carry verbatim (an actor
-// with control characters, a '%', or leading or trailing spaces) are
-// percent-encoded; every other value is the field verbatim.
+// digits. Every header value is the field verbatim: the store refuses
+// actors with control characters or surrounding spaces, the only values a
+// NATS header could not carry.
 //
 // # Operating it
 //

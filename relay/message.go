@@ -44,13 +44,13 @@ func encode(logID string, e store.Event, extra int) *nats.Msg {
 	v := [...]string{
 		logID + "-" + seq,
 		seq,
-		headerValue(e.Type),
-		headerValue(e.SubjectKind),
-		headerValue(e.SubjectID),
-		headerValue(e.Actor),
+		e.Type,
+		e.SubjectKind,
+		e.SubjectID,
+		e.Actor,
 		e.PayloadDigest.String(),
 		e.CreatedAt.UTC().Format(CreatedAtLayout),
-		headerValue(logID),
+		logID,
 	}
 	h := make(nats.Header, len(v)+extra)
 	for i, name := range headerNames {
@@ -78,11 +78,7 @@ func Decode(subject string, h nats.Header, data []byte) (store.Event, string, er
 		if len(v) != 1 {
 			return "", fmt.Errorf("%w: header %s appears %d times, want once", ErrInvalidMessage, name, len(v))
 		}
-		s, ok := parseHeaderValue(v[0])
-		if !ok {
-			return "", fmt.Errorf("%w: header %s has a malformed escape", ErrInvalidMessage, name)
-		}
-		return s, nil
+		return v[0], nil
 	}
 	var vals [9]string
 	for i, name := range headerNames {
@@ -114,8 +110,8 @@ func Decode(subject string, h nats.Header, data []byte) (store.Event, string, er
 	if !store.ValidToken(e.SubjectID) {
 		return fail("%s %q is not a subject token", HeaderSubjectID, e.SubjectID)
 	}
-	if e.Actor == "" {
-		return fail("%s is empty", HeaderActor)
+	if e.Actor == "" || strings.TrimSpace(e.Actor) != e.Actor || strings.ContainsFunc(e.Actor, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return fail("%s %q is empty, padded or holds control characters", HeaderActor, e.Actor)
 	}
 	if want := e.Subject(); subject != want {
 		return fail("subject %q does not match type and subject id (%q)", subject, want)
@@ -133,77 +129,4 @@ func Decode(subject string, h nats.Header, data []byte) (store.Event, string, er
 	e.CreatedAt = at.UTC()
 	e.Payload = data
 	return e, logID, nil
-}
-
-// headerValue returns s as a NATS header can carry it: verbatim unless it
-// holds a control character or '%', or starts or ends with a space (which
-// header parsing trims); then those bytes are percent-encoded.
-func headerValue(s string) string {
-	if !needsEscape(s) {
-		return s
-	}
-	const hex = "0123456789ABCDEF"
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c < 0x20 || c == 0x7f || c == '%' || (c == ' ' && (i == 0 || i == len(s)-1)) {
-			b.WriteByte('%')
-			b.WriteByte(hex[c>>4])
-			b.WriteByte(hex[c&0xf])
-			continue
-		}
-		b.WriteByte(c)
-	}
-	return b.String()
-}
-
-func needsEscape(s string) bool {
-	if s == "" {
-		return false
-	}
-	if s[0] == ' ' || s[len(s)-1] == ' ' {
-		return true
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c == 0x7f || c == '%' {
-			return true
-		}
-	}
-	return false
-}
-
-// parseHeaderValue reverses headerValue. It reports false for a malformed
-// escape.
-func parseHeaderValue(s string) (string, bool) {
-	if !strings.Contains(s, "%") {
-		return s, true
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] != '%' {
-			b.WriteByte(s[i])
-			continue
-		}
-		if i+2 >= len(s) {
-			return "", false
-		}
-		hi, ok1 := unhex(s[i+1])
-		lo, ok2 := unhex(s[i+2])
-		if !ok1 || !ok2 {
-			return "", false
-		}
-		b.WriteByte(hi<<4 | lo)
-		i += 2
-	}
-	return b.String(), true
-}
-
-func unhex(c byte) (byte, bool) {
-	switch {
-	case '0' <= c && c <= '9':
-		return c - '0', true
-	case 'A' <= c && c <= 'F':
-		return c - 'A' + 10, true
-	}
-	return 0, false
 }

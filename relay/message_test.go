@@ -57,7 +57,7 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 		{"unknown type", "v9.widget.exploded", "ci", "ci"},
 		{"unicode actor", "v1.package.created", "jürgen ✓", "jürgen ✓"},
 		{"spaces inside", "v1.package.created", "Jane Q. Public", "Jane Q. Public"},
-		{"percent", "v1.package.created", "100%", "100%25"},
+		{"percent", "v1.package.created", "100%", "100%"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := testEvent(t, 7, tc.typ, tc.actor, `{"x":1}`)
@@ -105,7 +105,8 @@ func TestDecodeRejects(t *testing.T) {
 		{"bad created at", func(m *nats.Msg) { m.Header.Set(relay.HeaderCreatedAt, "yesterday") }},
 		{"non-UTC created at", func(m *nats.Msg) { m.Header.Set(relay.HeaderCreatedAt, "2026-11-27T08:04:16.123456000+01:00") }},
 		{"repeated header", func(m *nats.Msg) { m.Header.Add(relay.HeaderActor, "x") }},
-		{"bad escape", func(m *nats.Msg) { m.Header.Set(relay.HeaderActor, "a%2") }},
+		{"padded actor", func(m *nats.Msg) { m.Header.Set(relay.HeaderActor, " eve") }},
+		{"actor with control character", func(m *nats.Msg) { m.Header.Set(relay.HeaderActor, "eve\x01") }},
 		{"bad type", func(m *nats.Msg) { m.Header.Set(relay.HeaderEventType, "v1.created") }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -148,8 +149,8 @@ func FuzzDecode(f *testing.F) {
 	})
 }
 
-// FuzzActorHeader checks that every actor survives the NATS header wire
-// format unchanged.
+// FuzzActorHeader checks that every actor the store accepts survives the
+// NATS header wire format unchanged, verbatim.
 func FuzzActorHeader(f *testing.F) {
 	for _, s := range []string{"ci", " a ", "100%", "x\r\ny: z", "\x00", "ü", "%zz"} {
 		f.Add(s)
@@ -159,11 +160,10 @@ func FuzzActorHeader(f *testing.F) {
 		e.Actor = actor
 		m := relay.Encode(testLogID, e)
 		got, _, err := relay.Decode(m.Subject, wireHeaders(t, m.Header), m.Data)
-		if actor == "" {
-			require.Error(t, err)
-			return
+		if e.Validate(0) != nil {
+			return // the store never writes such an actor (Decode must only not panic)
 		}
-		require.NoError(t, err)
+		require.NoError(t, err, "every actor the store accepts round-trips")
 		require.Equal(t, actor, got.Actor)
 	})
 }
