@@ -384,6 +384,9 @@ func validateActor(s string) error {
 	if len(s) > MaxActorLen {
 		return invalidf("actor must be at most %d bytes", MaxActorLen)
 	}
+	if strings.TrimSpace(s) != s {
+		return invalidf("actor must not start or end with spaces")
+	}
 	for _, r := range s {
 		if r < 0x20 || r == 0x7f || r == utf8.RuneError {
 			return invalidf("actor must not contain control characters")

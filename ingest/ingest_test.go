@@ -292,6 +292,7 @@ func TestErrorReplies(t *testing.T) {
 		{"key in other case", ingest.SubjectCreate, `{"ACTOR":"a","name":"n","version":"1"}`, ingest.CodeInvalidArgument},
 		{"key folding to a field", ingest.SubjectCreate, `{"actor":"a","name":"n","ver\u017fion":"1"}`, ingest.CodeInvalidArgument},
 		{"duplicate nested key", ingest.SubjectCreate, `{"actor":"a","name":"n","version":"1","retention":{"policy":"keep_days","keep_days":1,"keep_days":2}}`, ingest.CodeInvalidArgument},
+		{"padded actor", ingest.SubjectCreate, `{"actor":" alice","name":"n","version":"1"}`, ingest.CodeInvalidArgument},
 		{"two objects", ingest.SubjectCreate, `{"actor":"a","name":"n","version":"1"}{}`, ingest.CodeInvalidArgument},
 		{"trailing garbage", ingest.SubjectCreate, `{"actor":"a","name":"n","version":"1"} x`, ingest.CodeInvalidArgument},
 		{"wrong type", ingest.SubjectCreate, `{"actor":"a","name":1,"version":"1"}`, ingest.CodeInvalidArgument},
