@@ -440,6 +440,9 @@ func pgVersion() string {
 	if err != nil {
 		return "?"
 	}
-	f := strings.Fields(string(out))
-	return f[len(f)-1]
+	f := strings.Fields(string(out)) // postgres (PostgreSQL) 15.20 (Debian ...)
+	if len(f) < 3 {
+		return "?"
+	}
+	return f[2]
 }
