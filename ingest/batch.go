@@ -65,8 +65,12 @@ func (s *Service) commit(batch []*command) {
 	now := time.Now()
 	leaders := make([]*command, 0, len(batch))
 	byID := make(map[string]*command)
+	// A command with little time left would cut the whole batch's
+	// transaction short (it runs until the earliest deadline): answer it
+	// now, with nothing written, rather than risk every other one.
+	floor := now.Add(s.cfg.RequestTimeout / 4)
 	for _, c := range batch {
-		if !now.Before(c.deadline) {
+		if c.deadline.Before(floor) {
 			c.res.err = newError(CodeUnavailable, "timed out waiting for a batch; retry")
 			s.reply(c)
 			continue

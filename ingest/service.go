@@ -274,7 +274,16 @@ func (s *Service) query(endpoint string, fn func(ctx context.Context, data []byt
 			s.replyError(req, endpoint, errShuttingDown)
 			return
 		}
-		s.qslots <- struct{}{}
+		// Wait for a query slot, but not past half the request timeout: a
+		// stuck database must not hold the dispatcher (and shutdown) for long.
+		slot := time.NewTimer(s.cfg.RequestTimeout / 2)
+		select {
+		case s.qslots <- struct{}{}:
+			slot.Stop()
+		case <-slot.C:
+			s.replyError(req, endpoint, newError(CodeUnavailable, "too many queries in flight (%d); retry", cap(s.qslots)))
+			return
+		}
 		data, r := req.Data(), s.detach(req)
 		s.queries.Go(func() {
 			defer func() { <-s.qslots }()

@@ -154,3 +154,44 @@ func TestIdlePartitionsFollowTheHead(t *testing.T) {
 	require.NoError(t, r.stop())
 	requireReplayEqual(t, e.db, n)
 }
+
+// TestPartitionCountChange: a new partition count is refused while the
+// partitions' checkpoints differ (subjects would move to partitions whose
+// checkpoints say nothing about them, and their events would be skipped),
+// and accepted once they all hold the same sequence, as after a replay.
+func TestPartitionCountChange(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	ctx := context.Background()
+	appendPackages(t, e.db, 0, 40)
+	e.relay(t)
+	require.NoError(t, e.db.InTx(ctx, func(tx store.Tx) error {
+		for p, seq := range []int64{10, 25, 3} {
+			if err := tx.AdvanceCheckpoint(ctx, DefaultProjection, p, 0, seq); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
+	for _, n := range []int{2, 4} {
+		r := e.start(t, fastConfig("resized-"+strconv.Itoa(n), n))
+		select {
+		case err := <-r.done:
+			close(r.done) // Run has returned: stop() must not wait for it again
+			require.ErrorIs(t, err, ErrPartitionsChanged, "%d partitions", n)
+		case <-time.After(30 * time.Second):
+			t.Fatalf("a worker with %d partitions was not refused", n)
+		}
+	}
+	// After replay --reset every checkpoint is the head: 4 partitions are fine
+	// and the views still equal a replay once new events are applied.
+	_, err := store.Replay(ctx, e.db, store.RegistryViews{}, store.ReplayOptions{Reset: true})
+	require.NoError(t, err)
+	r := e.start(t, fastConfig("resized", 4))
+	appendPackages(t, e.db, 40, 60)
+	e.relay(t)
+	want := expected(t, e.db, 4)
+	testenv.Eventually(t, 30*time.Second, func() bool { return caughtUp(t, e.db, DefaultProjection, want) }, "4 partitions apply the new events")
+	require.NoError(t, r.stop())
+	requireReplayEqual(t, e.db, 4)
+}

@@ -319,37 +319,56 @@ func (w *Worker) setup(ctx context.Context) error {
 	return nil
 }
 
-// initCheckpoints refuses a partition count that differs from the
-// checkpoints' and creates a checkpoint row for every partition. A
-// projection that has only partition 0's checkpoint (written by an
-// unpartitioned replay) gets it copied to every partition: the replay
-// applied every event up to it.
+// initCheckpoints creates a checkpoint row for every partition, and
+// refuses a partition count that differs from the checkpoints' unless the
+// change is safe. Partitions hash subject ids modulo the count, so under a
+// new count a subject lands in a partition whose checkpoint says nothing
+// about that subject's events: the change is safe only when every existing
+// checkpoint holds the same sequence (right after replay --reset, or after
+// a projection that had only partition 0's checkpoint, which an
+// unpartitioned replay writes). Then every partition starts from that
+// sequence. Otherwise Run returns ErrPartitionsChanged. Stop every worker of
+// the projection before changing the count.
 func (w *Worker) initCheckpoints(ctx context.Context) error {
 	cps, err := w.db.Checkpoints(ctx)
 	if err != nil {
 		return fmt.Errorf("projector: reading checkpoints: %w", err)
 	}
 	have := map[int]int64{}
+	uniform, common := true, int64(-1)
 	for _, c := range cps {
 		if c.Projection != w.cfg.Projection {
 			continue
 		}
-		if c.Partition >= w.cfg.Partitions {
-			return fmt.Errorf("%w: %s has a checkpoint for partition %d, configured %d partitions (run replay --reset)",
-				ErrPartitionsChanged, w.cfg.Projection, c.Partition, w.cfg.Partitions)
-		}
 		have[c.Partition] = c.Sequence
+		if common >= 0 && c.Sequence != common {
+			uniform = false
+		}
+		common = c.Sequence
 	}
-	fill := int64(0)
-	if seq, ok := have[0]; ok && len(have) == 1 && w.cfg.Partitions > 1 {
-		fill = seq
+	same := len(have) == w.cfg.Partitions
+	for p := range have {
+		same = same && p < w.cfg.Partitions
+	}
+	if len(have) > 0 && !same && !uniform {
+		return fmt.Errorf("%w: %s has %d partition checkpoints at different sequences, configured %d partitions (stop its workers and run replay --reset, then start them with the new count)",
+			ErrPartitionsChanged, w.cfg.Projection, len(have), w.cfg.Partitions)
 	}
 	err = w.db.InTx(ctx, func(tx store.Tx) error {
+		if len(have) > 0 && !same {
+			// Re-partition: every partition restarts from the common sequence.
+			w.log.Info("partition count changed; every partition starts from the common checkpoint",
+				zap.Int("partitions", w.cfg.Partitions), zap.Int("previous", len(have)), zap.Int64("checkpoint", common))
+			if err := tx.DeleteCheckpoints(ctx, w.cfg.Projection); err != nil {
+				return err
+			}
+			clear(have)
+		}
 		for p := range w.cfg.Partitions {
 			if _, ok := have[p]; ok {
 				continue
 			}
-			if err := tx.AdvanceCheckpoint(ctx, w.cfg.Projection, p, 0, fill); err != nil && !errors.Is(err, store.ErrCheckpointMoved) {
+			if err := tx.AdvanceCheckpoint(ctx, w.cfg.Projection, p, 0, max(common, 0)); err != nil && !errors.Is(err, store.ErrCheckpointMoved) {
 				return err
 			}
 		}

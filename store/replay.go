@@ -41,8 +41,10 @@ type ReplayOptions struct {
 // Replay drains the log through w inside one transaction and records the
 // highest applied sequence as the projection's checkpoint (every partition's,
 // see ReplayOptions.Partitions). It returns that
-// sequence. The replay sees one snapshot of the log: events committed while
-// it runs are left for the next run. On error nothing is changed.
+// sequence. It applies the log up to the head read when it starts (or
+// UpTo): events committed while it runs are left for the next run, and
+// because sequence order is commit order none below that head can appear
+// later. With Reset it also clears the projection's parked partitions. On error nothing is changed.
 func Replay(ctx context.Context, db DB, w ViewWriter, opts ReplayOptions) (int64, error) {
 	if opts.Projection == "" {
 		opts.Projection = "registry"
@@ -77,6 +79,11 @@ func Replay(ctx context.Context, db DB, w ViewWriter, opts ReplayOptions) (int64
 			}
 			if err := tx.DeleteCheckpoints(ctx, opts.Projection); err != nil {
 				return err
+			}
+			for p := range max(parts, 1) {
+				if err := tx.Unpark(ctx, opts.Projection, p); err != nil {
+					return err
+				}
 			}
 		}
 		cps := make([]int64, parts)

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 )
@@ -128,7 +129,7 @@ func applyPackageCreated(ctx context.Context, tx ViewTx, e Event) error {
 	}
 	if _, err := tx.GetPackage(ctx, p.PackageID); err == nil {
 		return fmt.Errorf("package %s already exists", p.PackageID)
-	} else if err != ErrNotFound {
+	} else if !errors.Is(err, ErrNotFound) {
 		return err
 	}
 	created := DBTime(e.CreatedAt)

@@ -70,7 +70,8 @@ func (c eventsTailCmd) Run(ctx context.Context, g *globals) error {
 		return err
 	}
 	defer msgs.Stop()
-	go func() { <-ctx.Done(); msgs.Stop() }()
+	stop := context.AfterFunc(ctx, msgs.Stop)
+	defer stop()
 	enc := json.NewEncoder(os.Stdout)
 	n := 0
 	for {

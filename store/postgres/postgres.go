@@ -48,6 +48,7 @@ type DB struct {
 	signal  store.Signal
 
 	listenOnce sync.Once
+	stopMu     sync.Mutex
 	stop       context.CancelFunc
 	wg         conc.WaitGroup
 }
@@ -103,7 +104,9 @@ func (db *DB) Dialect() string { return migrations.Postgres }
 
 // Close stops the listener and closes the pool.
 func (db *DB) Close() {
+	db.stopMu.Lock()
 	db.stop()
+	db.stopMu.Unlock()
 	db.wg.Wait()
 	db.pool.Close()
 }
@@ -163,17 +166,26 @@ func (db *DB) Fresh(ctx context.Context) error {
 	return err
 }
 
-// InTx implements store.DB.
+// InTx implements store.DB. The transaction is rolled back (within 5
+// seconds, even when ctx is done) when fn fails or panics.
 func (db *DB) InTx(ctx context.Context, fn func(store.Tx) error) error {
 	ptx, err := db.pool.Begin(ctx)
 	if err != nil {
 		return translate(err)
 	}
+	done := false
+	defer func() {
+		if !done {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			_ = ptx.Rollback(rctx)
+			cancel()
+		}
+	}()
 	t := &tx{db: db, tx: ptx}
 	if err := fn(t); err != nil {
-		_ = ptx.Rollback(context.WithoutCancel(ctx))
 		return translate(err)
 	}
+	done = true
 	if err := ptx.Commit(ctx); err != nil {
 		return translate(err)
 	}
@@ -226,8 +238,10 @@ func (db *DB) LogID(ctx context.Context) (string, error) {
 func (db *DB) AppendSignal() <-chan struct{} {
 	db.listenOnce.Do(func() {
 		ctx, cancel := context.WithCancel(context.Background())
+		db.stopMu.Lock()
 		prev := db.stop
 		db.stop = func() { cancel(); prev() }
+		db.stopMu.Unlock()
 		db.wg.Go(func() { db.listen(ctx) })
 	})
 	return db.signal.C()

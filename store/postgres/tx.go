@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -74,7 +75,7 @@ func (t *tx) Checkpoint(ctx context.Context, projection string, partition int) (
 	var seq int64
 	err := t.tx.QueryRow(ctx, "SELECT sequence FROM checkpoints WHERE projection = $1 AND partition = $2",
 		projection, partition).Scan(&seq)
-	if err == pgx.ErrNoRows {
+	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, nil
 	}
 	return seq, translate(err)

@@ -104,17 +104,24 @@ func (db *DB) Fresh(ctx context.Context) error {
 	return err
 }
 
-// InTx implements store.DB.
+// InTx implements store.DB. The transaction is rolled back when fn fails
+// or panics.
 func (db *DB) InTx(ctx context.Context, fn func(store.Tx) error) error {
 	stx, err := db.db.BeginTx(ctx, nil)
 	if err != nil {
 		return translate(err)
 	}
+	done := false
+	defer func() {
+		if !done {
+			_ = stx.Rollback()
+		}
+	}()
 	t := &tx{db: db, tx: stx}
 	if err := fn(t); err != nil {
-		_ = stx.Rollback()
 		return translate(err)
 	}
+	done = true
 	if err := stx.Commit(); err != nil {
 		return translate(err)
 	}

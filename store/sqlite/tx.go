@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"time"
 
@@ -67,7 +68,7 @@ func (t *tx) Checkpoint(ctx context.Context, projection string, partition int) (
 	var seq int64
 	err := t.tx.QueryRowContext(ctx, "SELECT sequence FROM checkpoints WHERE projection = ? AND partition = ?",
 		projection, partition).Scan(&seq)
-	if err == sql.ErrNoRows {
+	if errors.Is(err, sql.ErrNoRows) {
 		return 0, nil
 	}
 	return seq, translate(err)
