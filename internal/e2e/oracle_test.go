@@ -41,8 +41,18 @@ func (v verdict) ok() bool {
 }
 
 func (v verdict) String() string {
-	s := fmt.Sprintf("%-4s attempted=%d acknowledged=%d committed=%d lost=%d duplicated=%d unexpected=%d recovered=%d",
-		v.Check, v.Attempted, v.Acknowledged, v.Committed, v.Lost, v.Duplicated, v.Unexpected, v.Recovered)
+	var s string
+	switch v.Check {
+	case "O2": // rows: Acknowledged = built by the projectors, Committed = built by the replay
+		s = fmt.Sprintf("O2   projector rows=%d replay rows=%d lost=%d duplicated=%d unexpected=%d",
+			v.Acknowledged, v.Committed, v.Lost, v.Duplicated, v.Unexpected)
+	case "O1": // events: Committed = in the log
+		s = fmt.Sprintf("O1   committed=%d stream messages=%d lost=%d duplicated=%d unexpected=%d",
+			v.Committed, v.Attempted, v.Lost, v.Duplicated, v.Unexpected)
+	default:
+		s = fmt.Sprintf("%-4s attempted=%d acknowledged=%d committed=%d lost=%d duplicated=%d unexpected=%d recovered=%d",
+			v.Check, v.Attempted, v.Acknowledged, v.Committed, v.Lost, v.Duplicated, v.Unexpected, v.Recovered)
+	}
 	if v.Reordered > 0 {
 		s += fmt.Sprintf(" reordered=%d", v.Reordered)
 	}
@@ -199,7 +209,7 @@ func readStream(ctx context.Context, js jetstream.JetStream, stream string) ([]s
 // checkStream is O1: the stream holds every committed event exactly once,
 // in sequence order, with correct headers and digests.
 func checkStream(msgs []streamMsg, log []store.Event, logID string) verdict {
-	v := verdict{Check: "O1", Committed: len(log)}
+	v := verdict{Check: "O1", Committed: len(log), Attempted: len(msgs)}
 	bySeq := make(map[int64]store.Event, len(log))
 	for _, e := range log {
 		bySeq[e.Sequence] = e
