@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -604,14 +603,4 @@ func (e *env) leader(ctx context.Context, js jetstream.JetStream) (*natsNode, er
 		}
 	}
 	return nil, fmt.Errorf("unknown leader %q", info.Cluster.Leader)
-}
-
-// portOpen reports whether something listens on addr.
-func portOpen(addr string) bool {
-	c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
-	if err != nil {
-		return false
-	}
-	c.Close()
-	return true
 }

@@ -217,16 +217,3 @@ func (l *load) snapshot() []*op {
 	defer l.mu.Unlock()
 	return append([]*op(nil), l.ops...)
 }
-
-// acked counts acknowledged ops.
-func (l *load) ackedCount() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := 0
-	for _, o := range l.ops {
-		if o.acked {
-			n++
-		}
-	}
-	return n
-}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -411,6 +410,3 @@ func splitLines(s string) []string {
 	}
 	return strings.Split(s, "\n")
 }
-
-// errNotCaughtUp reports a pipeline that did not drain in time.
-var errNotCaughtUp = errors.New("e2e: the pipeline did not catch up")
