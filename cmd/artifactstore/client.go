@@ -92,7 +92,7 @@ func isTLSError(err error) bool {
 }
 
 type clientFlags struct {
-	JSON    bool          `help:"Print JSON instead of a table."`
+	JSON    bool          `env:"ARTIFACTSTORE_JSON" help:"Print JSON instead of a table."`
 	Timeout time.Duration `env:"ARTIFACTSTORE_TIMEOUT" default:"5s" help:"How long to wait for the reply."`
 }
 
@@ -134,10 +134,10 @@ type packageCmd struct {
 type packageCreateCmd struct {
 	clientFlags
 	Actor     string `required:"" env:"ARTIFACTSTORE_ACTOR" help:"Who issues the command."`
-	Name      string `required:"" help:"Package name."`
-	Version   string `required:"" help:"Package version."`
-	KeepDays  int    `name:"keep-days" help:"Keep the package this many days after finalization (default: forever)."`
-	CommandID string `name:"command-id" help:"Idempotency key: the same id again returns the first reply."`
+	Name      string `required:"" env:"ARTIFACTSTORE_PACKAGE_NAME" help:"Package name."`
+	Version   string `required:"" env:"ARTIFACTSTORE_PACKAGE_VERSION" help:"Package version."`
+	KeepDays  int    `name:"keep-days" env:"ARTIFACTSTORE_KEEP_DAYS" help:"Keep the package this many days after finalization (default: forever)."`
+	CommandID string `name:"command-id" env:"ARTIFACTSTORE_COMMAND_ID" help:"Idempotency key: the same id again returns the first reply."`
 }
 
 func (c packageCreateCmd) Run(ctx context.Context, g *globals) error {
@@ -156,8 +156,8 @@ type packageFinalizeCmd struct {
 	clientFlags
 	Actor     string `required:"" env:"ARTIFACTSTORE_ACTOR" help:"Who issues the command."`
 	ID        string `arg:"" name:"package-id" help:"The package id create returned."`
-	Digest    string `required:"" name:"manifest-digest" help:"64 lowercase hex characters."`
-	CommandID string `name:"command-id" help:"Idempotency key."`
+	Digest    string `required:"" name:"manifest-digest" env:"ARTIFACTSTORE_MANIFEST_DIGEST" help:"64 lowercase hex characters."`
+	CommandID string `name:"command-id" env:"ARTIFACTSTORE_COMMAND_ID" help:"Idempotency key."`
 }
 
 func (c packageFinalizeCmd) Run(ctx context.Context, g *globals) error {
@@ -215,10 +215,10 @@ func (c packageGetCmd) Run(ctx context.Context, g *globals) error {
 
 type packageListCmd struct {
 	clientFlags
-	Name   string `help:"Only packages of this name."`
-	Status string `enum:"open,finalized," default:"" help:"Only packages in this status (open, finalized)."`
-	After  string `help:"Paging cursor (the next value of the previous page)."`
-	Limit  int    `help:"Page size (default 100, at most 1000)."`
+	Name   string `env:"ARTIFACTSTORE_PACKAGE_NAME" help:"Only packages of this name."`
+	Status string `enum:"open,finalized," default:"" env:"ARTIFACTSTORE_PACKAGE_STATUS" help:"Only packages in this status (open, finalized)."`
+	After  string `env:"ARTIFACTSTORE_AFTER" help:"Paging cursor (the next value of the previous page)."`
+	Limit  int    `env:"ARTIFACTSTORE_LIMIT" help:"Page size (default 100, at most 1000)."`
 }
 
 func (c packageListCmd) Run(ctx context.Context, g *globals) error {

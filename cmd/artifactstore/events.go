@@ -18,11 +18,11 @@ type eventsCmd struct {
 }
 
 type eventsTailCmd struct {
-	Since   int64  `help:"Start after this log sequence (0: from the beginning)."`
+	Since   int64  `env:"ARTIFACTSTORE_SINCE" help:"Start after this log sequence (0: from the beginning)."`
 	Stream  string `env:"ARTIFACTSTORE_STREAM" default:"ARTIFACTSTORE_EVENTS" help:"Stream to read."`
-	Subject string `default:"artifactstore.events.>" help:"Subject filter, e.g. artifactstore.events.v1.package.>"`
-	JSON    bool   `help:"Print one JSON object per event."`
-	Limit   int    `help:"Stop after this many events (0: follow until interrupted)."`
+	Subject string `default:"artifactstore.events.>" env:"ARTIFACTSTORE_SUBJECT" help:"Subject filter, e.g. artifactstore.events.v1.package.>"`
+	JSON    bool   `env:"ARTIFACTSTORE_JSON" help:"Print one JSON object per event."`
+	Limit   int    `env:"ARTIFACTSTORE_LIMIT" help:"Stop after this many events (0: follow until interrupted)."`
 }
 
 // tailedEvent is the JSON form events tail prints.

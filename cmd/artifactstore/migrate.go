@@ -63,7 +63,7 @@ func (c migrateFreshCmd) Run(ctx context.Context, g *globals) error {
 }
 
 type migrateStatusCmd struct {
-	JSON bool `help:"Print JSON."`
+	JSON bool `env:"ARTIFACTSTORE_JSON" help:"Print JSON."`
 }
 
 func (c migrateStatusCmd) Run(ctx context.Context, g *globals) error {

@@ -16,7 +16,7 @@ import (
 )
 
 type statusCmd struct {
-	JSON   bool   `help:"Print JSON."`
+	JSON   bool   `env:"ARTIFACTSTORE_JSON" help:"Print JSON."`
 	Stream string `env:"ARTIFACTSTORE_STREAM" default:"ARTIFACTSTORE_EVENTS" help:"Events stream."`
 }
 
