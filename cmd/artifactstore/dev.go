@@ -11,11 +11,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
 	"github.com/artifactstore/artifactstore/ingest"
-	"github.com/artifactstore/artifactstore/internal/ops"
+	"github.com/artifactstore/artifactstore/projector"
 	"github.com/artifactstore/artifactstore/relay"
 )
 
@@ -86,14 +85,6 @@ func (c devCmd) Run(ctx context.Context, g *globals) error {
 	if dbURL == "" {
 		dbURL = c.sqlitePath()
 	}
-	db, err := openDB(ctx, dbURL, log)
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	if _, err := db.Migrate(ctx); err != nil {
-		return err
-	}
 	natsURL := g.NATSURL
 	if natsURL == "" {
 		ns, err := startEmbeddedNATS(c.NATSListen, c.natsDir(), log)
@@ -106,41 +97,27 @@ func (c devCmd) Run(ctx context.Context, g *globals) error {
 		}()
 		natsURL = ns.ClientURL()
 	}
-	nc, err := connectNATS(ctx, g, natsURL, "artifactstore-dev")
+	d, closeDeps, err := openDeps(ctx, g, dbURL, natsURL, "artifactstore-dev", c.HTTPListen)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
+	defer closeDeps()
+	db := d.db
+	if _, err := db.Migrate(ctx); err != nil {
+		return err
+	}
+	svc, err := ingest.New(db, d.nc, ingest.Config{Logger: log, Registerer: d.srv.Registerer()})
 	if err != nil {
 		return err
 	}
-	srv := ops.New(c.HTTPListen, log)
-	srv.AddCheck("database", dbCheck(db))
-	srv.AddCheck("nats", natsCheck(nc))
-	svc, err := ingest.New(db, nc, ingest.Config{Logger: log, Registerer: srv.Registerer()})
+	r, err := relay.New(db, d.js, c.relayConfig(log, d.srv))
 	if err != nil {
 		return err
 	}
-	r, err := relay.New(db, js, c.relayConfig(log, srv))
+	w, err := projector.New(db, d.js, c.config(c.Stream, log, d.srv))
 	if err != nil {
 		return err
 	}
-	httpc, err := opsComponent(srv)
-	if err != nil {
-		return err
-	}
-	comps := []component{httpc, {"ingest", svc.Run}, {"relay", r.Run}}
-	proj, err := projectorComponent(db, js, c.projectorFlags, c.Stream, log, srv)
-	if err != nil {
-		return err
-	}
-	comps = append(comps, proj)
-	page, err := statusPageComponent(srv, db, nc, c.Stream, log)
-	if err != nil {
-		return err
-	}
-	comps = append(comps, page)
 	logID, _ := db.LogID(ctx)
 	fmt.Fprintf(os.Stderr, `
 artifactstore dev is running (stop with Ctrl-C)
@@ -153,7 +130,7 @@ try:
   artifactstore --nats-url %s events tail
 
 `, natsURL, redactURL(dbURL), logID, c.Stream, c.HTTPListen, natsURL, natsURL)
-	err = runComponents(ctx, log, comps...)
+	err = d.run(ctx, g, c.Stream, component{"ingest", svc.Run}, component{"relay", r.Run}, component{"projector", w.Run})
 	log.Info("stopped")
 	return err
 }

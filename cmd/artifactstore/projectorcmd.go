@@ -4,12 +4,10 @@ import (
 	"context"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
 	"github.com/artifactstore/artifactstore/internal/ops"
 	"github.com/artifactstore/artifactstore/projector"
-	"github.com/artifactstore/artifactstore/store"
 )
 
 // projectorFlags configure a projector worker (dev and projector).
@@ -33,43 +31,14 @@ type projectorCmd struct {
 }
 
 func (c projectorCmd) Run(ctx context.Context, g *globals) error {
-	db, err := openDB(ctx, g.databaseURL(), g.log)
+	d, closeDeps, err := openDeps(ctx, g, g.databaseURL(), g.natsURL(), "artifactstore-projector", c.HTTPListen)
 	if err != nil {
 		return err
 	}
-	defer db.Close()
-	nc, err := connectNATS(ctx, g, g.natsURL(), "artifactstore-projector")
+	defer closeDeps()
+	w, err := projector.New(d.db, d.js, c.config(c.Stream, g.log, d.srv))
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
-	srv := ops.New(c.HTTPListen, g.log)
-	srv.AddCheck("database", dbCheck(db))
-	srv.AddCheck("nats", natsCheck(nc))
-	w, err := projector.New(db, js, c.config(c.Stream, g.log, srv))
-	if err != nil {
-		return err
-	}
-	httpc, err := opsComponent(srv)
-	if err != nil {
-		return err
-	}
-	page, err := statusPageComponent(srv, db, nc, c.Stream, g.log)
-	if err != nil {
-		return err
-	}
-	return runComponents(ctx, g.log, httpc, page, component{"projector", w.Run})
-}
-
-// projectorComponent builds the projector dev runs.
-func projectorComponent(db store.DB, js jetstream.JetStream, f projectorFlags, stream string, log *zap.Logger, srv *ops.Server) (component, error) {
-	w, err := projector.New(db, js, f.config(stream, log, srv))
-	if err != nil {
-		return component{}, err
-	}
-	return component{"projector", w.Run}, nil
+	return d.run(ctx, g, c.Stream, component{"projector", w.Run})
 }

@@ -124,6 +124,60 @@ type httpFlag struct {
 	HTTPListen string `name:"http-listen" env:"ARTIFACTSTORE_HTTP_LISTEN" default:"127.0.0.1:9090" help:"Address for /metrics, /healthz and /readyz (empty: none)."`
 }
 
+// deps are what every service process holds: the store, a NATS connection
+// with JetStream, and the ops HTTP server with database and NATS readiness
+// checks.
+type deps struct {
+	db  migratingDB
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	srv *ops.Server
+}
+
+// openDeps opens the store and NATS for the service name; close releases
+// them.
+func openDeps(ctx context.Context, g *globals, dbURL, natsURL, name, httpListen string) (d *deps, release func(), err error) {
+	d = &deps{}
+	var closers []func()
+	closeAll := func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}
+	defer func() {
+		if err != nil {
+			closeAll()
+		}
+	}()
+	if d.db, err = openDB(ctx, dbURL, g.log); err != nil {
+		return nil, nil, err
+	}
+	closers = append(closers, d.db.Close)
+	if d.nc, err = connectNATS(ctx, g, natsURL, name); err != nil {
+		return nil, nil, err
+	}
+	closers = append(closers, d.nc.Close)
+	if d.js, err = jetstream.New(d.nc); err != nil {
+		return nil, nil, err
+	}
+	d.srv = ops.New(httpListen, g.log)
+	d.srv.AddCheck("database", dbCheck(d.db))
+	d.srv.AddCheck("nats", natsCheck(d.nc))
+	return d, closeAll, nil
+}
+
+// run serves the ops HTTP server and the status page next to comps until
+// ctx ends or one fails.
+func (d *deps) run(ctx context.Context, g *globals, stream string, comps ...component) error {
+	httpc, err := opsComponent(d.srv)
+	if err != nil {
+		return err
+	}
+	page := newStatusPage(d.db, d.js, stream, g.log)
+	page.register(d.srv)
+	return runComponents(ctx, g.log, append([]component{httpc, {"status-page", page.run}}, comps...)...)
+}
+
 type ingestCmd struct {
 	httpFlag
 	Stream         string        `env:"ARTIFACTSTORE_STREAM" default:"ARTIFACTSTORE_EVENTS" help:"Events stream (for the status page)."`
@@ -133,37 +187,21 @@ type ingestCmd struct {
 }
 
 func (c ingestCmd) Run(ctx context.Context, g *globals) error {
-	db, err := openDB(ctx, g.databaseURL(), g.log)
+	d, closeDeps, err := openDeps(ctx, g, g.databaseURL(), g.natsURL(), "artifactstore-ingest", c.HTTPListen)
 	if err != nil {
 		return err
 	}
-	defer db.Close()
-	nc, err := connectNATS(ctx, g, g.natsURL(), "artifactstore-ingest")
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	srv := ops.New(c.HTTPListen, g.log)
-	srv.AddCheck("database", dbCheck(db))
-	srv.AddCheck("nats", natsCheck(nc))
+	defer closeDeps()
 	identity := ingest.IdentityMode(c.Identity)
 	if c.Identity == "trust" {
 		identity = ingest.IdentityTrustClaim
 	}
-	svc, err := ingest.New(db, nc, ingest.Config{RequestTimeout: c.RequestTimeout, MaxBatch: c.MaxBatch,
-		Identity: identity, Logger: g.log, Registerer: srv.Registerer()})
+	svc, err := ingest.New(d.db, d.nc, ingest.Config{RequestTimeout: c.RequestTimeout, MaxBatch: c.MaxBatch,
+		Identity: identity, Logger: g.log, Registerer: d.srv.Registerer()})
 	if err != nil {
 		return err
 	}
-	httpc, err := opsComponent(srv)
-	if err != nil {
-		return err
-	}
-	page, err := statusPageComponent(srv, db, nc, c.Stream, g.log)
-	if err != nil {
-		return err
-	}
-	return runComponents(ctx, g.log, httpc, page, component{"ingest", svc.Run})
+	return d.run(ctx, g, c.Stream, component{"ingest", svc.Run})
 }
 
 type streamFlags struct {
@@ -186,34 +224,14 @@ type relayCmd struct {
 }
 
 func (c relayCmd) Run(ctx context.Context, g *globals) error {
-	db, err := openDB(ctx, g.databaseURL(), g.log)
+	d, closeDeps, err := openDeps(ctx, g, g.databaseURL(), g.natsURL(), "artifactstore-relay", c.HTTPListen)
 	if err != nil {
 		return err
 	}
-	defer db.Close()
-	nc, err := connectNATS(ctx, g, g.natsURL(), "artifactstore-relay")
+	defer closeDeps()
+	r, err := relay.New(d.db, d.js, c.relayConfig(g.log, d.srv))
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
-	srv := ops.New(c.HTTPListen, g.log)
-	srv.AddCheck("database", dbCheck(db))
-	srv.AddCheck("nats", natsCheck(nc))
-	r, err := relay.New(db, js, c.relayConfig(g.log, srv))
-	if err != nil {
-		return err
-	}
-	httpc, err := opsComponent(srv)
-	if err != nil {
-		return err
-	}
-	page, err := statusPageComponent(srv, db, nc, c.Stream, g.log)
-	if err != nil {
-		return err
-	}
-	return runComponents(ctx, g.log, httpc, page, component{"relay", r.Run})
+	return d.run(ctx, g, c.Stream, component{"relay", r.Run})
 }

@@ -8,8 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
 	"github.com/artifactstore/artifactstore/internal/ops"
@@ -50,18 +48,6 @@ type statusPage struct {
 
 func newStatusPage(db store.DB, js relay.StreamLookup, stream string, log *zap.Logger) *statusPage {
 	return &statusPage{db: db, js: js, stream: stream, interval: time.Second, keep: 600, log: log.Named("statuspage")}
-}
-
-// statusPageComponent serves the status page on srv and returns the
-// sampler to run beside the service.
-func statusPageComponent(srv *ops.Server, db store.DB, nc *nats.Conn, stream string, log *zap.Logger) (component, error) {
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return component{}, err
-	}
-	p := newStatusPage(db, js, stream, log)
-	p.register(srv)
-	return component{"status-page", p.run}, nil
 }
 
 // register adds the page's handlers to srv.
