@@ -218,6 +218,30 @@ func (p *proc) tail(n int) string {
 	return string(b)
 }
 
+// notable returns the last n warn/error lines of a service's JSON log,
+// leaving out the NATS client's disconnect/reconnect chatter, and every
+// start marker.
+func (p *proc) notable(n int) string {
+	b, _ := os.ReadFile(p.logPath)
+	var keep []string
+	for _, l := range strings.Split(string(b), "\n") {
+		switch {
+		case strings.HasPrefix(l, "=== start"):
+			keep = append(keep, l)
+		case strings.Contains(l, `"logger":"nats"`):
+		case strings.Contains(l, `"level":"warn"`) || strings.Contains(l, `"level":"error"`):
+			if i := strings.Index(l, `,"stacktrace"`); i > 0 {
+				l = l[:i] + "}"
+			}
+			keep = append(keep, l)
+		}
+	}
+	if len(keep) > n {
+		keep = keep[len(keep)-n:]
+	}
+	return strings.Join(keep, "\n")
+}
+
 // natsNode is one nats-server process of the environment.
 type natsNode struct {
 	*proc
@@ -583,6 +607,9 @@ func (e *env) teardown() {
 	if e.t.Failed() {
 		for _, p := range e.all() {
 			e.t.Logf("--- %s log tail:\n%s", p.name, p.tail(3000))
+		}
+		for _, p := range e.services() {
+			e.t.Logf("--- %s warnings and errors (without NATS reconnects):\n%s", p.name, p.notable(30))
 		}
 	}
 }
