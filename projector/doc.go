@@ -29,7 +29,11 @@
 //
 // Workers heartbeat into a KV bucket (ARTIFACTSTORE_PROJECTORS, TTL =
 // MemberTTL) under <projection>.<worker id> every MemberTTL/3 and list the
-// live members each time. Partitions are spread round-robin over the sorted
+// live members each time. The bucket has file storage, so a nats-server
+// restart keeps it; a heartbeat that fails (the bucket lost anyway, say
+// a memory-storage one older workers created, or deleted) creates it
+// again and beats once more, so partitions released while the members
+// lapsed are taken back as soon as NATS is back. Partitions are spread round-robin over the sorted
 // member ids, so every worker computes the same assignment: a worker that
 // joins takes its share within one heartbeat, a worker that dies (its key
 // expires) has its partitions taken over by the survivors. A worker that

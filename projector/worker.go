@@ -88,17 +88,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	// Create, never update (see setup); an existing bucket is used as it is.
-	kv, err := w.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      w.cfg.MembersBucket,
-		Description: "artifactstore projector workers (heartbeats)",
-		TTL:         w.cfg.MemberTTL,
-		History:     1,
-		Storage:     jetstream.MemoryStorage,
-	})
-	if errors.Is(err, jetstream.ErrBucketExists) {
-		kv, err = w.js.KeyValue(ctx, w.cfg.MembersBucket)
-	}
+	kv, err := w.membersBucket(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -141,6 +131,17 @@ func (w *Worker) Run(ctx context.Context) error {
 			h()
 		}
 		members, err := w.heartbeat(ctx, kv, memberKey)
+		if err != nil && ctx.Err() == nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, jetstream.ErrConnectionClosed) {
+			// The bucket may be gone: a nats-server restart loses a
+			// memory-storage bucket (as older workers created it), an
+			// operator may have deleted it. Open it again, creating it if
+			// it is missing, and beat once more; otherwise heartbeats fail
+			// for ever and every partition stays released.
+			if nkv, rerr := w.reopenMembersBucket(ctx); rerr == nil {
+				kv = nkv
+				members, err = w.heartbeat(ctx, kv, memberKey)
+			}
+		}
 		switch {
 		case ctx.Err() != nil:
 			return nil
@@ -194,6 +195,35 @@ func (w *Worker) Run(ctx context.Context) error {
 		case <-tick.C:
 		}
 	}
+}
+
+// membersBucket creates the members bucket, or opens it when it exists.
+// It is created, never updated: an existing bucket is used as it is (an
+// update racing between workers starting together gains nothing). File
+// storage, so that a nats-server restart keeps the members; a bucket that
+// is lost anyway is created again by the next failing heartbeat.
+func (w *Worker) membersBucket(ctx context.Context) (jetstream.KeyValue, error) {
+	kv, err := w.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      w.cfg.MembersBucket,
+		Description: "artifactstore projector workers (heartbeats)",
+		TTL:         w.cfg.MemberTTL,
+		History:     1,
+		Storage:     jetstream.FileStorage,
+	})
+	if errors.Is(err, jetstream.ErrBucketExists) {
+		kv, err = w.js.KeyValue(ctx, w.cfg.MembersBucket)
+	}
+	return kv, err
+}
+
+func (w *Worker) reopenMembersBucket(ctx context.Context) (jetstream.KeyValue, error) {
+	rctx, cancel := context.WithTimeout(ctx, w.cfg.MemberTTL/2)
+	defer cancel()
+	kv, err := w.membersBucket(rctx)
+	if err != nil {
+		return nil, err
+	}
+	return kv, nil
 }
 
 // heartbeat refreshes this worker's member key and returns the live
