@@ -44,7 +44,9 @@ func TestOraclesBite(t *testing.T) {
 	ops := l.snapshot()
 	msgs, err := readStream(ctx, js, relay.DefaultStream)
 	require.NoError(t, err)
-	clean := []verdict{checkAcks(ops, log), checkStream(msgs, log, logID)}
+	derived, err := checkDerived(ctx, js, e.opts.partitions, log, logID)
+	require.NoError(t, err)
+	clean := []verdict{checkAcks(ops, log), checkStream(msgs, log, logID), derived}
 	for _, v := range clean {
 		require.True(t, v.ok(), "a clean run passes: %s", v)
 	}

@@ -393,6 +393,14 @@ func runScenario(t *testing.T, pg *pgServer, db string, sc scenario, mode chaosM
 		return finish(fmt.Errorf("O2: %w", err))
 	}
 	r.verdicts = append(r.verdicts, v)
+	if !v.ok() || catchErr != nil {
+		// Diagnose: did the projectors' derived stream get every event?
+		if d, err := checkDerived(octx, js, e.opts.partitions, log, logID); err != nil {
+			t.Logf("diagnostic: %v", err)
+		} else {
+			t.Logf("diagnostic (not an oracle), the projectors' derived stream:\n  %s", d)
+		}
+	}
 	if catchErr != nil {
 		return finish(fmt.Errorf("awaiting the pipeline: %w", catchErr))
 	}

@@ -45,7 +45,7 @@ func (v verdict) String() string {
 	case "O2": // rows: Acknowledged = built by the projectors, Committed = built by the replay
 		s = fmt.Sprintf("O2   projector rows=%d replay rows=%d lost=%d duplicated=%d unexpected=%d",
 			v.Acknowledged, v.Committed, v.Lost, v.Duplicated, v.Unexpected)
-	case "O1": // events: Committed = in the log
+	case "O1", "P8": // events: Committed = in the log
 		s = fmt.Sprintf("O1   committed=%d stream messages=%d lost=%d duplicated=%d unexpected=%d",
 			v.Committed, v.Attempted, v.Lost, v.Duplicated, v.Unexpected)
 	default:
@@ -409,4 +409,25 @@ func splitLines(s string) []string {
 		return nil
 	}
 	return strings.Split(s, "\n")
+}
+
+// checkDerived is a diagnostic, not an oracle: the projectors' partitioned
+// stream (internal, derived from the public one by sourcing) should hold
+// every committed event exactly once too. It tells a projector that never
+// received an event from one that received it and did not apply it.
+func checkDerived(ctx context.Context, js jetstream.JetStream, partitions int, log []store.Event, logID string) (verdict, error) {
+	name := fmt.Sprintf("%s_P%d", relay.DefaultStream, partitions)
+	msgs, err := readStream(ctx, js, name)
+	if err != nil {
+		return verdict{}, fmt.Errorf("reading %s: %w", name, err)
+	}
+	for i, m := range msgs {
+		// artifactstore.partitioned.<n>.<t1>.<t2>.<t3>.<id> → the public subject.
+		if parts := strings.SplitN(m.subject, ".", 4); len(parts) == 4 {
+			msgs[i].subject = relay.SubjectPrefix + parts[3]
+		}
+	}
+	v := checkStream(msgs, log, logID)
+	v.Check = "P" + fmt.Sprint(partitions)
+	return v, nil
 }
