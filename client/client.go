@@ -30,12 +30,19 @@ import (
 
 // Request and reply types of the service (see DESIGN.md, "Commands").
 type (
-	CreateRequest   = ingest.CreateRequest
+	// CreateRequest is the body of a create command.
+	CreateRequest = ingest.CreateRequest
+	// FinalizeRequest is the body of a finalize command.
 	FinalizeRequest = ingest.FinalizeRequest
-	CommandReply    = ingest.CommandReply
-	ListRequest     = ingest.ListRequest
-	ListReply       = ingest.ListReply
-	Package         = store.PackageView
+	// CommandReply is the success reply of a command: the committed event.
+	CommandReply = ingest.CommandReply
+	// ListRequest selects a page of packages.
+	ListRequest = ingest.ListRequest
+	// ListReply is a page of packages and the cursor of the next one.
+	ListReply = ingest.ListReply
+	// Package is a package's view row with its retention.
+	Package = store.PackageView
+	// RetentionPolicy is how long a package is kept.
 	RetentionPolicy = store.RetentionPolicy
 	// Error is an error reply of the service.
 	Error = ingest.Error

@@ -21,10 +21,14 @@ const (
 	// ServiceVersion is the micro service version.
 	ServiceVersion = "1.0.0"
 
-	SubjectCreate   = "artifactstore.cmd.package.create"
+	// SubjectCreate takes a CreateRequest.
+	SubjectCreate = "artifactstore.cmd.package.create"
+	// SubjectFinalize takes a FinalizeRequest.
 	SubjectFinalize = "artifactstore.cmd.package.finalize"
-	SubjectGet      = "artifactstore.query.package.get"
-	SubjectList     = "artifactstore.query.package.list"
+	// SubjectGet takes a GetRequest and answers a store.PackageView.
+	SubjectGet = "artifactstore.query.package.get"
+	// SubjectList takes a ListRequest and answers a ListReply.
+	SubjectList = "artifactstore.query.package.list"
 )
 
 // Limits of request fields. They are part of the contract: a request outside
@@ -77,9 +81,13 @@ type FinalizeRequest struct {
 
 // CommandReply is the success reply of every command: the committed event.
 type CommandReply struct {
-	Sequence  int64     `json:"sequence"`
-	EventType string    `json:"event_type"`
-	PackageID string    `json:"package_id"`
+	// Sequence is the committed event's position in the log.
+	Sequence int64 `json:"sequence"`
+	// EventType is the event's type (v1.package.created, ...).
+	EventType string `json:"event_type"`
+	// PackageID is the package the event belongs to (new for a create).
+	PackageID string `json:"package_id"`
+	// CreatedAt is the time the database gave the event.
 	CreatedAt time.Time `json:"created_at"`
 }
 

@@ -32,10 +32,12 @@ var (
 // ConflictError says which field of an existing stream's configuration
 // conflicts with what the relay needs. It wraps ErrStreamConflict.
 type ConflictError struct {
+	// Stream is the stream's name.
 	Stream string
-	Field  string
-	Got    string
-	Want   string
+	// Field names the conflicting setting (subjects, storage, replicas, ...).
+	Field string
+	// Got is the existing stream's value, Want the relay's configuration.
+	Got, Want string
 }
 
 // Error implements error.
@@ -50,9 +52,12 @@ func (e *ConflictError) Unwrap() error { return ErrStreamConflict }
 // LogMismatchError is returned when the stream's last message carries
 // another log id than the log the relay reads. It wraps ErrForeignStream.
 type LogMismatchError struct {
-	Stream      string
+	// Stream is the stream's name.
+	Stream string
+	// StreamLogID is the log id of the stream's last message.
 	StreamLogID string
-	LogID       string
+	// LogID is the id of the log the relay reads.
+	LogID string
 }
 
 // Error implements error.

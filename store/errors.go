@@ -26,7 +26,9 @@ var (
 // FieldError says which field of an event is invalid and why. It wraps
 // ErrInvalidEvent.
 type FieldError struct {
-	Field  string
+	// Field is the event field's name as in DESIGN.md (subject_id, actor, ...).
+	Field string
+	// Reason says what is wrong with it.
 	Reason string
 }
 
