@@ -6,7 +6,7 @@ STATICCHECK_VERSION ?= v0.8.2
 .PHONY: help run test bench lint fuzz migrate-fresh tidy build bench-e2e chaos chaos-short fuzz-short
 
 help: ## show this help
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 run: ## run everything on embedded defaults (in-process NATS on 127.0.0.1:4222, SQLite in ./data)
 	$(GO) run ./cmd/artifactstore dev
