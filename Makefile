@@ -14,7 +14,7 @@ run: ## run everything on embedded defaults (in-process NATS on 127.0.0.1:4222, 
 build: ## build bin/artifactstore
 	$(GO) build -o bin/artifactstore ./cmd/artifactstore
 
-test: ## run the tests with -race (PostgreSQL: $$ARTIFACTSTORE_TEST_DATABASE_URL, else 127.0.0.1:5432, else a throwaway cluster)
+test: ## run the tests with -race (PostgreSQL: ARTIFACTSTORE_TEST_DATABASE_URL, else 127.0.0.1:5432, else a throwaway cluster)
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 
 bench: ## run every benchmark; each measures its raw baseline in the same run and prints the ratio (~15 min)
