@@ -134,6 +134,12 @@ func (w *Worker) startPartition(ctx context.Context, st *partition) error {
 
 // fetchAndApply pulls one batch and applies it in groups: as many messages
 // as have arrived (up to BatchSize) go into one transaction.
+//
+// A group that waits for a missing predecessor is held (neither acked nor
+// nakked) and handled again with the next messages of the same fetch: the
+// predecessor is often among them, since redeliveries do not come in
+// sequence order (messages nakked at different times, some with a delay).
+// Only what is still held when the fetch ends counts as a gap.
 func (w *Worker) fetchAndApply(ctx context.Context, st *partition) error {
 	fctx, cancel := context.WithTimeout(ctx, w.cfg.FetchWait)
 	defer cancel()
@@ -145,8 +151,13 @@ func (w *Worker) fetchAndApply(ctx context.Context, st *partition) error {
 		return fmt.Errorf("fetch: %w", err)
 	}
 	msgs := batch.Messages()
+	var held []jetstream.Msg
 	nakRest := func() {
 		cancel()
+		for _, m := range held {
+			_ = m.Nak()
+		}
+		held = nil
 		for m := range msgs {
 			_ = m.Nak()
 		}
@@ -158,7 +169,8 @@ func (w *Worker) fetchAndApply(ctx context.Context, st *partition) error {
 			break
 		}
 		received++
-		group := []jetstream.Msg{m}
+		group := append(held, m)
+		held = nil
 	drain:
 		for len(group) < w.cfg.BatchSize {
 			select {
@@ -179,16 +191,29 @@ func (w *Worker) fetchAndApply(ctx context.Context, st *partition) error {
 			nakRest()
 			return nil
 		}
-		if err := w.handle(ctx, st, group); err != nil {
+		parked := st.parked
+		held, err = w.handle(ctx, st, group, false)
+		if err != nil {
 			if errors.Is(err, errCrashed) {
 				return err
 			}
 			nakRest()
 			return err
 		}
-		if st.parked != nil {
+		if st.parked != nil && st.parked != parked {
 			nakRest()
 			return nil
+		}
+	}
+	if len(held) > 0 {
+		if ctx.Err() != nil {
+			for _, m := range held {
+				_ = m.Nak()
+			}
+			return nil
+		}
+		if _, err := w.handle(ctx, st, held, true); err != nil {
+			return err
 		}
 	}
 	if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) &&
@@ -243,9 +268,12 @@ type delivered struct {
 }
 
 // handle applies one group of messages. Every message ends acked (applied
-// now or before) or nakked (to be delivered again); handle returns an
-// error only for failures worth a pause (store or NATS unavailable).
-func (w *Worker) handle(ctx context.Context, st *partition, msgs []jetstream.Msg) error {
+// now or before) or nakked (to be delivered again), except, when final is
+// false, those that wait for a missing predecessor: handle returns them
+// untouched, for the caller to hand in again with the next messages of the
+// fetch. handle returns an error only for failures worth a pause (store or
+// NATS unavailable); the messages it returns are then the caller's to nak.
+func (w *Worker) handle(ctx context.Context, st *partition, msgs []jetstream.Msg, final bool) (held []jetstream.Msg, err error) {
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.ShutdownTimeout)
 	defer cancel()
 	pl := partLabel(st.p)
@@ -263,7 +291,7 @@ func (w *Worker) handle(ctx context.Context, st *partition, msgs []jetstream.Msg
 		}
 		if err != nil {
 			seq, _ := strconv.ParseInt(m.Headers().Get(HeaderSequence), 10, 64)
-			return w.park(wctx, st, store.ParkedPoison, seq, m.Headers().Get(HeaderEventType), err, 1, msgs)
+			return held, w.park(wctx, st, store.ParkedPoison, seq, m.Headers().Get(HeaderEventType), err, 1, msgs)
 		}
 		if md, err := m.Metadata(); err == nil {
 			pending = md.NumPending
@@ -276,6 +304,11 @@ func (w *Worker) handle(ctx context.Context, st *partition, msgs []jetstream.Msg
 		} else {
 			bySeq[e.Sequence] = &delivered{e: e, msgs: []jetstream.Msg{m}}
 		}
+	}
+	if st.gapTries > 0 && bySeq[st.gapSeq] != nil {
+		// The awaited predecessor is here: it was not lost (a failure
+		// after its delivery sent it back), so the gap's clock restarts.
+		st.gapTries = 0
 	}
 	items := make([]*delivered, 0, len(bySeq))
 	for _, d := range bySeq {
@@ -297,7 +330,7 @@ func (w *Worker) handle(ctx context.Context, st *partition, msgs []jetstream.Msg
 		}
 		items = items[i:]
 		if len(items) == 0 {
-			return nil
+			return held, nil
 		}
 		fresh := func() []jetstream.Msg {
 			var out []jetstream.Msg
@@ -313,7 +346,7 @@ func (w *Worker) handle(ctx context.Context, st *partition, msgs []jetstream.Msg
 		keys, err := w.partitionKeys(wctx, st.p, st.cp, last)
 		if err != nil {
 			nak(fresh())
-			return fmt.Errorf("reading log keys: %w", err)
+			return held, fmt.Errorf("reading log keys: %w", err)
 		}
 		var missing []int64
 		j := 0
@@ -321,7 +354,7 @@ func (w *Worker) handle(ctx context.Context, st *partition, msgs []jetstream.Msg
 			if j < len(items) && items[j].e.Sequence == k.Sequence {
 				if items[j].e.PayloadDigest != k.PayloadDigest {
 					err := fmt.Errorf("%w: event %d payload digest differs from the log's", ErrStreamMismatch, k.Sequence)
-					return w.park(wctx, st, store.ParkedPoison, k.Sequence, items[j].e.Type, err, 1, fresh())
+					return held, w.park(wctx, st, store.ParkedPoison, k.Sequence, items[j].e.Type, err, 1, fresh())
 				}
 				j++
 				continue
@@ -330,7 +363,11 @@ func (w *Worker) handle(ctx context.Context, st *partition, msgs []jetstream.Msg
 		}
 		if j < len(items) {
 			err := fmt.Errorf("%w: event %d is not in the log's partition %d", ErrStreamMismatch, items[j].e.Sequence, st.p)
-			return w.park(wctx, st, store.ParkedPoison, items[j].e.Sequence, items[j].e.Type, err, 1, fresh())
+			return held, w.park(wctx, st, store.ParkedPoison, items[j].e.Sequence, items[j].e.Type, err, 1, fresh())
+		}
+		if len(missing) > 0 && !final && items[0].e.Sequence > missing[0] {
+			// The predecessor may come later in this fetch.
+			return append(held, fresh()...), nil
 		}
 		if len(missing) > 0 {
 			// Another worker (the previous owner finishing its last batch)
@@ -339,7 +376,7 @@ func (w *Worker) handle(ctx context.Context, st *partition, msgs []jetstream.Msg
 			prev := st.cp
 			if err := w.reloadCheckpoint(wctx, st); err != nil {
 				nak(fresh())
-				return err
+				return held, err
 			}
 			if st.cp != prev {
 				continue
@@ -347,17 +384,17 @@ func (w *Worker) handle(ctx context.Context, st *partition, msgs []jetstream.Msg
 			first, err := w.firstHeld(wctx)
 			if err != nil {
 				nak(fresh())
-				return err
+				return held, err
 			}
 			if missing[0] < first {
 				// The stream no longer holds them: catch up from the log.
 				if err := w.catchUp(wctx, st, first-1); err != nil {
 					nak(fresh())
-					return err
+					return held, err
 				}
 				if st.parked != nil && st.parked.Reason == store.ParkedPoison && st.parked.Sequence < first {
 					nak(fresh())
-					return nil
+					return held, nil
 				}
 				continue
 			}
@@ -371,8 +408,12 @@ func (w *Worker) handle(ctx context.Context, st *partition, msgs []jetstream.Msg
 				for _, d := range items[k:] {
 					later = append(later, d.msgs...)
 				}
-				for _, m := range later {
-					_ = m.NakWithDelay(w.gapDelay())
+				if final {
+					for _, m := range later {
+						_ = m.NakWithDelay(w.gapDelay())
+					}
+				} else {
+					held = append(held, later...)
 				}
 				items = items[:k]
 				continue
@@ -388,7 +429,14 @@ func (w *Worker) handle(ctx context.Context, st *partition, msgs []jetstream.Msg
 			gapErr := fmt.Errorf("event %d arrived but event %d of partition %d (after checkpoint %d) was not delivered",
 				items[0].e.Sequence, missing[0], st.p, st.cp)
 			if st.gapTries > w.cfg.GapRetries && time.Since(st.gapSince) > 2*w.cfg.AckWait {
-				return w.park(wctx, st, store.ParkedGap, missing[0], "", gapErr, st.gapTries, fresh())
+				attempts := st.gapTries
+				if st.parked != nil && st.parked.Reason == store.ParkedGap && st.parked.Sequence == missing[0] {
+					attempts += st.parked.Attempts
+				}
+				// The retry after ParkRetry gets a full window again rather
+				// than parking on its first look.
+				st.gapTries = 0
+				return held, w.park(wctx, st, store.ParkedGap, missing[0], "", gapErr, attempts, fresh())
 			}
 			if st.gapTries == 1 {
 				st.log.Info("partition waits for a predecessor to be redelivered", zap.Error(gapErr))
@@ -396,7 +444,7 @@ func (w *Worker) handle(ctx context.Context, st *partition, msgs []jetstream.Msg
 			for _, m := range fresh() {
 				_ = m.NakWithDelay(w.gapDelay())
 			}
-			return nil
+			return held, nil
 		}
 		st.gapTries = 0
 
@@ -409,28 +457,28 @@ func (w *Worker) handle(ctx context.Context, st *partition, msgs []jetstream.Msg
 		switch {
 		case err == nil:
 			if err := w.afterCommit(st, last); err != nil {
-				return err
+				return held, err
 			}
 			for _, m := range fresh() {
 				_ = m.Ack()
 			}
-			return nil
+			return held, nil
 		case errors.Is(err, errCrashed):
-			return err
+			return held, err
 		case errors.Is(err, store.ErrCheckpointMoved):
 			// Another worker (that still thinks it owns the partition, or
 			// took it over) advanced it: re-read and drop what it applied.
 			w.m.errors.WithLabelValues(w.cfg.Projection, "checkpoint_moved").Inc()
 			if err := w.reloadCheckpoint(wctx, st); err != nil || moved > 3 {
 				nak(fresh())
-				return err
+				return held, err
 			}
 			moved++
 			continue
 		case errors.As(err, &ae):
 			err := w.applyPoison(wctx, st, events, ae)
 			if errors.Is(err, errCrashed) {
-				return err
+				return held, err
 			}
 			if err != nil || st.parked != nil {
 				// Everything not applied goes back to the stream.
@@ -445,13 +493,13 @@ func (w *Worker) handle(ctx context.Context, st *partition, msgs []jetstream.Msg
 					}
 				}
 				nak(rest)
-				return err
+				return held, err
 			}
 			continue
 		default:
 			w.m.errors.WithLabelValues(w.cfg.Projection, "store").Inc()
 			nak(fresh())
-			return err
+			return held, err
 		}
 	}
 }

@@ -78,6 +78,14 @@
 // stream should hold but never delivers parks the partition with reason
 // "gap". Nothing is skipped.
 //
+// Redeliveries do not come in sequence order (messages nakked at different
+// times, some with a delay), so a group waiting for a predecessor is held,
+// neither acked nor nakked, and handled again with the rest of the same
+// fetch; only what is still waiting when the fetch ends counts as a gap.
+// The gap's clock restarts whenever the predecessor is delivered (a
+// database failure after its delivery sent it back), and a parked gap's
+// retry gets the full window again.
+//
 // # Catch-up
 //
 // When a worker takes a partition whose checkpoint is below the first
