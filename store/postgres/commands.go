@@ -99,11 +99,21 @@ func (t *tx) ReleaseCommands(ctx context.Context, ids []string) error {
 	return translate(err)
 }
 
-// CompleteCommands is CompleteCommand for many ids.
+// CompleteCommands is CompleteCommand for many ids: one primary-key UPDATE
+// per id, sent as one pipelined batch. It runs after Append, while the
+// log_head lock is held, so it must never depend on the planner: a join
+// against unnest() turned into a sequential scan of commands whenever its
+// statistics lagged behind a fast-growing table (4.8 ms for 21 rows at
+// 40k rows, inside every batch's critical section).
 func (t *tx) CompleteCommands(ctx context.Context, ids []string, sequences []int64, replies [][]byte) error {
-	_, err := t.tx.Exec(ctx, `UPDATE commands c SET sequence = u.s, reply = u.r
-		FROM unnest($1::text[], $2::bigint[], $3::bytea[]) AS u(i, s, r) WHERE c.command_id = u.i`, ids, sequences, replies)
-	return translate(err)
+	if len(ids) == 0 {
+		return nil
+	}
+	b := &pgx.Batch{}
+	for i := range ids {
+		b.Queue(`UPDATE commands SET sequence = $2, reply = $3 WHERE command_id = $1`, ids[i], sequences[i], replies[i])
+	}
+	return translate(t.tx.SendBatch(ctx, b).Close())
 }
 
 // marks reports for each key whether it is among got.
