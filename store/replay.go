@@ -9,7 +9,43 @@ import (
 )
 
 // replayFlushRows bounds the rows Replay buffers before a bulk write.
-const replayFlushRows = 20000
+const replayFlushRows = 100_000
+
+// page is one read of the log, or the error that ended the reading.
+type page struct {
+	events []Event
+	err    error
+}
+
+// readAhead reads the log in (after, upTo] page by page on its own
+// goroutine, at most two pages ahead of the consumer. stop ends it and
+// waits for it.
+func readAhead(ctx context.Context, db DB, after, upTo int64) (<-chan page, func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	out := make(chan page, 2)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer close(out)
+		cursor := after
+		for cursor < upTo {
+			events, err := db.Fetch(ctx, cursor, min(DefaultBatch, int(upTo-cursor)))
+			if err == nil && len(events) == 0 {
+				return
+			}
+			select {
+			case out <- page{events: events, err: err}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+			cursor = events[len(events)-1].Sequence
+		}
+	}()
+	return out, func() { cancel(); <-done }
+}
 
 // DefaultBatch is the page size Tail, Replay and All read the log in.
 const DefaultBatch = 1000
@@ -102,15 +138,19 @@ func Replay(ctx context.Context, db DB, w ViewWriter, opts ReplayOptions) (int64
 		from := slices.Min(cps)
 		applied = from
 		views := NewBufferedViews(tx, opts.Reset)
+		// Pages are read ahead on another connection while this one applies
+		// and flushes: reading and writing overlap.
+		pages, stopReading := readAhead(ctx, db, from, target)
+		defer stopReading()
 		for applied < target {
-			batch, err := db.Fetch(ctx, applied, min(DefaultBatch, int(target-applied)))
-			if err != nil {
-				return err
-			}
-			if len(batch) == 0 {
+			pg, ok := <-pages
+			if !ok {
 				break
 			}
-			for _, e := range batch {
+			if pg.err != nil {
+				return pg.err
+			}
+			for _, e := range pg.events {
 				apply := uniform
 				if !uniform {
 					p := opts.PartitionOf(e)
