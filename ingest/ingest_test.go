@@ -21,23 +21,13 @@ import (
 	"github.com/sourcegraph/conc"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	"github.com/artifactstore/artifactstore/ingest"
 	"github.com/artifactstore/artifactstore/internal/testenv"
 	"github.com/artifactstore/artifactstore/store"
 )
 
-func TestMain(m *testing.M) {
-	code := testenv.Main(m)
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(testenv.MainNoLeaks(m)) }
 
 // env is one isolated test environment: a PostgreSQL schema, a nats-server
 // and running ingest services.

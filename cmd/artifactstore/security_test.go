@@ -108,35 +108,7 @@ func pgSchemaURL(t *testing.T) string {
 // keyed by the schema the store was configured with, which a search_path
 // in the URL does not set, so relays of different schemas in one database
 // would share a single lock; advisory locks never cross databases.
-func pgDatabaseURL(t *testing.T) string {
-	t.Helper()
-	base := testenv.PostgresURL(t)
-	name := testenv.Name("sec")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, base)
-	require.NoError(t, err)
-	defer conn.Close(ctx)
-	_, err = conn.Exec(ctx, "CREATE DATABASE "+name)
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		conn, err := pgx.Connect(ctx, base)
-		if err != nil {
-			t.Logf("dropping database %s: %v", name, err)
-			return
-		}
-		defer conn.Close(ctx)
-		if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
-			t.Logf("dropping database %s: %v", name, err)
-		}
-	})
-	u, err := url.Parse(base)
-	require.NoError(t, err)
-	u.Path = "/" + name
-	return u.String()
-}
+func pgDatabaseURL(t *testing.T) string { return testenv.Database(t) }
 
 // withPassword puts password into a postgres URL's user info.
 func withPassword(t *testing.T, raw, password string) string {

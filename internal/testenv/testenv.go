@@ -17,6 +17,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,6 +31,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
@@ -58,6 +60,60 @@ func Main(m *testing.M) int {
 		pgCleanup()
 	}
 	return code
+}
+
+// MainNoLeaks is Main followed, when the tests passed, by a goroutine-leak
+// check (goleak): every server, connection and worker the tests started must
+// be gone. opts are the package's ignores (goleak.IgnoreTopFunction ...),
+// none by default. Use it as TestMain's body:
+// os.Exit(testenv.MainNoLeaks(m)).
+func MainNoLeaks(m *testing.M, opts ...goleak.Option) int {
+	code := Main(m)
+	if code != 0 {
+		return code
+	}
+	if err := goleak.Find(opts...); err != nil {
+		fmt.Fprintln(os.Stderr, "goleak:", err)
+		return 1
+	}
+	return 0
+}
+
+// Database creates a fresh PostgreSQL database for t, dropped (with its
+// connections) at cleanup, and returns its URL.
+func Database(t testing.TB) string {
+	t.Helper()
+	base := PostgresURL(t)
+	name := Name("db")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, base)
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatalf("testenv: creating database: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, base)
+		if err != nil {
+			t.Logf("testenv: dropping database %s: %v", name, err)
+			return
+		}
+		defer conn.Close(ctx)
+		if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
+			t.Logf("testenv: dropping database %s: %v", name, err)
+		}
+	})
+	u, err := url.Parse(base)
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	u.Path = "/" + name
+	return u.String()
 }
 
 // PostgresURL returns the URL of a PostgreSQL that answers, starting a

@@ -11,7 +11,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	"github.com/artifactstore/artifactstore/internal/testenv"
 	"github.com/artifactstore/artifactstore/store"
@@ -19,16 +18,7 @@ import (
 	"github.com/artifactstore/artifactstore/store/storetest"
 )
 
-func TestMain(m *testing.M) {
-	code := testenv.Main(m)
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(testenv.MainNoLeaks(m)) }
 
 func TestSuite(t *testing.T) {
 	t.Parallel()

@@ -3,13 +3,11 @@ package sqlite_test
 import (
 	"context"
 	"database/sql"
-	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 	_ "modernc.org/sqlite"
 
 	"github.com/artifactstore/artifactstore/internal/testenv"
@@ -18,16 +16,7 @@ import (
 	"github.com/artifactstore/artifactstore/store/storetest"
 )
 
-func TestMain(m *testing.M) {
-	code := testenv.Main(m)
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(testenv.MainNoLeaks(m)) }
 
 func TestSuite(t *testing.T) {
 	t.Parallel()
