@@ -132,8 +132,9 @@ func (s *Service) decide(cmds []*command) {
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	backoff := 5 * time.Millisecond
-	for attempt := 0; ; attempt++ {
-		committing, err := s.tryCommit(ctx, cmds)
+	skip := map[string]bool{}
+	for attempt := 0; ; {
+		committing, err := s.tryCommit(ctx, cmds, skip)
 		if err == nil {
 			for _, c := range cmds {
 				if c.res.err == nil && !c.res.duplicate {
@@ -142,10 +143,18 @@ func (s *Service) decide(cmds []*command) {
 			}
 			return
 		}
+		var redo *redoError
+		if errors.As(err, &redo) {
+			for _, id := range redo.commandIDs {
+				skip[id] = true
+			}
+			continue
+		}
 		temporary := store.Temporary(err) || errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil
 		if temporary && !committing && attempt < s.cfg.MaxRetries && time.Until(deadline) > 2*backoff {
+			attempt++
 			s.m.retries.Inc()
-			s.log.Debug("retrying a batch", zap.Int("attempt", attempt+1), zap.Int("commands", len(cmds)), zap.Error(err))
+			s.log.Debug("retrying a batch", zap.Int("attempt", attempt), zap.Int("commands", len(cmds)), zap.Error(err))
 			t := time.NewTimer(backoff)
 			select {
 			case <-t.C:
@@ -180,130 +189,138 @@ func (s *Service) decide(cmds []*command) {
 	}
 }
 
+// redoError asks for a batch to be decided again without creating or
+// finalizing for the given command ids: ClaimAll ran their creates or
+// finalizes optimistically, but they turned out to be commands seen
+// before. Such a create or finalize normally changes nothing (the first
+// command already created or finalized that package); it can only succeed
+// when a command_id is reused for another package, and then the
+// transaction must not keep it.
+type redoError struct{ commandIDs []string }
+
+func (e *redoError) Error() string { return "ingest: redo the batch without commands seen before" }
+
 // tryCommit decides cmds in one transaction and appends the events of the
-// accepted ones. committing reports whether the error (if any) came from
-// COMMIT, when the outcome is unknown.
+// accepted ones. committing reports whether the error (if any) came with
+// or after COMMIT, when the outcome is unknown. Commands whose ids are in
+// skip are known to have been seen before: they neither create nor
+// finalize.
 //
+// The transaction is two calls: ClaimAll claims the command ids, records
+// the creates' packages and finalizes, all at once; AppendCommands
+// releases the claims of rejected commands, appends the accepted ones'
+// events, records which event answered which command id, and commits.
 // Every transaction takes its row locks in one global order — command ids
 // sorted, then (name, version) sorted, then package ids sorted, then the
-// log_head row in Append — so concurrent batches (of this instance or
-// others) wait for each other but never deadlock.
-func (s *Service) tryCommit(ctx context.Context, cmds []*command) (committing bool, err error) {
+// log_head row — so concurrent batches (of this instance or others) wait
+// for each other but never deadlock.
+func (s *Service) tryCommit(ctx context.Context, cmds []*command, skip map[string]bool) (committing bool, err error) {
 	err = s.db.InTx(ctx, func(stx store.Tx) error {
 		tx := bulk(stx)
+		committing = false
 		for _, c := range cmds {
 			c.claimed, c.res = false, result{}
 		}
-		// 1. Idempotency: claim command ids; a seen id gets its first reply.
 		byID := filter(cmds, func(c *command) bool { return c.commandID != "" })
 		slices.SortFunc(byID, func(a, b *command) int { return cmp.Compare(a.commandID, b.commandID) })
-		if len(byID) > 0 {
-			claimed, err := tx.ClaimCommands(ctx, keys(byID, func(c *command) string { return c.commandID }))
-			if err != nil {
-				return err
-			}
-			var seen []*command
-			for i, c := range byID {
-				c.claimed = claimed[i]
-				if !c.claimed {
-					seen = append(seen, c)
-				}
-			}
-			if len(seen) > 0 {
-				replies, err := tx.CommandReplies(ctx, keys(seen, func(c *command) string { return c.commandID }))
-				if err != nil {
-					return err
-				}
-				for _, c := range seen {
-					if body, ok := replies[c.commandID]; ok {
-						c.res = result{body: body, duplicate: true}
-					} else {
-						c.res.err = newError(CodeUnavailable, "command %s is still being handled; retry", c.commandID)
-					}
-				}
-			}
-		}
-		undecided := func(c *command) bool { return c.res.err == nil && c.res.body == nil }
-		// 2. Creates: (name, version) is unique; the first of a batch wins.
-		creates := filter(cmds, func(c *command) bool { return undecided(c) && c.endpoint == endpointCreate })
+		// Creates: (name, version) is unique; the first of a batch wins.
+		creates := filter(cmds, func(c *command) bool { return c.endpoint == endpointCreate && !skip[c.commandID] })
 		slices.SortStableFunc(creates, func(a, b *command) int {
 			return cmp.Or(cmp.Compare(a.name, b.name), cmp.Compare(a.version, b.version))
 		})
-		if len(creates) > 0 {
-			ok, err := tx.ClaimPackages(ctx, keys(creates, func(c *command) string { return c.event.SubjectID }),
-				keys(creates, func(c *command) string { return c.name }), keys(creates, func(c *command) string { return c.version }))
-			if err != nil {
-				return err
-			}
-			for i, c := range creates {
-				if !ok[i] {
-					c.res.err = newError(CodeConflict, "package %s version %s already exists", c.name, c.version)
-				}
-			}
-		}
-		// 3. Finalizes: known packages, once. Creates of this batch are
-		// already in the index, so finalizing one of them works.
-		finals := filter(cmds, func(c *command) bool { return undecided(c) && c.endpoint == endpointFinalize })
+		// Finalizes: known packages, once; the creates of this batch are
+		// known to them.
+		finals := filter(cmds, func(c *command) bool { return c.endpoint == endpointFinalize && !skip[c.commandID] })
 		slices.SortStableFunc(finals, func(a, b *command) int { return cmp.Compare(a.event.SubjectID, b.event.SubjectID) })
-		if len(finals) > 0 {
-			ok, exists, err := tx.FinalizePackages(ctx, keys(finals, func(c *command) string { return c.event.SubjectID }))
-			if err != nil {
-				return err
-			}
-			for i, c := range finals {
-				switch {
-				case !exists[i]:
-					c.res.err = newError(CodeNotFound, "package %s not found", c.event.SubjectID)
-				case !ok[i]:
-					c.res.err = newError(CodeConflict, "package %s is already finalized", c.event.SubjectID)
-				}
-			}
-		}
-		// 4. A rejected command keeps nothing, not even its id.
-		if rejected := filter(byID, func(c *command) bool { return c.claimed && c.res.err != nil }); len(rejected) > 0 {
-			if err := tx.ReleaseCommands(ctx, keys(rejected, func(c *command) string { return c.commandID })); err != nil {
-				return err
-			}
-		}
-		// 5. Append the accepted commands' events, creates first so that a
-		// package created and finalized in one batch reads in order.
-		accepted := filter(cmds, func(c *command) bool { return undecided(c) && c.endpoint == endpointCreate })
-		accepted = append(accepted, filter(cmds, func(c *command) bool { return undecided(c) && c.endpoint == endpointFinalize })...)
-		if len(accepted) == 0 {
-			committing = true
-			return nil
-		}
-		events := make([]store.Event, len(accepted))
-		for i, c := range accepted {
-			events[i] = c.event
-		}
-		appended, err := stx.Append(ctx, events...)
+		claimed, created, finalized, exists, err := tx.ClaimAll(ctx,
+			keys(byID, func(c *command) string { return c.commandID }),
+			keys(creates, func(c *command) string { return c.event.SubjectID }),
+			keys(creates, func(c *command) string { return c.name }),
+			keys(creates, func(c *command) string { return c.version }),
+			keys(finals, func(c *command) string { return c.event.SubjectID }))
 		if err != nil {
 			return err
 		}
-		var ids []string
-		var seqs []int64
-		var replies [][]byte
-		for i, c := range accepted {
-			e := appended[i]
-			c.res.body, err = json.Marshal(CommandReply{Sequence: e.Sequence, EventType: e.Type, PackageID: e.SubjectID, CreatedAt: e.CreatedAt})
+		for i, c := range byID {
+			c.claimed = claimed[i]
+		}
+		seen := func(c *command) bool { return c.commandID != "" && !c.claimed }
+		var redo []string
+		for i, c := range creates {
+			if seen(c) && created[i] {
+				redo = append(redo, c.commandID)
+			}
+		}
+		for i, c := range finals {
+			if seen(c) && finalized[i] {
+				redo = append(redo, c.commandID)
+			}
+		}
+		if len(redo) > 0 {
+			return &redoError{commandIDs: redo}
+		}
+		// Idempotency: a command id seen before gets its first reply.
+		if dups := filter(byID, seen); len(dups) > 0 {
+			replies, err := tx.CommandReplies(ctx, keys(dups, func(c *command) string { return c.commandID }), replyOf)
 			if err != nil {
 				return err
 			}
-			if c.claimed {
-				ids, seqs, replies = append(ids, c.commandID), append(seqs, e.Sequence), append(replies, c.res.body)
+			for _, c := range dups {
+				if body, ok := replies[c.commandID]; ok {
+					c.res = result{body: body, duplicate: true}
+				} else {
+					c.res.err = newError(CodeUnavailable, "command %s is still being handled; retry", c.commandID)
+				}
 			}
 		}
-		// 6. Remember the replies of idempotent commands.
-		if len(ids) > 0 {
-			if err := tx.CompleteCommands(ctx, ids, seqs, replies); err != nil {
-				return err
+		for i, c := range creates {
+			if !seen(c) && !created[i] {
+				c.res.err = newError(CodeConflict, "package %s version %s already exists", c.name, c.version)
+			}
+		}
+		for i, c := range finals {
+			switch {
+			case seen(c):
+			case !exists[i]:
+				c.res.err = newError(CodeNotFound, "package %s not found", c.event.SubjectID)
+			case !finalized[i]:
+				c.res.err = newError(CodeConflict, "package %s is already finalized", c.event.SubjectID)
+			}
+		}
+		// A rejected command keeps nothing, not even its id. The accepted
+		// ones' events are appended creates first, so that a package
+		// created and finalized in one batch reads in order.
+		undecided := func(c *command) bool { return c.res.err == nil && c.res.body == nil }
+		rejected := filter(byID, func(c *command) bool { return c.claimed && c.res.err != nil })
+		accepted := filter(creates, undecided)
+		accepted = append(accepted, filter(finals, undecided)...)
+		events := make([]store.Event, len(accepted))
+		ids := make([]string, len(accepted))
+		for i, c := range accepted {
+			events[i] = c.event
+			if c.claimed {
+				ids[i] = c.commandID
 			}
 		}
 		committing = true
+		appended, err := tx.AppendCommands(ctx, keys(rejected, func(c *command) string { return c.commandID }), events, ids, replyOf)
+		if err != nil {
+			committing = errors.Is(err, store.ErrOutcomeUnknown)
+			return err
+		}
+		for i, c := range accepted {
+			if c.res.body, err = replyOf(appended[i]); err != nil {
+				return err
+			}
+		}
 		return nil
 	})
 	return committing, err
+}
+
+// replyOf is the reply to the command that appended e.
+func replyOf(e store.Event) ([]byte, error) {
+	return json.Marshal(CommandReply{Sequence: e.Sequence, EventType: e.Type, PackageID: e.SubjectID, CreatedAt: e.CreatedAt})
 }
 
 func filter(cmds []*command, keep func(*command) bool) []*command {

@@ -7,29 +7,29 @@ import (
 	"github.com/artifactstore/artifactstore/store"
 )
 
-// bulkTx is the set-based form of store.Tx's command-side methods: one
-// statement per call whatever the batch size. A dialect's Tx may implement
-// it (store/postgres does); for others, bulk adapts the single-row methods.
-// Each method decides row by row exactly as its single-row counterpart and
-// takes rows in the order given.
+// bulkTx is the set-based form of store.Tx's command-side methods: a batch
+// of commands is decided with ClaimAll, then AppendCommands ends it. A
+// dialect's Tx may implement it (store/postgres does, in two pipelined
+// round trips, the second of which commits); for others, bulk adapts the
+// single-row methods.
 type bulkTx interface {
-	// ClaimCommands claims distinct ids: claimed[i] reports whether ids[i]
-	// was newly recorded.
-	ClaimCommands(ctx context.Context, ids []string) (claimed []bool, err error)
-	// CommandReplies returns the stored replies of those ids that have one.
-	CommandReplies(ctx context.Context, ids []string) (map[string][]byte, error)
-	// ClaimPackages records new packages (ids unique): claimed[i] reports
-	// whether (names[i], versions[i]) was free; of a pair given twice the
-	// first wins.
-	ClaimPackages(ctx context.Context, ids, names, versions []string) (claimed []bool, err error)
-	// FinalizePackages finalizes packages: finalized[i] reports whether
-	// ids[i] was open (of an id given twice, the first), exists[i] whether
-	// it is known.
-	FinalizePackages(ctx context.Context, ids []string) (finalized, exists []bool, err error)
-	// ReleaseCommands forgets claims made in this transaction.
-	ReleaseCommands(ctx context.Context, ids []string) error
-	// CompleteCommands stores the replies of claimed commands.
-	CompleteCommands(ctx context.Context, ids []string, sequences []int64, replies [][]byte) error
+	// ClaimAll claims command ids, records new packages and finalizes
+	// packages, in that order: claimed[i] reports whether commandIDs[i]
+	// (distinct) was newly recorded; created[i] whether (names[i],
+	// versions[i]) was free for createIDs[i] (of a pair given twice the
+	// first wins); finalized[i] whether finalIDs[i] was open (of an id
+	// given twice, the first), exists[i] whether it is known. The creates'
+	// packages are known to the finalizes.
+	ClaimAll(ctx context.Context, commandIDs, createIDs, names, versions, finalIDs []string) (claimed, created, finalized, exists []bool, err error)
+	// CommandReplies returns the first replies of the completed commands
+	// among ids, rebuilt with replyOf from their events where only the
+	// sequence was kept.
+	CommandReplies(ctx context.Context, ids []string, replyOf func(store.Event) ([]byte, error)) (map[string][]byte, error)
+	// AppendCommands forgets the claims of release, appends events, and
+	// records that events[i] answered commandIDs[i] (where not ""). It is
+	// the transaction's last call and may commit it; an error wrapping
+	// store.ErrOutcomeUnknown means it may have committed.
+	AppendCommands(ctx context.Context, release []string, events []store.Event, commandIDs []string, replyOf func(store.Event) ([]byte, error)) ([]store.Event, error)
 }
 
 // bulk returns tx's own bulkTx, or an adapter over its single-row methods.
@@ -40,22 +40,37 @@ func bulk(tx store.Tx) bulkTx {
 	return rowByRow{tx}
 }
 
-// rowByRow implements bulkTx with one statement per row.
+// rowByRow implements bulkTx with one statement per row; the transaction
+// commits when InTx returns.
 type rowByRow struct{ tx store.Tx }
 
-func (r rowByRow) ClaimCommands(ctx context.Context, ids []string) ([]bool, error) {
-	out := make([]bool, len(ids))
-	for i, id := range ids {
-		ok, err := r.tx.ClaimCommand(ctx, id)
-		if err != nil {
-			return nil, err
+func (r rowByRow) ClaimAll(ctx context.Context, commandIDs, createIDs, names, versions, finalIDs []string) (claimed, created, finalized, exists []bool, err error) {
+	claimed = make([]bool, len(commandIDs))
+	for i, id := range commandIDs {
+		if claimed[i], err = r.tx.ClaimCommand(ctx, id); err != nil {
+			return nil, nil, nil, nil, err
 		}
-		out[i] = ok
 	}
-	return out, nil
+	created = make([]bool, len(createIDs))
+	for i := range createIDs {
+		if created[i], err = r.tx.ClaimPackage(ctx, createIDs[i], names[i], versions[i]); err != nil {
+			return nil, nil, nil, nil, err
+		}
+	}
+	finalized, exists = make([]bool, len(finalIDs)), make([]bool, len(finalIDs))
+	for i, id := range finalIDs {
+		ok, err := r.tx.FinalizePackage(ctx, id)
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		} else if err != nil {
+			return nil, nil, nil, nil, err
+		}
+		finalized[i], exists[i] = ok, true
+	}
+	return claimed, created, finalized, exists, nil
 }
 
-func (r rowByRow) CommandReplies(ctx context.Context, ids []string) (map[string][]byte, error) {
+func (r rowByRow) CommandReplies(ctx context.Context, ids []string, _ func(store.Event) ([]byte, error)) (map[string][]byte, error) {
 	out := make(map[string][]byte, len(ids))
 	for _, id := range ids {
 		reply, err := r.tx.CommandReply(ctx, id)
@@ -69,46 +84,30 @@ func (r rowByRow) CommandReplies(ctx context.Context, ids []string) (map[string]
 	return out, nil
 }
 
-func (r rowByRow) ClaimPackages(ctx context.Context, ids, names, versions []string) ([]bool, error) {
-	out := make([]bool, len(ids))
-	for i := range ids {
-		ok, err := r.tx.ClaimPackage(ctx, ids[i], names[i], versions[i])
+func (r rowByRow) AppendCommands(ctx context.Context, release []string, events []store.Event, commandIDs []string, replyOf func(store.Event) ([]byte, error)) ([]store.Event, error) {
+	for _, id := range release {
+		if err := r.tx.ReleaseCommand(ctx, id); err != nil {
+			return nil, err
+		}
+	}
+	if len(events) == 0 {
+		return nil, nil
+	}
+	appended, err := r.tx.Append(ctx, events...)
+	if err != nil {
+		return nil, err
+	}
+	for i, id := range commandIDs {
+		if id == "" {
+			continue
+		}
+		reply, err := replyOf(appended[i])
 		if err != nil {
 			return nil, err
 		}
-		out[i] = ok
-	}
-	return out, nil
-}
-
-func (r rowByRow) FinalizePackages(ctx context.Context, ids []string) (finalized, exists []bool, err error) {
-	finalized, exists = make([]bool, len(ids)), make([]bool, len(ids))
-	for i, id := range ids {
-		ok, err := r.tx.FinalizePackage(ctx, id)
-		if errors.Is(err, store.ErrNotFound) {
-			continue
-		} else if err != nil {
-			return nil, nil, err
-		}
-		finalized[i], exists[i] = ok, true
-	}
-	return finalized, exists, nil
-}
-
-func (r rowByRow) ReleaseCommands(ctx context.Context, ids []string) error {
-	for _, id := range ids {
-		if err := r.tx.ReleaseCommand(ctx, id); err != nil {
-			return err
+		if err := r.tx.CompleteCommand(ctx, id, appended[i].Sequence, reply); err != nil {
+			return nil, err
 		}
 	}
-	return nil
-}
-
-func (r rowByRow) CompleteCommands(ctx context.Context, ids []string, sequences []int64, replies [][]byte) error {
-	for i, id := range ids {
-		if err := r.tx.CompleteCommand(ctx, id, sequences[i], replies[i]); err != nil {
-			return err
-		}
-	}
-	return nil
+	return appended, nil
 }

@@ -2,6 +2,9 @@ package ingest
 
 import (
 	"context"
+	"encoding/json"
+	"maps"
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -54,22 +57,39 @@ func script(t *testing.T, db store.DB, wrap func(store.Tx) bulkTx) []any {
 		}
 		return v[:len(v)-1]
 	}
-	step(func(tx bulkTx) []any {
+	event := func(id string) store.Event {
+		e, err := store.NewEvent(store.TypePackageFinalized, store.SubjectKindPackage, id, "tester", []byte(`{}`))
+		require.NoError(t, err)
+		return e
+	}
+	sequences := func(events []store.Event, err error) []any {
+		require.NoError(t, err)
 		var r []any
-		r = append(r, must(tx.ClaimCommands(ctx, []string{"a", "b", "c"}))...)
-		r = append(r, must(tx.ClaimPackages(ctx, []string{"p1", "p2", "p3"}, []string{"n", "n", "m"}, []string{"1", "1", "1"}))...)
-		r = append(r, must(tx.FinalizePackages(ctx, []string{"p1", "p1", "p2", "p9"}))...)
-		r = append(r, must(tx.ReleaseCommands(ctx, []string{"c"})))
-		r = append(r, must(tx.CompleteCommands(ctx, []string{"a", "b"}, []int64{1, 2}, [][]byte{[]byte("ra"), []byte("rb")}))...)
+		for _, e := range events {
+			r = append(r, e.Sequence, e.SubjectID)
+		}
 		return r
+	}
+	step(func(tx bulkTx) []any {
+		r := must(tx.ClaimAll(ctx, []string{"a", "b", "c"}, []string{"p1", "p2", "p3"}, []string{"n", "n", "m"}, []string{"1", "1", "1"},
+			[]string{"p1", "p1", "p2", "p9"}))
+		return append(r, sequences(tx.AppendCommands(ctx, []string{"c"}, []store.Event{event("p1"), event("p3"), event("p1")}, []string{"a", "", "b"}, replyOf))...)
 	})
 	step(func(tx bulkTx) []any {
-		var r []any
-		r = append(r, must(tx.ClaimCommands(ctx, []string{"a", "c", "d"}))...)
-		r = append(r, must(tx.CommandReplies(ctx, []string{"a", "x"}))...)
-		r = append(r, must(tx.ClaimPackages(ctx, []string{"p4", "p5"}, []string{"n", "k"}, []string{"1", "2"}))...)
-		r = append(r, must(tx.FinalizePackages(ctx, []string{"p1", "p3", "p5"}))...)
-		return r
+		r := must(tx.ClaimAll(ctx, []string{"a", "c", "d"}, []string{"p4", "p5"}, []string{"n", "k"}, []string{"1", "2"}, []string{"p1", "p3", "p5"}))
+		replies := must(tx.CommandReplies(ctx, []string{"a", "b", "x"}, replyOf))[0].(map[string][]byte)
+		require.Len(t, replies, 2, "a and b are complete; x is unknown")
+		for _, id := range slices.Sorted(maps.Keys(replies)) {
+			var reply CommandReply
+			require.NoError(t, json.Unmarshal(replies[id], &reply))
+			r = append(r, id, reply.Sequence, reply.PackageID, reply.EventType)
+		}
+		return append(r, sequences(tx.AppendCommands(ctx, []string{"d"}, nil, nil, replyOf))...)
+	})
+	step(func(tx bulkTx) []any {
+		// c was released by the first step and claimed again (and kept)
+		// by the second; d was released by the second.
+		return must(tx.ClaimAll(ctx, []string{"c", "d"}, nil, nil, nil, nil))
 	})
 	return out
 }

@@ -754,3 +754,48 @@ func TestNATSRestart(t *testing.T) {
 	}, "a create succeeds after the restart (last error %v)", err)
 	assert.Len(t, e.log(t), 2)
 }
+
+// TestReusedCommandID: a command_id already used answers with its first
+// reply even when the new command's body differs, and the new body changes
+// nothing — not even when the pipelined transaction created or finalized
+// for it optimistically (ClaimAll runs before the seen ids are known) and
+// had to be decided again.
+func TestReusedCommandID(t *testing.T) {
+	t.Parallel()
+	e := setup(t, ingest.Config{BatchDelay: 20 * time.Millisecond})
+	id := uuid.NewString()
+	first := e.raw(t, ingest.SubjectCreate, mustJSON(ingest.CreateRequest{CommandID: id, Actor: "a", Name: "reused", Version: "1"}))
+	require.Empty(t, first.Header.Get(micro.ErrorCodeHeader), "%s", first.Data)
+	again := e.raw(t, ingest.SubjectCreate, mustJSON(ingest.CreateRequest{CommandID: id, Actor: "a", Name: "other", Version: "1"}))
+	assert.Equal(t, string(first.Data), string(again.Data), "the first reply")
+	_, err := e.create(t, ingest.CreateRequest{Actor: "a", Name: "other", Version: "1"})
+	require.NoError(t, err, "other/1 was not claimed by the reused command_id")
+
+	p, err := e.create(t, ingest.CreateRequest{Actor: "a", Name: "p", Version: "1"})
+	require.NoError(t, err)
+	q, err := e.create(t, ingest.CreateRequest{Actor: "a", Name: "q", Version: "1"})
+	require.NoError(t, err)
+	fin := uuid.NewString()
+	firstFin := e.raw(t, ingest.SubjectFinalize, mustJSON(ingest.FinalizeRequest{CommandID: fin, Actor: "a", PackageID: p.PackageID, ManifestDigest: digest()}))
+	require.Empty(t, firstFin.Header.Get(micro.ErrorCodeHeader), "%s", firstFin.Data)
+	// The reused id and a new command finalize q in one batch (BatchDelay
+	// gathers them; the reused one is sent first, so it comes first among
+	// q's finalizes): the new one must win.
+	var reused *nats.Msg
+	var fresh error
+	var wg conc.WaitGroup
+	wg.Go(func() {
+		reused = e.raw(t, ingest.SubjectFinalize, mustJSON(ingest.FinalizeRequest{CommandID: fin, Actor: "a", PackageID: q.PackageID, ManifestDigest: digest()}))
+	})
+	time.Sleep(2 * time.Millisecond) // ordering within the batch, not synchronisation: either order must pass
+	wg.Go(func() {
+		_, fresh = e.finalize(t, ingest.FinalizeRequest{CommandID: uuid.NewString(), Actor: "a", PackageID: q.PackageID, ManifestDigest: digest()})
+	})
+	wg.Wait()
+	assert.Equal(t, string(firstFin.Data), string(reused.Data), "the first reply")
+	require.NoError(t, fresh, "q was not finalized by the reused command_id")
+	events := e.log(t)
+	require.Len(t, events, 6, "reused-1, other-1, p, q, finalize p, finalize q")
+	assert.Equal(t, store.TypePackageFinalized, events[5].Type)
+	assert.Equal(t, q.PackageID, events[5].SubjectID)
+}

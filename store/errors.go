@@ -21,6 +21,10 @@ var (
 	ErrUnavailable = errors.New("store: database unavailable")
 	// ErrLockHeld is returned when a named leader lock is held by another session.
 	ErrLockHeld = errors.New("store: lock held by another session")
+	// ErrOutcomeUnknown wraps the error of a call that sent COMMIT and lost
+	// the connection before the answer: the transaction may or may not
+	// have committed.
+	ErrOutcomeUnknown = errors.New("store: transaction outcome unknown")
 )
 
 // FieldError says which field of an event is invalid and why. It wraps

@@ -169,25 +169,28 @@ func (db *DB) Fresh(ctx context.Context) error {
 // InTx implements store.DB. The transaction is rolled back (within 5
 // seconds, even when ctx is done) when fn fails or panics.
 func (db *DB) InTx(ctx context.Context, fn func(store.Tx) error) error {
-	ptx, err := db.pool.Begin(ctx)
+	c, err := db.pool.Acquire(ctx)
 	if err != nil {
 		return translate(err)
 	}
-	done := false
+	t := &tx{db: db, tx: &txConn{c: c}}
 	defer func() {
-		if !done {
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			_ = ptx.Rollback(rctx)
-			cancel()
-		}
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		t.tx.end(rctx)
+		cancel()
 	}()
-	t := &tx{db: db, tx: ptx}
 	if err := fn(t); err != nil {
 		return translate(err)
 	}
-	done = true
-	if err := ptx.Commit(ctx); err != nil {
-		return translate(err)
+	if t.tx.begun && !t.tx.committed {
+		ct, err := c.Exec(ctx, "commit")
+		if err != nil {
+			return translate(err)
+		}
+		if ct.String() == "ROLLBACK" {
+			return pgx.ErrTxCommitRollback
+		}
+		t.tx.committed = true
 	}
 	if t.appended {
 		db.signal.Broadcast()

@@ -14,7 +14,7 @@ import (
 
 type tx struct {
 	db       *DB
-	tx       pgx.Tx
+	tx       *txConn
 	appended bool
 }
 
@@ -25,6 +25,21 @@ func (t *tx) Append(ctx context.Context, events ...store.Event) ([]store.Event, 
 	if len(events) == 0 {
 		return nil, nil
 	}
+	b := &pgx.Batch{}
+	out, err := t.queueAppend(b, events)
+	if err != nil {
+		return nil, err
+	}
+	if err := t.tx.SendBatch(ctx, b).Close(); err != nil {
+		return nil, fmt.Errorf("appending %d events: %w", len(events), translate(err))
+	}
+	return out(), nil
+}
+
+// queueAppend validates events and queues on b the counter update, the
+// insert and the NOTIFY. Once b has been sent without error, the returned
+// function gives the events with their sequences and created_at.
+func (t *tx) queueAppend(b *pgx.Batch, events []store.Event) (func() []store.Event, error) {
 	n := len(events)
 	types := make([]string, n)
 	kinds := make([]string, n)
@@ -41,7 +56,6 @@ func (t *tx) Append(ctx context.Context, events ...store.Event) ([]store.Event, 
 	}
 	var head int64
 	var at time.Time
-	b := &pgx.Batch{}
 	b.Queue(`UPDATE log_head SET sequence = sequence + $1, created_at = greatest(clock_timestamp(), created_at)
 		RETURNING sequence, created_at`, n).QueryRow(func(r pgx.Row) error { return r.Scan(&head, &at) })
 	b.Queue(`INSERT INTO events (`+eventColumns+`)
@@ -50,18 +64,17 @@ func (t *tx) Append(ctx context.Context, events ...store.Event) ([]store.Event, 
 			WITH ORDINALITY AS u(t, k, i, a, p, d, ord)`,
 		n, types, kinds, ids, actors, payloads, digests)
 	b.Queue(`SELECT pg_notify($1, '')`, t.db.channel)
-	if err := t.tx.SendBatch(ctx, b).Close(); err != nil {
-		return nil, fmt.Errorf("appending %d events: %w", n, translate(err))
-	}
-	t.appended = true
-	at = at.UTC()
-	out := make([]store.Event, n)
-	for i, e := range events {
-		e.Sequence = head - int64(n) + int64(i) + 1
-		e.CreatedAt = at
-		out[i] = e
-	}
-	return out, nil
+	return func() []store.Event {
+		t.appended = true
+		at = at.UTC()
+		out := make([]store.Event, n)
+		for i, e := range events {
+			e.Sequence = head - int64(n) + int64(i) + 1
+			e.CreatedAt = at
+			out[i] = e
+		}
+		return out
+	}, nil
 }
 
 // ResetViews implements store.Tx.
@@ -136,7 +149,7 @@ func (t *tx) CompleteCommand(ctx context.Context, id string, sequence int64, rep
 
 // ReleaseCommand implements store.Tx.
 func (t *tx) ReleaseCommand(ctx context.Context, id string) error {
-	_, err := t.tx.Exec(ctx, "DELETE FROM commands WHERE command_id = $1 AND reply IS NULL", id)
+	_, err := t.tx.Exec(ctx, "DELETE FROM commands WHERE command_id = $1 AND sequence IS NULL", id)
 	return translate(err)
 }
 

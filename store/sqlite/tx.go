@@ -126,7 +126,7 @@ func (t *tx) CompleteCommand(ctx context.Context, id string, sequence int64, rep
 
 // ReleaseCommand implements store.Tx.
 func (t *tx) ReleaseCommand(ctx context.Context, id string) error {
-	_, err := t.tx.ExecContext(ctx, "DELETE FROM commands WHERE command_id = ? AND reply IS NULL", id)
+	_, err := t.tx.ExecContext(ctx, "DELETE FROM commands WHERE command_id = ? AND sequence IS NULL", id)
 	return translate(err)
 }
 
