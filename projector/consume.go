@@ -43,15 +43,25 @@ func (e *applyError) Error() string { return e.err.Error() }
 func (e *applyError) Unwrap() error { return e.err }
 
 // consume owns partition p until ctx ends.
-func (w *Worker) consume(ctx context.Context, p int) error {
+func (w *Worker) consume(ctx context.Context, p int, stop <-chan struct{}) error {
 	st := &partition{p: p, log: w.log.With(zap.Int("partition", p))}
+	stopped := func() bool {
+		select {
+		case <-stop:
+			return true
+		default:
+			return ctx.Err() != nil
+		}
+	}
 	backoff := func(err error) bool {
-		if ctx.Err() != nil {
+		if stopped() {
 			return false
 		}
 		st.log.Warn("partition error; retrying", zap.Error(err))
 		select {
 		case <-ctx.Done():
+			return false
+		case <-stop:
 			return false
 		case <-time.After(500 * time.Millisecond):
 			return true
@@ -69,10 +79,11 @@ func (w *Worker) consume(ctx context.Context, p int) error {
 			return nil
 		}
 	}
-	for ctx.Err() == nil {
+	for !stopped() {
 		if st.parked != nil && time.Now().Before(st.retryAt) {
 			select {
 			case <-ctx.Done():
+			case <-stop:
 			case <-time.After(time.Until(st.retryAt)):
 			}
 			continue

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -77,9 +78,10 @@ func (w *Worker) ID() string { return w.cfg.WorkerID }
 // (log id, checkpoints of a matching partition count, else
 // ErrPartitionsChanged) and JetStream; it waits for the public stream to
 // exist, then creates (or updates) the derived partitioned stream, the
-// partition consumers and the members bucket. When ctx ends it stops
-// taking messages, finishes in-flight commits and acks within
-// ShutdownTimeout, leaves the group and returns nil. A lost NATS
+// partition consumers and the members bucket. When ctx ends (or a
+// rebalance moves a partition away) it pulls no more, finishes the fetch
+// in flight — applying and acking every message delivered to it — and
+// unpins, within ShutdownTimeout; then it leaves the group and returns nil. A lost NATS
 // connection (closed) returns its error.
 func (w *Worker) Run(ctx context.Context) error {
 	if err := w.setup(ctx); err != nil {
@@ -99,22 +101,47 @@ func (w *Worker) Run(ctx context.Context) error {
 
 	memberKey := w.cfg.Projection + "." + w.cfg.WorkerID
 	type running struct {
-		cancel context.CancelFunc
+		cancel context.CancelFunc // stops the partition at once
+		stop   chan struct{}      // stops it after the fetch in flight
 		done   chan struct{}
 	}
 	owned := map[int]*running{}
 	var wg conc.WaitGroup
 	fatal := make(chan error, w.cfg.Partitions)
-	stopPartition := func(p int) {
-		r := owned[p]
-		r.cancel()
-		<-r.done
-		delete(owned, p)
-	}
-	defer func() {
-		for p := range owned {
+	// stopPartitions stops partitions at once: others own them already.
+	stopPartitions := func(ps []int) {
+		for _, p := range ps {
 			owned[p].cancel()
 		}
+		for _, p := range ps {
+			<-owned[p].done
+			delete(owned, p)
+		}
+	}
+	// handOver stops partitions gracefully: each finishes the fetch it has
+	// in flight, applying and acking every message delivered to it, and
+	// unpins its consumer; the next owner starts right after the last ack.
+	// Cut short instead, messages already sent to this worker would be
+	// dropped and come again only after AckWait, holding the next owner's
+	// partition back that long. Bounded by ShutdownTimeout.
+	handOver := func(ps []int) {
+		for _, p := range ps {
+			close(owned[p].stop)
+		}
+		deadline := time.NewTimer(w.cfg.ShutdownTimeout)
+		defer deadline.Stop()
+		for _, p := range ps {
+			select {
+			case <-owned[p].done:
+			case <-deadline.C:
+				stopPartitions(slices.Collect(maps.Keys(owned)))
+				return
+			}
+		}
+		stopPartitions(ps)
+	}
+	defer func() {
+		handOver(slices.Collect(maps.Keys(owned)))
 		wg.Wait()
 		w.m.owned.WithLabelValues(w.cfg.Projection, w.cfg.WorkerID).Set(0)
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
@@ -125,6 +152,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	tick := time.NewTicker(w.cfg.MemberTTL / 3)
 	defer tick.Stop()
 	var hbErr error
+	var prevMembers []string
 	lastBeat := time.Now()
 	for {
 		if h := w.cfg.hooks.beforeHeartbeat; h != nil {
@@ -156,31 +184,39 @@ func (w *Worker) Run(ctx context.Context) error {
 			if time.Since(lastBeat) > w.cfg.MemberTTL && len(owned) > 0 {
 				// The others see this worker gone and take its partitions.
 				w.log.Warn("membership lapsed; releasing every partition")
-				for p := range owned {
-					stopPartition(p)
-				}
+				stopPartitions(slices.Collect(maps.Keys(owned)))
 				w.m.owned.WithLabelValues(w.cfg.Projection, w.cfg.WorkerID).Set(0)
 			}
 		default:
 			hbErr, lastBeat = nil, time.Now()
-			want := assign(members, w.cfg.Partitions, w.cfg.WorkerID)
+			// A member counts until two listings in a row miss it: one
+			// listing can miss a live member whose heartbeat replaced its
+			// previous one while the listing ran (the bucket keeps one
+			// value per key), and every flap moves partitions twice.
+			seen := slices.Concat(members, prevMembers)
+			prevMembers = members
+			want := assign(seen, w.cfg.Partitions, w.cfg.WorkerID)
+			var release []int
 			for p := range owned {
 				if !slices.Contains(want, p) {
 					w.log.Info("releasing partition", zap.Int("partition", p))
-					stopPartition(p)
+					release = append(release, p)
 				}
 			}
+			handOver(release)
 			for _, p := range want {
 				if owned[p] != nil {
 					continue
 				}
-				pctx, cancel := context.WithCancel(ctx)
-				r := &running{cancel: cancel, done: make(chan struct{})}
+				// Run's end stops the partition through handOver, not
+				// through its context.
+				pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+				r := &running{cancel: cancel, stop: make(chan struct{}), done: make(chan struct{})}
 				owned[p] = r
 				w.log.Info("taking partition", zap.Int("partition", p))
 				wg.Go(func() {
 					defer close(r.done)
-					if err := w.consume(pctx, p); err != nil {
+					if err := w.consume(pctx, p, r.stop); err != nil {
 						fatal <- err
 					}
 				})
