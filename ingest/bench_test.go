@@ -22,21 +22,26 @@ import (
 
 // BenchmarkIngest measures end-to-end create commands (NATS request →
 // decide → group commit on PostgreSQL → reply) with 1, 16 and 64 concurrent
-// requesters, and at an offered load of 1,000 commands/s, next to a raw
-// batched INSERT of the same event rows (100 rows per statement, 4
-// connections) measured in the same run. Every create carries a command_id,
-// as an idempotent client's would.
+// requesters, and at an offered load of 1,000 commands/s, next to two raw
+// baselines measured in the same run: batched INSERTs of the same event
+// rows (100 rows per statement, 4 connections; x-raw), and of every row the
+// same creates commit — event, command record, package index entry — 100
+// commands per transaction on 4 connections (x-raw-cmd-rows). Every create
+// carries a command_id, as an idempotent client's would.
 //
 //	go test -run '^$' -bench . ./ingest/
 func BenchmarkIngest(b *testing.B) {
 	url, schema := testenv.Schema(b)
 	db := testenv.OpenPostgres(b, url, schema)
 	e := setupDB(b, db, ingest.Config{})
-	var rawRate float64
+	var rawRate, rawAllRate float64
 	var run atomic.Int64 // keeps names unique across the benchmark's runs
 
 	b.Run("raw-insert-100x4", func(b *testing.B) {
 		rawRate = rawInsert(b, url, schema)
+	})
+	b.Run("raw-command-rows-100x4", func(b *testing.B) {
+		rawAllRate = rawCommandRows(b, url, schema)
 	})
 
 	for _, requesters := range []int{1, 16, 64} {
@@ -82,6 +87,9 @@ func BenchmarkIngest(b *testing.B) {
 			if rawRate > 0 {
 				b.ReportMetric(rawRate, "raw-rows/s")
 				b.ReportMetric(rate/rawRate, "x-raw")
+			}
+			if rawAllRate > 0 {
+				b.ReportMetric(rate/rawAllRate, "x-raw-cmd-rows")
 			}
 		})
 	}
@@ -202,5 +210,108 @@ func rawInsert(b *testing.B, url, schema string) float64 {
 	b.StopTimer()
 	rate := float64(len(events)) / elapsed.Seconds()
 	b.ReportMetric(rate, "rows/s")
+	return rate
+}
+
+// rawCommandRows inserts, for b.N commands, every row a create commits —
+// its event, its command record (id and sequence) and its package index
+// entry — into copies of those tables: 100 commands per transaction (one
+// 100-row INSERT per table) over 4 connections, and returns the
+// commands/s it reached. It is the "same rows" baseline for what one
+// accepted create writes, where rawInsert counts the event rows alone.
+func rawCommandRows(b *testing.B, url, schema string) float64 {
+	ctx := context.Background()
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg.RuntimeParams["search_path"] = schema
+	const conns, perTx = 4, 100
+	pool := make([]*pgx.Conn, conns)
+	for i := range pool {
+		if pool[i], err = pgx.ConnectConfig(ctx, cfg); err != nil {
+			b.Fatal(err)
+		}
+		defer pool[i].Close(ctx)
+	}
+	suffix := fmt.Sprintf("_%d", time.Now().UnixNano())
+	for _, t := range []string{"events", "commands", "package_index"} {
+		if _, err := pool[0].Exec(ctx, "CREATE TABLE raw_"+t+suffix+" (LIKE "+t+" INCLUDING ALL)"); err != nil {
+			b.Fatal(err)
+		}
+	}
+	type row struct {
+		ev        store.Event
+		commandID string
+		version   string
+	}
+	rows := make([]row, (b.N+perTx-1)/perTx*perTx)
+	for i := range rows {
+		id := uuid.Must(uuid.NewV7()).String()
+		r := row{commandID: uuid.NewString(), version: fmt.Sprint(i)}
+		payload, _ := json.Marshal(store.PackageCreated{PackageID: id, Name: "raw", Version: r.version,
+			Retention: store.RetentionPolicy{Policy: store.RetentionKeepForever}})
+		if r.ev, err = store.NewEvent(store.TypePackageCreated, store.SubjectKindPackage, id, "bench", payload); err != nil {
+			b.Fatal(err)
+		}
+		rows[i] = r
+	}
+	values := func(cols, perRow int, extra string) string {
+		var sb strings.Builder
+		for r := range perTx {
+			if r > 0 {
+				sb.WriteString(", ")
+			}
+			sb.WriteString("(")
+			for c := range perRow {
+				if c > 0 {
+					sb.WriteString(", ")
+				}
+				fmt.Fprintf(&sb, "$%d", r*perRow+c+1)
+			}
+			sb.WriteString(extra + ")")
+		}
+		return sb.String()
+	}
+	insEvents := "INSERT INTO raw_events" + suffix + " (sequence, event_type, subject_kind, subject_id, actor, payload, payload_digest, created_at) VALUES " + values(7, 7, ", now()")
+	insCommands := "INSERT INTO raw_commands" + suffix + " (command_id, sequence) VALUES " + values(2, 2, "")
+	insIndex := "INSERT INTO raw_package_index" + suffix + " (package_id, name, version, status) VALUES " + values(3, 3, ", 'open'")
+	var next atomic.Int64
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	var wg conc.WaitGroup
+	for _, conn := range pool {
+		wg.Go(func() {
+			for {
+				from := next.Add(perTx) - perTx
+				if from >= int64(len(rows)) {
+					return
+				}
+				var ev, cmd, idx []any
+				for i := from; i < from+perTx; i++ {
+					r := rows[i]
+					ev = append(ev, i+1, r.ev.Type, r.ev.SubjectKind, r.ev.SubjectID, r.ev.Actor, r.ev.Payload, r.ev.PayloadDigest[:])
+					cmd = append(cmd, r.commandID, i+1)
+					idx = append(idx, r.ev.SubjectID, "raw", r.version)
+				}
+				batch := &pgx.Batch{}
+				batch.Queue("begin")
+				batch.Queue(insCommands, cmd...)
+				batch.Queue(insIndex, idx...)
+				batch.Queue(insEvents, ev...)
+				batch.Queue("commit")
+				if err := conn.SendBatch(ctx, batch).Close(); err != nil {
+					b.Errorf("raw insert: %v", err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	rate := float64(len(rows)) / elapsed.Seconds()
+	b.ReportMetric(rate, "cmds/s")
 	return rate
 }
