@@ -19,7 +19,9 @@
 // # Requests
 //
 // Requests are single JSON objects of at most [MaxRequestBytes], decoded
-// strictly: unknown fields and trailing data are invalid_argument.
+// strictly (JSON v2 semantics): unknown fields, a field given twice, a key
+// that matches a field only when case is ignored, invalid UTF-8 and
+// trailing data are invalid_argument.
 //
 //   - name: 1..128 characters from A-Z a-z 0-9 - _, starting with a letter
 //     or digit (a single NATS subject token).
@@ -42,23 +44,35 @@
 // transaction that appends its event: (name, version) is unique (conflict),
 // finalizing an unknown package is not_found, finalizing twice is a
 // conflict. A command_id seen before returns the first reply and appends
-// nothing; the reply is stored in the same transaction as the event. A
-// rejected command writes nothing, not even its command_id.
+// nothing; the command id is recorded with its event's sequence in the
+// same transaction as the event, and a retry's reply is rebuilt from that
+// event, byte for byte. A rejected command writes nothing, not even its
+// command_id.
 //
 // # Group commit
 //
 // Handlers only decode and validate; accepted commands go to a queue that
 // Config.Committers committers drain, each taking up to Config.MaxBatch
-// commands (lingering at most Config.BatchDelay) into one transaction:
+// commands (lingering at most Config.BatchDelay) into one transaction of
+// two pipelined round trips on PostgreSQL:
 //
-//	requests ─▶ decode, validate ─▶ queue ─▶ committer: BEGIN
-//	                                           1. claim command ids (sorted)
-//	                                           2. claim (name, version) (sorted)
-//	                                           3. finalize package ids (sorted)
-//	                                           4. release ids of rejected commands
-//	                                           5. Append accepted events (log_head lock)
-//	                                           6. store replies of idempotent commands
-//	                                         COMMIT ─▶ one reply per command
+//	requests ─▶ decode, validate ─▶ queue ─▶ committer:
+//	  round trip 1 (ClaimAll):       BEGIN
+//	                                 claim command ids (sorted)
+//	                                 claim (name, version) of creates (sorted)
+//	                                 finalize package ids (sorted)
+//	  decide each command in Go (seen before, conflict, not found, accepted)
+//	  round trip 2 (AppendCommands): release ids of rejected commands
+//	                                 Append accepted events (log_head lock)
+//	                                 record command id → sequence
+//	                                 NOTIFY, COMMIT ─▶ one reply per command
+//
+// The log_head lock, which serialises every appending transaction, is held
+// for the second round trip only. Creates and finalizes run before the
+// seen command ids are known; a seen id's create or finalize changes
+// nothing unless the id was reused for another package, and then the
+// batch is decided again without it. On SQLite the same steps run one
+// statement per row and COMMIT follows.
 //
 // Each command is decided on its own (the store's claims never abort the
 // transaction), so one bad command does not fail the others. Locks are taken

@@ -33,12 +33,21 @@
 // restart keeps it; a heartbeat that fails (the bucket lost anyway, say
 // a memory-storage one older workers created, or deleted) creates it
 // again and beats once more, so partitions released while the members
-// lapsed are taken back as soon as NATS is back. Partitions are spread round-robin over the sorted
-// member ids, so every worker computes the same assignment: a worker that
-// joins takes its share within one heartbeat, a worker that dies (its key
-// expires) has its partitions taken over by the survivors. A worker that
-// releases a partition finishes its in-flight batch, naks what it holds
-// and unpins the consumer so the new owner starts at once.
+// lapsed are taken back as soon as NATS is back. Partitions are spread
+// round-robin over the sorted member ids, so every worker computes the
+// same assignment: a worker that joins takes its share within one
+// heartbeat, a worker that dies (its key expires) has its partitions taken
+// over by the survivors. A member counts until two listings in a row miss
+// it: a listing can miss a live member whose heartbeat replaced its value
+// while the listing ran, and each such flap moved partitions away and back.
+//
+// A worker that releases a partition (a rebalance, or its own shutdown)
+// pulls no more, finishes the fetch it has in flight — applying and acking
+// every message delivered to it — and unpins the consumer, so the new
+// owner starts right after the last ack. Cutting the fetch short would
+// drop messages the server had already sent, which come back only after
+// AckWait and hold the partition back that long
+// (TestHandOverWithoutAckWait).
 //
 // Why not orbit.go pcgroups: its static groups have a fixed member list
 // (partitions only fail over between instances of the same member name,
@@ -128,5 +137,6 @@
 //     milliseconds after creating it; the first events wait that long.
 //   - Rebalancing is round-robin over the sorted member ids: a join or a
 //     death moves several partitions, and a partition whose previous owner
-//     died resumes after the dead owner's messages' AckWait.
+//     died (rather than handing it over) resumes after the dead owner's
+//     messages' AckWait.
 package projector
