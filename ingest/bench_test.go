@@ -138,24 +138,32 @@ func reportLatency(b *testing.B, lat []time.Duration) {
 	b.ReportMetric(q(0.99), "p99-ms")
 }
 
-// rawInsert inserts b.N event rows of the shape ingest appends into a copy
-// of the events table, 100 rows per INSERT over 4 connections, and returns
-// the rows/s it reached.
-func rawInsert(b *testing.B, url, schema string) float64 {
+// rawConns opens the raw baselines' 4 connections to schema, closed when
+// the benchmark ends.
+func rawConns(b *testing.B, url, schema string) []*pgx.Conn {
 	ctx := context.Background()
 	cfg, err := pgx.ParseConfig(url)
 	if err != nil {
 		b.Fatal(err)
 	}
 	cfg.RuntimeParams["search_path"] = schema
-	const conns, perStmt = 4, 100
-	pool := make([]*pgx.Conn, conns)
+	pool := make([]*pgx.Conn, 4)
 	for i := range pool {
 		if pool[i], err = pgx.ConnectConfig(ctx, cfg); err != nil {
 			b.Fatal(err)
 		}
-		defer pool[i].Close(ctx)
+		b.Cleanup(func() { pool[i].Close(ctx) })
 	}
+	return pool
+}
+
+// rawInsert inserts b.N event rows of the shape ingest appends into a copy
+// of the events table, 100 rows per INSERT over 4 connections, and returns
+// the rows/s it reached.
+func rawInsert(b *testing.B, url, schema string) float64 {
+	ctx := context.Background()
+	const perStmt = 100
+	pool := rawConns(b, url, schema)
 	table := fmt.Sprintf("raw_events_%d", time.Now().UnixNano())
 	if _, err := pool[0].Exec(ctx, "CREATE TABLE "+table+" (LIKE events INCLUDING ALL)"); err != nil {
 		b.Fatal(err)
@@ -167,6 +175,7 @@ func rawInsert(b *testing.B, url, schema string) float64 {
 		id := uuid.Must(uuid.NewV7()).String()
 		payload, _ := json.Marshal(store.PackageCreated{PackageID: id, Name: "raw", Version: fmt.Sprint(i),
 			Retention: store.RetentionPolicy{Policy: store.RetentionKeepForever}})
+		var err error
 		if events[i], err = store.NewEvent(store.TypePackageCreated, store.SubjectKindPackage, id, "bench", payload); err != nil {
 			b.Fatal(err)
 		}
@@ -221,19 +230,8 @@ func rawInsert(b *testing.B, url, schema string) float64 {
 // accepted create writes, where rawInsert counts the event rows alone.
 func rawCommandRows(b *testing.B, url, schema string) float64 {
 	ctx := context.Background()
-	cfg, err := pgx.ParseConfig(url)
-	if err != nil {
-		b.Fatal(err)
-	}
-	cfg.RuntimeParams["search_path"] = schema
-	const conns, perTx = 4, 100
-	pool := make([]*pgx.Conn, conns)
-	for i := range pool {
-		if pool[i], err = pgx.ConnectConfig(ctx, cfg); err != nil {
-			b.Fatal(err)
-		}
-		defer pool[i].Close(ctx)
-	}
+	const perTx = 100
+	pool := rawConns(b, url, schema)
 	suffix := fmt.Sprintf("_%d", time.Now().UnixNano())
 	for _, t := range []string{"events", "commands", "package_index"} {
 		if _, err := pool[0].Exec(ctx, "CREATE TABLE raw_"+t+suffix+" (LIKE "+t+" INCLUDING ALL)"); err != nil {
@@ -251,6 +249,7 @@ func rawCommandRows(b *testing.B, url, schema string) float64 {
 		r := row{commandID: uuid.NewString(), version: fmt.Sprint(i)}
 		payload, _ := json.Marshal(store.PackageCreated{PackageID: id, Name: "raw", Version: r.version,
 			Retention: store.RetentionPolicy{Policy: store.RetentionKeepForever}})
+		var err error
 		if r.ev, err = store.NewEvent(store.TypePackageCreated, store.SubjectKindPackage, id, "bench", payload); err != nil {
 			b.Fatal(err)
 		}
