@@ -57,7 +57,7 @@ type Config struct {
 	// stopped pulling (10s).
 	PinnedTTL time.Duration
 	// MemberTTL is how long a worker stays a member without a heartbeat
-	// (10s); heartbeats go every MemberTTL/3. It is the members bucket's
+	// (10s); heartbeats go every MemberTTL/3, at most a second apart. It is the members bucket's
 	// TTL when this worker creates the bucket; an existing bucket keeps its
 	// own, so give every worker the same value.
 	MemberTTL time.Duration
@@ -98,6 +98,12 @@ type hooks struct {
 }
 
 var workerIDRe = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// heartbeatInterval is how often a worker beats and reads the members:
+// MemberTTL/3, but at least every second, because a partition that moves
+// is unowned from the moment its old owner sees the new membership until
+// the new owner sees it too.
+func (c *Config) heartbeatInterval() time.Duration { return min(c.MemberTTL/3, time.Second) }
 
 func (c *Config) setDefaults() {
 	if c.Projection == "" {

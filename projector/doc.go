@@ -28,7 +28,9 @@
 // # Membership and assignment
 //
 // Workers heartbeat into a KV bucket (ARTIFACTSTORE_PROJECTORS, TTL =
-// MemberTTL) under <projection>.<worker id> every MemberTTL/3 and list the
+// MemberTTL) under <projection>.<worker id> every MemberTTL/3 (at most a
+// second apart: a moving partition is unowned between the moments its old
+// and its new owner see the change) and list the
 // live members each time. The bucket has file storage, so a nats-server
 // restart keeps it; a heartbeat that fails (the bucket lost anyway, say
 // a memory-storage one older workers created, or deleted) creates it

@@ -149,7 +149,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		_ = kv.Delete(dctx, memberKey)
 	}()
 
-	tick := time.NewTicker(w.cfg.MemberTTL / 3)
+	tick := time.NewTicker(w.cfg.heartbeatInterval())
 	defer tick.Stop()
 	var hbErr error
 	var prevMembers []string
