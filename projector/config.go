@@ -57,9 +57,9 @@ type Config struct {
 	// stopped pulling (10s).
 	PinnedTTL time.Duration
 	// MemberTTL is how long a worker stays a member without a heartbeat
-	// (10s); heartbeats go every MemberTTL/3, at most a second apart. It is the members bucket's
-	// TTL when this worker creates the bucket; an existing bucket keeps its
-	// own, so give every worker the same value.
+	// (10s); heartbeats go every MemberTTL/3, at most a second apart. It
+	// is the members bucket's TTL when this worker creates the bucket; an
+	// existing bucket keeps its own, so give every worker the same value.
 	MemberTTL time.Duration
 	// FetchWait is the longest a pull request waits for messages (1s).
 	FetchWait time.Duration

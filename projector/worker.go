@@ -81,8 +81,8 @@ func (w *Worker) ID() string { return w.cfg.WorkerID }
 // partition consumers and the members bucket. When ctx ends (or a
 // rebalance moves a partition away) it pulls no more, finishes the fetch
 // in flight — applying and acking every message delivered to it — and
-// unpins, within ShutdownTimeout; then it leaves the group and returns nil. A lost NATS
-// connection (closed) returns its error.
+// unpins, within ShutdownTimeout; then it leaves the group and returns
+// nil. A lost NATS connection (closed) returns its error.
 func (w *Worker) Run(ctx context.Context) error {
 	if err := w.setup(ctx); err != nil {
 		if ctx.Err() != nil {
@@ -134,7 +134,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			select {
 			case <-owned[p].done:
 			case <-deadline.C:
-				stopPartitions(slices.Collect(maps.Keys(owned)))
+				stopPartitions(ps)
 				return
 			}
 		}
