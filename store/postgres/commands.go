@@ -19,10 +19,10 @@ import (
 // given, so a caller that passes sorted keys takes its locks in a global
 // order. Rows of the growing tables are found by primary key — one
 // statement each (pipelined), or through ON CONFLICT on it — never by
-// joining unnest() or by "= ANY($1)": prepared
-// on a fresh log, such plans stay sequential scans until the next ANALYZE
-// (4.8 ms for 21 rows at 40k rows; an "= ANY" update of commands cut
-// BenchmarkIngest from 10k to 0.9k commands/s).
+// joining unnest() or by "= ANY($1)": prepared on a fresh log, such plans
+// stay sequential scans until the next ANALYZE (4.8 ms for 21 rows at 40k
+// rows; an "= ANY" update of commands cut BenchmarkIngest from 10k to 0.9k
+// commands/s).
 
 // ClaimAll claims command ids, records new packages and finalizes
 // packages, in that order, in one round trip. claimed[i] reports whether
