@@ -4,62 +4,46 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/artifactstore/artifactstore/relay"
 	"github.com/artifactstore/artifactstore/store"
 )
 
-// Stream headers (see DESIGN.md, "The events stream").
+// Stream headers (see DESIGN.md, "The events stream"): the relay's.
 const (
-	HeaderSequence      = "Artifactstore-Sequence"
-	HeaderEventType     = "Artifactstore-Event-Type"
-	HeaderSubjectKind   = "Artifactstore-Subject-Kind"
-	HeaderSubjectID     = "Artifactstore-Subject-Id"
-	HeaderActor         = "Artifactstore-Actor"
-	HeaderPayloadDigest = "Artifactstore-Payload-Digest"
-	HeaderCreatedAt     = "Artifactstore-Created-At"
-	HeaderLogID         = "Artifactstore-Log-Id"
+	HeaderSequence      = relay.HeaderSequence
+	HeaderEventType     = relay.HeaderEventType
+	HeaderSubjectKind   = relay.HeaderSubjectKind
+	HeaderSubjectID     = relay.HeaderSubjectID
+	HeaderActor         = relay.HeaderActor
+	HeaderPayloadDigest = relay.HeaderPayloadDigest
+	HeaderCreatedAt     = relay.HeaderCreatedAt
+	HeaderLogID         = relay.HeaderLogID
 )
 
-// Decode rebuilds the event a stream message carries from its headers and
-// body, and checks it: a valid event whose payload matches its digest,
-// carried on the subject its type and subject id give (public or
-// partitioned form), from the log logID (unchecked when empty).
+// Decode rebuilds the event a stream message carries, on its public
+// subject or on the derived stream's partitioned form of it
+// (artifactstore.partitioned.<p>.<type>.<subject id>), with the relay's
+// own checks (relay.Decode: every header once and consistent with the
+// subject, Nats-Msg-Id and body), and checks that it comes from the log
+// logID (unchecked when empty).
 func Decode(subject string, h nats.Header, body []byte, logID string) (store.Event, error) {
-	seq, err := strconv.ParseInt(h.Get(HeaderSequence), 10, 64)
-	if err != nil || seq <= 0 {
-		return store.Event{}, fmt.Errorf("projector: bad %s header %q", HeaderSequence, h.Get(HeaderSequence))
+	public := subject
+	if rest, ok := strings.CutPrefix(subject, partitionedPrefix); ok {
+		p, tail, ok := strings.Cut(rest, ".")
+		if _, err := strconv.ParseUint(p, 10, 16); !ok || err != nil {
+			return store.Event{}, fmt.Errorf("projector: subject %q has no partition token", subject)
+		}
+		public = relay.SubjectPrefix + tail
 	}
-	if logID != "" && h.Get(HeaderLogID) != logID {
-		return store.Event{}, fmt.Errorf("%w: event %d is from log %q, not %q", ErrStreamMismatch, seq, h.Get(HeaderLogID), logID)
-	}
-	digest, err := store.ParseDigest(h.Get(HeaderPayloadDigest))
+	e, from, err := relay.Decode(public, h, body)
 	if err != nil {
-		return store.Event{}, fmt.Errorf("projector: event %d: %s: %w", seq, HeaderPayloadDigest, err)
+		return store.Event{}, fmt.Errorf("projector: %w", err)
 	}
-	at, err := time.Parse(time.RFC3339Nano, h.Get(HeaderCreatedAt))
-	if err != nil {
-		return store.Event{}, fmt.Errorf("projector: event %d: %s: %w", seq, HeaderCreatedAt, err)
-	}
-	e := store.Event{
-		Sequence:      seq,
-		Type:          h.Get(HeaderEventType),
-		SubjectKind:   h.Get(HeaderSubjectKind),
-		SubjectID:     h.Get(HeaderSubjectID),
-		Actor:         h.Get(HeaderActor),
-		Payload:       body,
-		PayloadDigest: digest,
-		CreatedAt:     at.UTC(),
-	}
-	if err := e.Validate(0); err != nil {
-		return store.Event{}, fmt.Errorf("projector: event %d: %w", seq, err)
-	}
-	suffix := "." + e.Type + "." + e.SubjectID
-	if subject != e.Subject() && !(strings.HasPrefix(subject, partitionedPrefix) && strings.HasSuffix(subject, suffix) &&
-		!strings.Contains(strings.TrimSuffix(strings.TrimPrefix(subject, partitionedPrefix), suffix), ".")) {
-		return store.Event{}, fmt.Errorf("projector: event %d: subject %q does not match type %q and subject id %q", seq, subject, e.Type, e.SubjectID)
+	if logID != "" && from != logID {
+		return store.Event{}, fmt.Errorf("%w: event %d is from log %q, not %q", ErrStreamMismatch, e.Sequence, from, logID)
 	}
 	return e, nil
 }

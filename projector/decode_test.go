@@ -32,6 +32,9 @@ func TestDecodeRoundTrip(t *testing.T) {
 		"bad time":        {ev.Subject(), "log1", func(h nats.Header) { h.Set(HeaderCreatedAt, "yesterday") }},
 		"wrong subject":   {"artifactstore.events.v1.package.created.pkg-2", "log1", func(nats.Header) {}},
 		"dotted token":    {partitionedPrefix + "3.x." + ev.Type + "." + ev.SubjectID, "log1", func(nats.Header) {}},
+		"no partition":    {partitionedPrefix + ev.Type + "." + ev.SubjectID, "log1", func(nats.Header) {}},
+		"other msg id":    {ev.Subject(), "log1", func(h nats.Header) { h.Set(nats.MsgIdHdr, "log1-43") }},
+		"header twice":    {ev.Subject(), "log1", func(h nats.Header) { h.Add(HeaderActor, "other") }},
 		"missing actor":   {ev.Subject(), "log1", func(h nats.Header) { h.Del(HeaderActor) }},
 		"bad event type":  {ev.Subject(), "log1", func(h nats.Header) { h.Set(HeaderEventType, "created") }},
 		"missing subject": {ev.Subject(), "log1", func(h nats.Header) { h.Del(HeaderSubjectID) }},
@@ -65,6 +68,7 @@ func FuzzDecode(f *testing.F) {
 		h.Set(HeaderPayloadDigest, digest)
 		h.Set(HeaderCreatedAt, at)
 		h.Set(HeaderLogID, "L")
+		h.Set(nats.MsgIdHdr, "L-"+seq)
 		got, err := Decode(subject, h, body, "L")
 		if err != nil {
 			return

@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/artifactstore/artifactstore/internal/testenv"
+	"github.com/artifactstore/artifactstore/relay"
 	"github.com/artifactstore/artifactstore/store"
 	"github.com/artifactstore/artifactstore/store/storetest"
 )
@@ -106,20 +107,7 @@ func (e *env) relayExcept(t testing.TB, skip int64) int64 {
 	}
 }
 
-func eventMsg(ev store.Event, logID string) *nats.Msg {
-	m := nats.NewMsg(ev.Subject())
-	m.Data = ev.Payload
-	m.Header.Set(nats.MsgIdHdr, store.MsgID(logID, ev.Sequence))
-	m.Header.Set(HeaderSequence, strconv.FormatInt(ev.Sequence, 10))
-	m.Header.Set(HeaderEventType, ev.Type)
-	m.Header.Set(HeaderSubjectKind, ev.SubjectKind)
-	m.Header.Set(HeaderSubjectID, ev.SubjectID)
-	m.Header.Set(HeaderActor, ev.Actor)
-	m.Header.Set(HeaderPayloadDigest, ev.PayloadDigest.String())
-	m.Header.Set(HeaderCreatedAt, ev.CreatedAt.UTC().Format(time.RFC3339Nano))
-	m.Header.Set(HeaderLogID, logID)
-	return m
-}
+func eventMsg(ev store.Event, logID string) *nats.Msg { return relay.Encode(logID, ev) }
 
 // appendPackages appends, for packages [from, to), a created event each,
 // then a finalized event for every other one, in transactions of 250.
