@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/nats-io/nats.go"
 )
@@ -17,6 +18,7 @@ type natsAuth struct {
 	NATSTLSCA    string `name:"nats-tls-ca" env:"ARTIFACTSTORE_NATS_TLS_CA" type:"existingfile" help:"CA certificate(s) to verify the NATS server."`
 	NATSTLSCert  string `name:"nats-tls-cert" env:"ARTIFACTSTORE_NATS_TLS_CERT" type:"existingfile" help:"Client certificate for NATS mutual TLS."`
 	NATSTLSKey   string `name:"nats-tls-key" env:"ARTIFACTSTORE_NATS_TLS_KEY" type:"existingfile" help:"Client key for NATS mutual TLS."`
+	NATSInbox    string `name:"nats-inbox-prefix" env:"ARTIFACTSTORE_NATS_INBOX_PREFIX" help:"Prefix of this process's reply subjects (default _INBOX). Give each NATS user its own and allow it to subscribe to that prefix only, so that no user can read another's replies."`
 }
 
 // options returns the nats.go options the flags ask for.
@@ -46,6 +48,12 @@ func (a natsAuth) options() ([]nats.Option, error) {
 	}
 	if a.NATSTLSCert != "" {
 		opts = append(opts, nats.ClientCert(a.NATSTLSCert, a.NATSTLSKey))
+	}
+	if a.NATSInbox != "" {
+		if a.NATSInbox != strings.TrimSpace(a.NATSInbox) || strings.ContainsAny(a.NATSInbox, "*> \t") || strings.HasSuffix(a.NATSInbox, ".") {
+			return nil, fmt.Errorf("--nats-inbox-prefix %q: want subject tokens without wildcards or a trailing dot, such as _INBOX_ingest", a.NATSInbox)
+		}
+		opts = append(opts, nats.CustomInboxPrefix(a.NATSInbox))
 	}
 	return opts, nil
 }

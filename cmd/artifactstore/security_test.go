@@ -128,8 +128,12 @@ func migrateUp(t *testing.T, dbURL string) {
 // natsEnv is the environment a process uses to log in as user.
 func natsEnv(t *testing.T, natsURL, user string) []string {
 	return []string{"ARTIFACTSTORE_NATS_URL=" + natsURL, "ARTIFACTSTORE_NATS_USER=" + user,
-		"ARTIFACTSTORE_NATS_PASSWORD=" + deployUsers(t)[user]}
+		"ARTIFACTSTORE_NATS_PASSWORD=" + deployUsers(t)[user], "ARTIFACTSTORE_NATS_INBOX_PREFIX=" + inboxPrefix(user)}
 }
+
+// inboxPrefix is the reply subject prefix user may subscribe to in the
+// shipped NATS config.
+func inboxPrefix(user string) string { return "_INBOX_" + user }
 
 // syncBuffer is a bytes.Buffer safe to read while a process writes it.
 type syncBuffer struct {
@@ -214,6 +218,7 @@ func connectAs(t *testing.T, natsURL, user string) (*nats.Conn, *asyncErrors) {
 	t.Helper()
 	errs := &asyncErrors{}
 	nc, err := nats.Connect(natsURL, nats.UserInfo(user, deployUsers(t)[user]), nats.Timeout(5*time.Second),
+		nats.CustomInboxPrefix(inboxPrefix(user)),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs.add(err) }))
 	require.NoError(t, err, "connecting as %s", user)
 	t.Cleanup(nc.Close)
@@ -232,12 +237,16 @@ func (a *asyncErrors) add(err error) {
 }
 
 // violation reports whether the server refused a publish to subject.
-func (a *asyncErrors) violation(subject string) bool {
+func (a *asyncErrors) violation(subject string) bool { return a.refused("Publish", subject) }
+
+// refused reports whether the server refused op ("Publish" or
+// "Subscription") on subject.
+func (a *asyncErrors) refused(op, subject string) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, err := range a.errs {
 		if errors.Is(err, nats.ErrPermissionViolation) &&
-			strings.Contains(err.Error(), fmt.Sprintf("Publish to %q", subject)) {
+			strings.Contains(err.Error(), fmt.Sprintf("%s to %q", op, subject)) {
 			return true
 		}
 	}
@@ -402,6 +411,27 @@ func TestSecurityServicesWithLeastPrivilege(t *testing.T) {
 			requireDenied(t, nc, errs, "projector", "$JS.API.STREAM.PURGE.ARTIFACTSTORE_EVENTS")
 			requireDenied(t, nc, errs, "projector", "$JS.API.STREAM.DELETE.ARTIFACTSTORE_EVENTS")
 			requireDenied(t, nc, errs, "projector", "$JS.API.STREAM.PURGE.ARTIFACTSTORE_EVENTS_P8")
+		})
+
+		t.Run("NATSPermissionNoUserReadsAnothersReplies", func(t *testing.T) {
+			t.Parallel()
+			// A client listening on the shared inbox, or on another
+			// user's, would see their replies: JetStream API answers and
+			// the events delivered to the projectors and readers.
+			nc, errs := connectAs(t, natsURL, "client")
+			for _, subject := range []string{"_INBOX.>", inboxPrefix("reader") + ".>", inboxPrefix("projector") + ".>", ">"} {
+				sub, err := nc.SubscribeSync(subject)
+				require.NoError(t, err)
+				require.NoError(t, nc.Flush())
+				testenv.Eventually(t, 10*time.Second, func() bool { return errs.refused("Subscription", subject) },
+					"the server to refuse the client's subscription to %s", subject)
+				_ = sub.Unsubscribe()
+			}
+			// Its own replies still reach it, on its own prefix.
+			msg, err := nc.Request(ingest.SubjectGet, []byte(`{"package_id":"`+created.PackageID+`"}`), 30*time.Second)
+			require.NoError(t, err)
+			require.True(t, strings.HasPrefix(msg.Subject, inboxPrefix("client")+"."), "reply on %s", msg.Subject)
+			require.Contains(t, string(msg.Data), created.PackageID)
 		})
 
 		t.Run("NATSPermissionWrongCredentialsFailFast", func(t *testing.T) {
@@ -595,5 +625,17 @@ func TestSecretsNeverInOutput(t *testing.T) {
 				require.NotContains(t, out, s, "a secret leaked (exit %d):\n%s", r.code, out)
 			}
 		})
+	}
+}
+
+// TestNATSInboxPrefixRejectsWildcards: a prefix that could not be a reply
+// subject's first tokens is refused before connecting, naming the flag.
+func TestNATSInboxPrefixRejectsWildcards(t *testing.T) {
+	t.Parallel()
+	for _, prefix := range []string{"_INBOX_x.*", "_INBOX_x.>", "_INBOX_x.", " _INBOX_x"} {
+		r := runBinary(t, 30*time.Second, []string{"ARTIFACTSTORE_NATS_URL=nats://127.0.0.1:1", "ARTIFACTSTORE_NATS_INBOX_PREFIX=" + prefix},
+			"package", "get", "some-id")
+		require.NotEqual(t, 0, r.code, "prefix %q", prefix)
+		require.Contains(t, r.stderr, "--nats-inbox-prefix", "prefix %q: %s", prefix, r.stderr)
 	}
 }
