@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -237,6 +239,60 @@ func maxTime(a, b time.Time) time.Time {
 	return a
 }
 
+// waitAssigned waits until the projectors have settled their membership:
+// the partitions they own add up to the partition count, each owning some,
+// for a second on end. A benchmark measures the steady state; partitions
+// moving while the first commands flow show up as a rebalance, not as the
+// pipeline's latency.
+func waitAssigned(b *testing.B, e *env) {
+	b.Helper()
+	client := &http.Client{Timeout: 2 * time.Second}
+	owned := func(p *proc) int {
+		resp, err := client.Get(strings.TrimSuffix(p.health, "/readyz") + "/metrics")
+		if err != nil {
+			return -1
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return -1
+		}
+		for _, line := range strings.Split(string(body), "\n") {
+			if strings.HasPrefix(line, "artifactstore_projector_owned_partitions{") {
+				f := strings.Fields(line)
+				n, err := strconv.ParseFloat(f[len(f)-1], 64)
+				if err != nil {
+					return -1
+				}
+				return int(n)
+			}
+		}
+		return -1
+	}
+	settled := func() bool {
+		total := 0
+		for _, p := range e.projectors {
+			n := owned(p)
+			if n <= 0 {
+				return false
+			}
+			total += n
+		}
+		return total == e.opts.partitions
+	}
+	var since time.Time // when the assignment was first seen settled
+	testenv.Eventually(b, time.Minute, func() bool {
+		if !settled() {
+			since = time.Time{}
+			return false
+		}
+		if since.IsZero() {
+			since = time.Now()
+		}
+		return time.Since(since) >= time.Second // still so a heartbeat later
+	}, "the projectors to share the %d partitions", e.opts.partitions)
+}
+
 // BenchmarkEndToEnd starts PostgreSQL, a nats-server and the services as
 // processes (ingest ×2, relay ×2, projector ×3), drives create-then-finalize
 // commands from 64 concurrent clients, and reports throughput and latency
@@ -253,6 +309,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 	pg := newPG(b)
 	e := startEnv(b, pg, "bench", envOptions{logLevel: "warn", ackWait: "30s"})
 	b.Logf("machine: %s", machine())
+	waitAssigned(b, e)
 
 	b.Run("throughput", func(b *testing.B) {
 		b.ReportAllocs()
