@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/artifactstore/artifactstore/internal/wire"
 	"github.com/artifactstore/artifactstore/store"
 )
 
@@ -301,8 +302,8 @@ func (w *Worker) handle(ctx context.Context, st *partition, msgs []jetstream.Msg
 			err = fmt.Errorf("%w: event %d of subject %s delivered to partition %d", ErrStreamMismatch, e.Sequence, e.SubjectID, st.p)
 		}
 		if err != nil {
-			seq, _ := strconv.ParseInt(m.Headers().Get(HeaderSequence), 10, 64)
-			return held, w.park(wctx, st, store.ParkedPoison, seq, m.Headers().Get(HeaderEventType), err, 1, msgs)
+			seq, _ := strconv.ParseInt(m.Headers().Get(wire.HeaderSequence), 10, 64)
+			return held, w.park(wctx, st, store.ParkedPoison, seq, m.Headers().Get(wire.HeaderEventType), err, 1, msgs)
 		}
 		if md, err := m.Metadata(); err == nil {
 			pending = md.NumPending
@@ -668,9 +669,9 @@ func (w *Worker) firstHeld(ctx context.Context) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("first stream message: %w", err)
 	}
-	seq, err := strconv.ParseInt(m.Header.Get(HeaderSequence), 10, 64)
+	seq, err := strconv.ParseInt(m.Header.Get(wire.HeaderSequence), 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("first stream message: bad %s header", HeaderSequence)
+		return 0, fmt.Errorf("first stream message: bad %s header", wire.HeaderSequence)
 	}
 	return seq, nil
 }

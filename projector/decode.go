@@ -7,28 +7,17 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/artifactstore/artifactstore/relay"
+	"github.com/artifactstore/artifactstore/internal/wire"
 	"github.com/artifactstore/artifactstore/store"
-)
-
-// Stream headers (see DESIGN.md, "The events stream"): the relay's.
-const (
-	HeaderSequence      = relay.HeaderSequence
-	HeaderEventType     = relay.HeaderEventType
-	HeaderSubjectKind   = relay.HeaderSubjectKind
-	HeaderSubjectID     = relay.HeaderSubjectID
-	HeaderActor         = relay.HeaderActor
-	HeaderPayloadDigest = relay.HeaderPayloadDigest
-	HeaderCreatedAt     = relay.HeaderCreatedAt
-	HeaderLogID         = relay.HeaderLogID
 )
 
 // Decode rebuilds the event a stream message carries, on its public
 // subject or on the derived stream's partitioned form of it
-// (artifactstore.partitioned.<p>.<type>.<subject id>), with the relay's
-// own checks (relay.Decode: every header once and consistent with the
-// subject, Nats-Msg-Id and body), and checks that it comes from the log
-// logID (unchecked when empty).
+// (artifactstore.partitioned.<p>.<type>.<subject id>), with the checks of
+// the stream contract that the relay writes and the client reads
+// (wire.Decode: every header once and consistent with the subject,
+// Nats-Msg-Id and body), and checks that it comes from the log logID
+// (unchecked when empty).
 func Decode(subject string, h nats.Header, body []byte, logID string) (store.Event, error) {
 	public := subject
 	if rest, ok := strings.CutPrefix(subject, partitionedPrefix); ok {
@@ -36,9 +25,9 @@ func Decode(subject string, h nats.Header, body []byte, logID string) (store.Eve
 		if _, err := strconv.ParseUint(p, 10, 16); !ok || err != nil {
 			return store.Event{}, fmt.Errorf("projector: subject %q has no partition token", subject)
 		}
-		public = relay.SubjectPrefix + tail
+		public = wire.SubjectPrefix + tail
 	}
-	e, from, err := relay.Decode(public, h, body)
+	e, from, err := wire.Decode(public, h, body)
 	if err != nil {
 		return store.Event{}, fmt.Errorf("projector: %w", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
 
+	"github.com/artifactstore/artifactstore/internal/wire"
 	"github.com/artifactstore/artifactstore/store"
 )
 
@@ -26,18 +27,18 @@ func TestDecodeRoundTrip(t *testing.T) {
 		edit           func(nats.Header)
 	}{
 		"other log":       {ev.Subject(), "log2", func(nats.Header) {}},
-		"bad sequence":    {ev.Subject(), "log1", func(h nats.Header) { h.Set(HeaderSequence, "x") }},
-		"zero sequence":   {ev.Subject(), "log1", func(h nats.Header) { h.Set(HeaderSequence, "0") }},
-		"bad digest":      {ev.Subject(), "log1", func(h nats.Header) { h.Set(HeaderPayloadDigest, store.DigestOf(nil).String()) }},
-		"bad time":        {ev.Subject(), "log1", func(h nats.Header) { h.Set(HeaderCreatedAt, "yesterday") }},
+		"bad sequence":    {ev.Subject(), "log1", func(h nats.Header) { h.Set(wire.HeaderSequence, "x") }},
+		"zero sequence":   {ev.Subject(), "log1", func(h nats.Header) { h.Set(wire.HeaderSequence, "0") }},
+		"bad digest":      {ev.Subject(), "log1", func(h nats.Header) { h.Set(wire.HeaderPayloadDigest, store.DigestOf(nil).String()) }},
+		"bad time":        {ev.Subject(), "log1", func(h nats.Header) { h.Set(wire.HeaderCreatedAt, "yesterday") }},
 		"wrong subject":   {"artifactstore.events.v1.package.created.pkg-2", "log1", func(nats.Header) {}},
 		"dotted token":    {partitionedPrefix + "3.x." + ev.Type + "." + ev.SubjectID, "log1", func(nats.Header) {}},
 		"no partition":    {partitionedPrefix + ev.Type + "." + ev.SubjectID, "log1", func(nats.Header) {}},
 		"other msg id":    {ev.Subject(), "log1", func(h nats.Header) { h.Set(nats.MsgIdHdr, "log1-43") }},
-		"header twice":    {ev.Subject(), "log1", func(h nats.Header) { h.Add(HeaderActor, "other") }},
-		"missing actor":   {ev.Subject(), "log1", func(h nats.Header) { h.Del(HeaderActor) }},
-		"bad event type":  {ev.Subject(), "log1", func(h nats.Header) { h.Set(HeaderEventType, "created") }},
-		"missing subject": {ev.Subject(), "log1", func(h nats.Header) { h.Del(HeaderSubjectID) }},
+		"header twice":    {ev.Subject(), "log1", func(h nats.Header) { h.Add(wire.HeaderActor, "other") }},
+		"missing actor":   {ev.Subject(), "log1", func(h nats.Header) { h.Del(wire.HeaderActor) }},
+		"bad event type":  {ev.Subject(), "log1", func(h nats.Header) { h.Set(wire.HeaderEventType, "created") }},
+		"missing subject": {ev.Subject(), "log1", func(h nats.Header) { h.Del(wire.HeaderSubjectID) }},
 	} {
 		h := nats.Header{}
 		for k, v := range m.Header {
@@ -56,18 +57,18 @@ func FuzzDecode(f *testing.F) {
 	}
 	ev.Sequence, ev.CreatedAt = 7, time.Unix(1700000000, 123456000).UTC()
 	m := eventMsg(ev, "L")
-	f.Add(m.Subject, "7", ev.Type, ev.SubjectKind, ev.SubjectID, ev.Actor, ev.PayloadDigest.String(), m.Header.Get(HeaderCreatedAt), m.Data)
+	f.Add(m.Subject, "7", ev.Type, ev.SubjectKind, ev.SubjectID, ev.Actor, ev.PayloadDigest.String(), m.Header.Get(wire.HeaderCreatedAt), m.Data)
 	f.Add("x", "-1", "a.b", "", "", "", "zz", "", []byte{})
 	f.Fuzz(func(t *testing.T, subject, seq, typ, kind, id, actor, digest, at string, body []byte) {
 		h := nats.Header{}
-		h.Set(HeaderSequence, seq)
-		h.Set(HeaderEventType, typ)
-		h.Set(HeaderSubjectKind, kind)
-		h.Set(HeaderSubjectID, id)
-		h.Set(HeaderActor, actor)
-		h.Set(HeaderPayloadDigest, digest)
-		h.Set(HeaderCreatedAt, at)
-		h.Set(HeaderLogID, "L")
+		h.Set(wire.HeaderSequence, seq)
+		h.Set(wire.HeaderEventType, typ)
+		h.Set(wire.HeaderSubjectKind, kind)
+		h.Set(wire.HeaderSubjectID, id)
+		h.Set(wire.HeaderActor, actor)
+		h.Set(wire.HeaderPayloadDigest, digest)
+		h.Set(wire.HeaderCreatedAt, at)
+		h.Set(wire.HeaderLogID, "L")
 		h.Set(nats.MsgIdHdr, "L-"+seq)
 		got, err := Decode(subject, h, body, "L")
 		if err != nil {

@@ -15,7 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/artifactstore/artifactstore/internal/testenv"
-	"github.com/artifactstore/artifactstore/relay"
+	"github.com/artifactstore/artifactstore/internal/wire"
 	"github.com/artifactstore/artifactstore/store"
 	"github.com/artifactstore/artifactstore/store/storetest"
 )
@@ -107,7 +107,7 @@ func (e *env) relayExcept(t testing.TB, skip int64) int64 {
 	}
 }
 
-func eventMsg(ev store.Event, logID string) *nats.Msg { return relay.Encode(logID, ev) }
+func eventMsg(ev store.Event, logID string) *nats.Msg { return wire.Encode(logID, ev, 0) }
 
 // appendPackages appends, for packages [from, to), a created event each,
 // then a finalized event for every other one, in transactions of 250.

@@ -3,6 +3,8 @@ package relay
 import (
 	"errors"
 	"fmt"
+
+	"github.com/artifactstore/artifactstore/internal/wire"
 )
 
 var (
@@ -20,7 +22,7 @@ var (
 	// not (the log was reset or restored from an older backup).
 	ErrStreamAhead = errors.New("relay: stream is ahead of the log")
 	// ErrInvalidMessage is wrapped by every error of Decode.
-	ErrInvalidMessage = errors.New("relay: invalid event message")
+	ErrInvalidMessage = wire.ErrInvalidMessage
 	// ErrFenced is wrapped when JetStream refused a publish because the
 	// stream did not end where the relay expected: another (or a stale)
 	// relay published in between.

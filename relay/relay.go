@@ -13,6 +13,7 @@ import (
 	"github.com/sourcegraph/conc"
 	"go.uber.org/zap"
 
+	"github.com/artifactstore/artifactstore/internal/wire"
 	"github.com/artifactstore/artifactstore/store"
 )
 
@@ -335,7 +336,7 @@ func (r *Relay) publish(ctx context.Context, logID string, pos Position, batches
 	for {
 		for len(pending) > 0 && w.n < len(w.buf) && ctx.Err() == nil {
 			e := pending[0]
-			m := encode(logID, e, 1)
+			m := wire.Encode(logID, e, 1)
 			m.Header[jetstream.ExpectedLastSeqHeader] = []string{strconv.FormatUint(last, 10)}
 			r.stage("publish", e.Sequence)
 			paf, err := r.js.PublishMsgAsync(m)

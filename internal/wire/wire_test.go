@@ -1,4 +1,4 @@
-package relay_test
+package wire_test
 
 import (
 	"errors"
@@ -10,7 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
 
-	"github.com/artifactstore/artifactstore/relay"
+	"github.com/artifactstore/artifactstore/internal/wire"
 	"github.com/artifactstore/artifactstore/store"
 )
 
@@ -28,7 +28,7 @@ func testEvent(t testing.TB, seq int64, typ, actor string, payload string) store
 func TestEncodeHeaders(t *testing.T) {
 	t.Parallel()
 	e := testEvent(t, 42, "v1.package.finalized", "ci-bot", `{"package_id":"pkg-000042"}`)
-	m := relay.Encode(testLogID, e)
+	m := wire.Encode(testLogID, e, 0)
 	require.Equal(t, "artifactstore.events.v1.package.finalized.pkg-000042", m.Subject)
 	require.Equal(t, e.Payload, m.Data)
 	want := map[string]string{
@@ -61,11 +61,11 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := testEvent(t, 7, tc.typ, tc.actor, `{"x":1}`)
-			m := relay.Encode(testLogID, e)
-			require.Equal(t, tc.wantActorHeader, m.Header.Get(relay.HeaderActor))
+			m := wire.Encode(testLogID, e, 0)
+			require.Equal(t, tc.wantActorHeader, m.Header.Get(wire.HeaderActor))
 			// Through the wire format and back, as a consumer sees it.
 			h := wireHeaders(t, m.Header)
-			got, logID, err := relay.Decode(m.Subject, h, m.Data)
+			got, logID, err := wire.Decode(m.Subject, h, m.Data)
 			require.NoError(t, err)
 			require.Equal(t, testLogID, logID)
 			require.Equal(t, e, got)
@@ -96,25 +96,25 @@ func TestDecodeRejects(t *testing.T) {
 		name   string
 		mutate func(m *nats.Msg)
 	}{
-		{"missing log id", func(m *nats.Msg) { m.Header.Del(relay.HeaderLogID) }},
-		{"other msg id", func(m *nats.Msg) { m.Header.Set(relay.HeaderMsgID, "other-9") }},
-		{"bad sequence", func(m *nats.Msg) { m.Header.Set(relay.HeaderSequence, "09") }},
-		{"zero sequence", func(m *nats.Msg) { m.Header.Set(relay.HeaderSequence, "0") }},
+		{"missing log id", func(m *nats.Msg) { m.Header.Del(wire.HeaderLogID) }},
+		{"other msg id", func(m *nats.Msg) { m.Header.Set(wire.HeaderMsgID, "other-9") }},
+		{"bad sequence", func(m *nats.Msg) { m.Header.Set(wire.HeaderSequence, "09") }},
+		{"zero sequence", func(m *nats.Msg) { m.Header.Set(wire.HeaderSequence, "0") }},
 		{"digest mismatch", func(m *nats.Msg) { m.Data = []byte(`{"a":2}`) }},
 		{"subject mismatch", func(m *nats.Msg) { m.Subject = "artifactstore.events.v1.package.created.other" }},
-		{"bad created at", func(m *nats.Msg) { m.Header.Set(relay.HeaderCreatedAt, "yesterday") }},
-		{"non-UTC created at", func(m *nats.Msg) { m.Header.Set(relay.HeaderCreatedAt, "2026-11-27T08:04:16.123456000+01:00") }},
-		{"repeated header", func(m *nats.Msg) { m.Header.Add(relay.HeaderActor, "x") }},
-		{"padded actor", func(m *nats.Msg) { m.Header.Set(relay.HeaderActor, " eve") }},
-		{"actor with control character", func(m *nats.Msg) { m.Header.Set(relay.HeaderActor, "eve\x01") }},
-		{"bad type", func(m *nats.Msg) { m.Header.Set(relay.HeaderEventType, "v1.created") }},
+		{"bad created at", func(m *nats.Msg) { m.Header.Set(wire.HeaderCreatedAt, "yesterday") }},
+		{"non-UTC created at", func(m *nats.Msg) { m.Header.Set(wire.HeaderCreatedAt, "2026-11-27T08:04:16.123456000+01:00") }},
+		{"repeated header", func(m *nats.Msg) { m.Header.Add(wire.HeaderActor, "x") }},
+		{"padded actor", func(m *nats.Msg) { m.Header.Set(wire.HeaderActor, " eve") }},
+		{"actor with control character", func(m *nats.Msg) { m.Header.Set(wire.HeaderActor, "eve\x01") }},
+		{"bad type", func(m *nats.Msg) { m.Header.Set(wire.HeaderEventType, "v1.created") }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			m := relay.Encode(testLogID, e)
+			m := wire.Encode(testLogID, e, 0)
 			tc.mutate(m)
-			_, _, err := relay.Decode(m.Subject, m.Header, m.Data)
+			_, _, err := wire.Decode(m.Subject, m.Header, m.Data)
 			require.Error(t, err)
-			require.True(t, errors.Is(err, relay.ErrInvalidMessage), "%v", err)
+			require.True(t, errors.Is(err, wire.ErrInvalidMessage), "%v", err)
 		})
 	}
 }
@@ -124,25 +124,25 @@ func TestDecodeRejects(t *testing.T) {
 // message.
 func FuzzDecode(f *testing.F) {
 	e := testEvent(f, 3, "v1.package.created", "ci", `{"a":1}`)
-	m := relay.Encode(testLogID, e)
-	f.Add(m.Subject, m.Header.Get(relay.HeaderSequence), m.Header.Get(relay.HeaderActor), m.Header.Get(relay.HeaderCreatedAt), m.Header.Get(relay.HeaderMsgID), m.Data)
+	m := wire.Encode(testLogID, e, 0)
+	f.Add(m.Subject, m.Header.Get(wire.HeaderSequence), m.Header.Get(wire.HeaderActor), m.Header.Get(wire.HeaderCreatedAt), m.Header.Get(wire.HeaderMsgID), m.Data)
 	f.Add("artifactstore.events.a.b.c.d", "1", "%41%", "2026-01-01T00:00:00.000000000Z", "x-1", []byte("x"))
 	f.Fuzz(func(t *testing.T, subject, seq, actor, createdAt, msgID string, data []byte) {
-		h := relay.Encode(testLogID, e).Header
-		h.Set(relay.HeaderSequence, seq)
-		h.Set(relay.HeaderActor, actor)
-		h.Set(relay.HeaderCreatedAt, createdAt)
-		h.Set(relay.HeaderMsgID, msgID)
-		h.Set(relay.HeaderPayloadDigest, store.DigestOf(data).String())
-		got, logID, err := relay.Decode(subject, h, data)
+		h := wire.Encode(testLogID, e, 0).Header
+		h.Set(wire.HeaderSequence, seq)
+		h.Set(wire.HeaderActor, actor)
+		h.Set(wire.HeaderCreatedAt, createdAt)
+		h.Set(wire.HeaderMsgID, msgID)
+		h.Set(wire.HeaderPayloadDigest, store.DigestOf(data).String())
+		got, logID, err := wire.Decode(subject, h, data)
 		if err != nil {
-			require.ErrorIs(t, err, relay.ErrInvalidMessage)
+			require.ErrorIs(t, err, wire.ErrInvalidMessage)
 			return
 		}
-		back := relay.Encode(logID, got)
+		back := wire.Encode(logID, got, 0)
 		require.Equal(t, subject, back.Subject)
 		require.Equal(t, data, back.Data)
-		again, logID2, err := relay.Decode(back.Subject, back.Header, back.Data)
+		again, logID2, err := wire.Decode(back.Subject, back.Header, back.Data)
 		require.NoError(t, err)
 		require.Equal(t, logID, logID2)
 		require.Equal(t, got, again)
@@ -158,14 +158,14 @@ func FuzzActorHeader(f *testing.F) {
 	f.Fuzz(func(t *testing.T, actor string) {
 		e := testEvent(t, 1, "v1.package.created", "ci", `{}`)
 		e.Actor = actor
-		m := relay.Encode(testLogID, e)
+		m := wire.Encode(testLogID, e, 0)
 		if e.Validate(0) != nil {
 			// The store never writes such an actor; Decode must still not
 			// panic on whatever headers arrive.
-			_, _, _ = relay.Decode(m.Subject, m.Header, m.Data)
+			_, _, _ = wire.Decode(m.Subject, m.Header, m.Data)
 			return
 		}
-		got, _, err := relay.Decode(m.Subject, wireHeaders(t, m.Header), m.Data)
+		got, _, err := wire.Decode(m.Subject, wireHeaders(t, m.Header), m.Data)
 		require.NoError(t, err, "every actor the store accepts round-trips")
 		require.Equal(t, actor, got.Actor)
 	})
