@@ -44,7 +44,7 @@ func TestHandOverWithoutAckWait(t *testing.T) {
 		time.Sleep(5 * time.Millisecond) // pacing the flow of events, not synchronisation
 	}
 	require.NoError(t, <-stopped, "a stops cleanly")
-	require.Equal(t, float64(n), owned(b), "b took every partition")
+	testenv.Eventually(t, 10*time.Second, func() bool { return owned(b) == n }, "b takes every partition")
 	want := expected(t, e.db, n)
 	testenv.Eventually(t, 20*time.Second, func() bool { return caughtUp(t, e.db, DefaultProjection, want) },
 		"every partition reaches the log well within AckWait")
