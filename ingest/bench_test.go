@@ -157,20 +157,15 @@ func rawConns(b *testing.B, url, schema string) []*pgx.Conn {
 	return pool
 }
 
-// rawInsert inserts b.N event rows of the shape ingest appends into a copy
-// of the events table, 100 rows per INSERT over 4 connections, and returns
-// the rows/s it reached.
-func rawInsert(b *testing.B, url, schema string) float64 {
-	ctx := context.Background()
-	const perStmt = 100
-	pool := rawConns(b, url, schema)
-	table := fmt.Sprintf("raw_events_%d", time.Now().UnixNano())
-	if _, err := pool[0].Exec(ctx, "CREATE TABLE "+table+" (LIKE events INCLUDING ALL)"); err != nil {
-		b.Fatal(err)
-	}
-	// Build the rows before timing: the same events a create appends.
-	// Whole statements only: b.N rounded up to a multiple of 100.
-	events := make([]store.Event, (b.N+perStmt-1)/perStmt*perStmt)
+// rawPerTx is the rows (commands) the raw baselines write per statement
+// (transaction).
+const rawPerTx = 100
+
+// rawCreates returns n create events of the shape ingest appends, n
+// rounded up to whole statements, built before timing; event i is version
+// i of package "raw".
+func rawCreates(b *testing.B, n int) []store.Event {
+	events := make([]store.Event, (n+rawPerTx-1)/rawPerTx*rawPerTx)
 	for i := range events {
 		id := uuid.Must(uuid.NewV7()).String()
 		payload, _ := json.Marshal(store.PackageCreated{PackageID: id, Name: "raw", Version: fmt.Sprint(i),
@@ -180,14 +175,52 @@ func rawInsert(b *testing.B, url, schema string) float64 {
 			b.Fatal(err)
 		}
 	}
-	var stmt strings.Builder
-	stmt.WriteString("INSERT INTO " + table + " (sequence, event_type, subject_kind, subject_id, actor, payload, payload_digest, created_at) VALUES ")
-	for r := range perStmt {
-		if r > 0 {
-			stmt.WriteString(", ")
+	return events
+}
+
+// rawTables creates copies of tables named raw_<table>_<suffix> and
+// returns the suffix.
+func rawTables(b *testing.B, conn *pgx.Conn, tables ...string) string {
+	suffix := fmt.Sprintf("_%d", time.Now().UnixNano())
+	for _, t := range tables {
+		if _, err := conn.Exec(context.Background(), "CREATE TABLE raw_"+t+suffix+" (LIKE "+t+" INCLUDING ALL)"); err != nil {
+			b.Fatal(err)
 		}
-		fmt.Fprintf(&stmt, "($%d, $%d, $%d, $%d, $%d, $%d, $%d, now())", r*7+1, r*7+2, r*7+3, r*7+4, r*7+5, r*7+6, r*7+7)
 	}
+	return suffix
+}
+
+// rawValues is the VALUES list of a rawPerTx-row INSERT of columns
+// parameters per row, each row ending with extra.
+func rawValues(columns int, extra string) string {
+	var sb strings.Builder
+	for r := range rawPerTx {
+		if r > 0 {
+			sb.WriteString(", ")
+		}
+		sb.WriteString("(")
+		for c := range columns {
+			if c > 0 {
+				sb.WriteString(", ")
+			}
+			fmt.Fprintf(&sb, "$%d", r*columns+c+1)
+		}
+		sb.WriteString(extra + ")")
+	}
+	return sb.String()
+}
+
+const rawEventColumns = "(sequence, event_type, subject_kind, subject_id, actor, payload, payload_digest, created_at)"
+
+// rawEventArgs appends event e's parameters at sequence seq.
+func rawEventArgs(args []any, seq int64, e store.Event) []any {
+	return append(args, seq, e.Type, e.SubjectKind, e.SubjectID, e.Actor, e.Payload, e.PayloadDigest[:])
+}
+
+// runRaw times write over [0, n) in chunks of rawPerTx spread over the
+// connections, and returns the items per second.
+func runRaw(b *testing.B, pool []*pgx.Conn, n int, write func(ctx context.Context, conn *pgx.Conn, from, to int64) error) float64 {
+	ctx := context.Background()
 	var next atomic.Int64
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -195,19 +228,12 @@ func rawInsert(b *testing.B, url, schema string) float64 {
 	var wg conc.WaitGroup
 	for _, conn := range pool {
 		wg.Go(func() {
-			args := make([]any, 0, perStmt*7)
 			for {
-				from := next.Add(perStmt) - perStmt
-				if from >= int64(len(events)) {
+				from := next.Add(rawPerTx) - rawPerTx
+				if from >= int64(n) {
 					return
 				}
-				to := from + perStmt
-				args = args[:0]
-				for i := from; i < to; i++ {
-					ev := events[i]
-					args = append(args, i+1, ev.Type, ev.SubjectKind, ev.SubjectID, ev.Actor, ev.Payload, ev.PayloadDigest[:])
-				}
-				if _, err := conn.Exec(ctx, stmt.String(), args...); err != nil {
+				if err := write(ctx, conn, from, from+rawPerTx); err != nil {
 					b.Errorf("raw insert: %v", err)
 					return
 				}
@@ -217,7 +243,25 @@ func rawInsert(b *testing.B, url, schema string) float64 {
 	wg.Wait()
 	elapsed := time.Since(start)
 	b.StopTimer()
-	rate := float64(len(events)) / elapsed.Seconds()
+	return float64(n) / elapsed.Seconds()
+}
+
+// rawInsert inserts b.N event rows of the shape ingest appends into a copy
+// of the events table, 100 rows per INSERT over 4 connections, and returns
+// the rows/s it reached.
+func rawInsert(b *testing.B, url, schema string) float64 {
+	pool := rawConns(b, url, schema)
+	suffix := rawTables(b, pool[0], "events")
+	events := rawCreates(b, b.N)
+	stmt := "INSERT INTO raw_events" + suffix + " " + rawEventColumns + " VALUES " + rawValues(7, ", now()")
+	rate := runRaw(b, pool, len(events), func(ctx context.Context, conn *pgx.Conn, from, to int64) error {
+		args := make([]any, 0, rawPerTx*7)
+		for i := from; i < to; i++ {
+			args = rawEventArgs(args, i+1, events[i])
+		}
+		_, err := conn.Exec(ctx, stmt, args...)
+		return err
+	})
 	b.ReportMetric(rate, "rows/s")
 	return rate
 }
@@ -229,88 +273,31 @@ func rawInsert(b *testing.B, url, schema string) float64 {
 // commands/s it reached. It is the "same rows" baseline for what one
 // accepted create writes, where rawInsert counts the event rows alone.
 func rawCommandRows(b *testing.B, url, schema string) float64 {
-	ctx := context.Background()
-	const perTx = 100
 	pool := rawConns(b, url, schema)
-	suffix := fmt.Sprintf("_%d", time.Now().UnixNano())
-	for _, t := range []string{"events", "commands", "package_index"} {
-		if _, err := pool[0].Exec(ctx, "CREATE TABLE raw_"+t+suffix+" (LIKE "+t+" INCLUDING ALL)"); err != nil {
-			b.Fatal(err)
+	suffix := rawTables(b, pool[0], "events", "commands", "package_index")
+	events := rawCreates(b, b.N)
+	commandIDs := make([]string, len(events))
+	for i := range commandIDs {
+		commandIDs[i] = uuid.NewString()
+	}
+	insEvents := "INSERT INTO raw_events" + suffix + " " + rawEventColumns + " VALUES " + rawValues(7, ", now()")
+	insCommands := "INSERT INTO raw_commands" + suffix + " (command_id, sequence) VALUES " + rawValues(2, "")
+	insIndex := "INSERT INTO raw_package_index" + suffix + " (package_id, name, version, status) VALUES " + rawValues(3, ", 'open'")
+	rate := runRaw(b, pool, len(events), func(ctx context.Context, conn *pgx.Conn, from, to int64) error {
+		var ev, cmd, idx []any
+		for i := from; i < to; i++ {
+			ev = rawEventArgs(ev, i+1, events[i])
+			cmd = append(cmd, commandIDs[i], i+1)
+			idx = append(idx, events[i].SubjectID, "raw", fmt.Sprint(i))
 		}
-	}
-	type row struct {
-		ev        store.Event
-		commandID string
-		version   string
-	}
-	rows := make([]row, (b.N+perTx-1)/perTx*perTx)
-	for i := range rows {
-		id := uuid.Must(uuid.NewV7()).String()
-		r := row{commandID: uuid.NewString(), version: fmt.Sprint(i)}
-		payload, _ := json.Marshal(store.PackageCreated{PackageID: id, Name: "raw", Version: r.version,
-			Retention: store.RetentionPolicy{Policy: store.RetentionKeepForever}})
-		var err error
-		if r.ev, err = store.NewEvent(store.TypePackageCreated, store.SubjectKindPackage, id, "bench", payload); err != nil {
-			b.Fatal(err)
-		}
-		rows[i] = r
-	}
-	values := func(cols, perRow int, extra string) string {
-		var sb strings.Builder
-		for r := range perTx {
-			if r > 0 {
-				sb.WriteString(", ")
-			}
-			sb.WriteString("(")
-			for c := range perRow {
-				if c > 0 {
-					sb.WriteString(", ")
-				}
-				fmt.Fprintf(&sb, "$%d", r*perRow+c+1)
-			}
-			sb.WriteString(extra + ")")
-		}
-		return sb.String()
-	}
-	insEvents := "INSERT INTO raw_events" + suffix + " (sequence, event_type, subject_kind, subject_id, actor, payload, payload_digest, created_at) VALUES " + values(7, 7, ", now()")
-	insCommands := "INSERT INTO raw_commands" + suffix + " (command_id, sequence) VALUES " + values(2, 2, "")
-	insIndex := "INSERT INTO raw_package_index" + suffix + " (package_id, name, version, status) VALUES " + values(3, 3, ", 'open'")
-	var next atomic.Int64
-	b.ReportAllocs()
-	b.ResetTimer()
-	start := time.Now()
-	var wg conc.WaitGroup
-	for _, conn := range pool {
-		wg.Go(func() {
-			for {
-				from := next.Add(perTx) - perTx
-				if from >= int64(len(rows)) {
-					return
-				}
-				var ev, cmd, idx []any
-				for i := from; i < from+perTx; i++ {
-					r := rows[i]
-					ev = append(ev, i+1, r.ev.Type, r.ev.SubjectKind, r.ev.SubjectID, r.ev.Actor, r.ev.Payload, r.ev.PayloadDigest[:])
-					cmd = append(cmd, r.commandID, i+1)
-					idx = append(idx, r.ev.SubjectID, "raw", r.version)
-				}
-				batch := &pgx.Batch{}
-				batch.Queue("begin")
-				batch.Queue(insCommands, cmd...)
-				batch.Queue(insIndex, idx...)
-				batch.Queue(insEvents, ev...)
-				batch.Queue("commit")
-				if err := conn.SendBatch(ctx, batch).Close(); err != nil {
-					b.Errorf("raw insert: %v", err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	b.StopTimer()
-	rate := float64(len(rows)) / elapsed.Seconds()
+		batch := &pgx.Batch{}
+		batch.Queue("begin")
+		batch.Queue(insCommands, cmd...)
+		batch.Queue(insIndex, idx...)
+		batch.Queue(insEvents, ev...)
+		batch.Queue("commit")
+		return conn.SendBatch(ctx, batch).Close()
+	})
 	b.ReportMetric(rate, "cmds/s")
 	return rate
 }
