@@ -564,10 +564,22 @@ func (w *Worker) apply(ctx context.Context, st *partition, events []store.Event,
 		h(st.p)
 	}
 	err := w.db.InTx(ctx, func(tx store.Tx) error {
-		if err := tx.AdvanceCheckpoint(ctx, w.cfg.Projection, st.p, st.cp, to); err != nil {
+		views := store.NewBufferedViews(tx, false)
+		if br, ok := tx.(store.BatchReader); ok {
+			// One round trip for the checkpoint and the rows the batch
+			// reads; the writes then go with COMMIT.
+			ids := make([]string, len(events))
+			for i, e := range events {
+				ids[i] = e.SubjectID
+			}
+			ps, rs, err := br.AdvanceCheckpointAndRead(ctx, w.cfg.Projection, st.p, st.cp, to, ids)
+			if err != nil {
+				return err
+			}
+			views.Preload(ids, ps, rs)
+		} else if err := tx.AdvanceCheckpoint(ctx, w.cfg.Projection, st.p, st.cp, to); err != nil {
 			return err
 		}
-		views := store.NewBufferedViews(tx, false)
 		for i, e := range events {
 			if err := w.cfg.Views.Apply(ctx, views, e); err != nil {
 				if store.Temporary(err) || ctx.Err() != nil {

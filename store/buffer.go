@@ -32,6 +32,8 @@ type BufferedViews struct {
 	// flushed holds, when empty is true, the ids already in the database;
 	// other dirty rows are new and can be bulk-loaded instead of upserted.
 	flushed map[string]struct{}
+	// absentP and absentR hold ids Preload found without a row.
+	absentP, absentR map[string]struct{}
 }
 
 // NewBufferedViews returns a buffer over tx. When empty is true the views
@@ -41,6 +43,36 @@ func NewBufferedViews(tx Tx, empty bool) *BufferedViews {
 	return &BufferedViews{tx: tx, empty: empty, written: map[string]struct{}{},
 		packages: map[string]Package{}, retentions: map[string]Retention{},
 		dirtyP: map[string]struct{}{}, dirtyR: map[string]struct{}{}, flushed: map[string]struct{}{}}
+}
+
+// Preload tells the buffer what the database holds for ids: the rows in ps
+// and rs (keyed by package id), and no row for the ids missing from them.
+// Reads of those ids are then answered without a round trip. Rows written
+// through the buffer since take precedence.
+func (b *BufferedViews) Preload(ids []string, ps map[string]Package, rs map[string]Retention) {
+	if b.absentP == nil {
+		b.absentP, b.absentR = map[string]struct{}{}, map[string]struct{}{}
+	}
+	for _, id := range ids {
+		if _, dirty := b.dirtyP[id]; !dirty {
+			if p, ok := ps[id]; ok {
+				b.packages[id] = p
+				delete(b.absentP, id)
+			} else {
+				delete(b.packages, id)
+				b.absentP[id] = struct{}{}
+			}
+		}
+		if _, dirty := b.dirtyR[id]; !dirty {
+			if r, ok := rs[id]; ok {
+				b.retentions[id] = r
+				delete(b.absentR, id)
+			} else {
+				delete(b.retentions, id)
+				b.absentR[id] = struct{}{}
+			}
+		}
+	}
 }
 
 func (b *BufferedViews) unknown(id string) bool {
@@ -56,7 +88,7 @@ func (b *BufferedViews) GetPackage(ctx context.Context, id string) (Package, err
 	if p, ok := b.packages[id]; ok {
 		return p, nil
 	}
-	if b.unknown(id) {
+	if _, ok := b.absentP[id]; ok || b.unknown(id) {
 		return Package{}, ErrNotFound
 	}
 	return b.tx.GetPackage(ctx, id)
@@ -77,7 +109,7 @@ func (b *BufferedViews) GetRetention(ctx context.Context, id string) (Retention,
 	if r, ok := b.retentions[id]; ok {
 		return r, nil
 	}
-	if b.unknown(id) {
+	if _, ok := b.absentR[id]; ok || b.unknown(id) {
 		return Retention{}, ErrNotFound
 	}
 	return b.tx.GetRetention(ctx, id)
@@ -135,7 +167,9 @@ func (b *BufferedViews) Flush(ctx context.Context) error {
 	}
 	clear(b.dirtyP)
 	clear(b.dirtyR)
-	if len(b.packages)+len(b.retentions) > bufferCacheRows {
+	if len(b.packages)+len(b.retentions)+len(b.absentP)+len(b.absentR) > bufferCacheRows {
+		clear(b.absentP)
+		clear(b.absentR)
 		clear(b.packages) // reads fall through to the database again
 		clear(b.retentions)
 	}

@@ -1,6 +1,9 @@
 package store
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
 // EventKey is what a partitioned projector needs to know about an event
 // without reading its payload: its sequence, its subject id (the
@@ -10,6 +13,18 @@ type EventKey struct {
 	Sequence      int64
 	SubjectID     string
 	PayloadDigest Digest
+}
+
+// BatchReader is implemented by transactions that can advance a projector
+// checkpoint and read the view rows a batch will touch in one round trip.
+// A projector batch then takes two: this one, and its writes sent with
+// COMMIT. Stores without it are used through Tx.AdvanceCheckpoint and row
+// by row reads.
+type BatchReader interface {
+	// AdvanceCheckpointAndRead does what Tx.AdvanceCheckpoint does and
+	// returns the package and retention rows of ids that exist (keyed by
+	// package id).
+	AdvanceCheckpointAndRead(ctx context.Context, projection string, partition int, from, to int64, ids []string) (map[string]Package, map[string]Retention, error)
 }
 
 // Reasons a projector partition is parked.

@@ -13,42 +13,91 @@ import (
 )
 
 // txConn is a pooled connection running one transaction that begins with
-// its first statement and may end with its last batch. BEGIN travels in
-// the first batch instead of taking a round trip of its own, and commit
-// sends COMMIT in the same pipeline as the transaction's last statements:
-// a group-committing writer holds the log_head lock for one round trip
-// instead of three (see ingest's AppendCommands).
+// its first statement and may end with its last batch. BEGIN travels with
+// the transaction's first statement instead of taking a round trip of its
+// own; statements queued with later (writes whose only result is success
+// or failure) travel with the next statement that needs an answer, at the
+// latest with COMMIT; and commit sends COMMIT in the same pipeline as the
+// transaction's last statements. A group-committing writer thus holds the
+// log_head lock for one round trip instead of three (see ingest's
+// AppendCommands), and a projector batch takes two round trips.
 type txConn struct {
 	c         *pgxpool.Conn
 	begun     bool
 	committed bool
+	// pending are the statements queued by later, not yet sent.
+	pending []*pgx.QueuedQuery
 }
 
 var errCommitted = errors.New("postgres: the transaction has been committed")
 
-func (c *txConn) begin(ctx context.Context) error {
+// later queues a statement to go to the server ahead of the next one. Its
+// error, if any, is the error of that next statement (or of the commit);
+// the transaction is then aborted as usual.
+func (c *txConn) later(sql string, args ...any) error {
 	if c.committed {
 		return errCommitted
 	}
-	if c.begun {
+	c.pending = append(c.pending, &pgx.QueuedQuery{SQL: sql, Arguments: args})
+	return nil
+}
+
+// prefix returns what must precede the next statement (BEGIN, when not yet
+// sent, and the pending statements), marking them sent.
+func (c *txConn) prefix() []*pgx.QueuedQuery {
+	var pre []*pgx.QueuedQuery
+	if !c.begun {
+		c.begun = true
+		pre = append(pre, &pgx.QueuedQuery{SQL: "begin"})
+	}
+	pre = append(pre, c.pending...)
+	c.pending = nil
+	return pre
+}
+
+// owes reports whether BEGIN or pending statements wait to be sent.
+func (c *txConn) owes() bool { return !c.begun || len(c.pending) > 0 }
+
+// settle sends what the next statement must not overtake, for statements
+// that cannot share a pipeline (Query, CopyFrom).
+func (c *txConn) settle(ctx context.Context) error {
+	if c.committed {
+		return errCommitted
+	}
+	if !c.owes() {
 		return nil
 	}
-	c.begun = true
-	_, err := c.c.Exec(ctx, "begin")
-	return err
+	return c.SendBatch(ctx, &pgx.Batch{}).Close()
 }
 
 // Exec is pgx.Tx's Exec.
 func (c *txConn) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	if err := c.begin(ctx); err != nil {
-		return pgconn.CommandTag{}, err
+	if c.committed {
+		return pgconn.CommandTag{}, errCommitted
 	}
-	return c.c.Exec(ctx, sql, args...)
+	if len(args) == 0 {
+		// May hold several statements, which only the simple protocol
+		// takes: it cannot share a pipeline.
+		if err := c.settle(ctx); err != nil {
+			return pgconn.CommandTag{}, err
+		}
+	}
+	if !c.owes() {
+		return c.c.Exec(ctx, sql, args...)
+	}
+	b := &pgx.Batch{}
+	b.Queue(sql, args...)
+	br := c.SendBatch(ctx, b)
+	ct, err := br.Exec()
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	return ct, err
 }
 
 // Query is pgx.Tx's Query.
 func (c *txConn) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	if err := c.begin(ctx); err != nil {
+	if err := c.settle(ctx); err != nil {
 		return nil, err
 	}
 	return c.c.Query(ctx, sql, args...)
@@ -56,32 +105,38 @@ func (c *txConn) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, 
 
 // QueryRow is pgx.Tx's QueryRow.
 func (c *txConn) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	if err := c.begin(ctx); err != nil {
-		return errRow{err}
+	if c.committed {
+		return errRow{errCommitted}
 	}
-	return c.c.QueryRow(ctx, sql, args...)
+	if !c.owes() {
+		return c.c.QueryRow(ctx, sql, args...)
+	}
+	b := &pgx.Batch{}
+	b.Queue(sql, args...)
+	br := c.SendBatch(ctx, b)
+	return batchRow{row: br.QueryRow(), br: br}
 }
 
 // CopyFrom is pgx.Tx's CopyFrom.
 func (c *txConn) CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, src pgx.CopyFromSource) (int64, error) {
-	if err := c.begin(ctx); err != nil {
+	if err := c.settle(ctx); err != nil {
 		return 0, err
 	}
 	return c.c.CopyFrom(ctx, table, columns, src)
 }
 
-// SendBatch is pgx.Tx's SendBatch; the transaction's BEGIN goes first in
-// the pipeline when the batch is its first statement.
+// SendBatch is pgx.Tx's SendBatch; the transaction's BEGIN (when the batch
+// is its first statement) and the pending statements go first in the
+// pipeline, their results hidden from the caller but their errors not.
 func (c *txConn) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 	if c.committed {
 		return errBatch{errCommitted}
 	}
-	skip := false
-	if !c.begun {
-		c.begun, skip = true, true
-		b.QueuedQueries = append([]*pgx.QueuedQuery{{SQL: "begin"}}, b.QueuedQueries...)
+	pre := c.prefix()
+	if len(pre) > 0 {
+		b.QueuedQueries = append(pre, b.QueuedQueries...)
 	}
-	return &batchResults{BatchResults: c.c.SendBatch(ctx, b), skip: skip}
+	return &batchResults{BatchResults: c.c.SendBatch(ctx, b), skip: len(pre)}
 }
 
 // commit queues COMMIT at the end of b and sends the batch: the
@@ -110,8 +165,9 @@ func (c *txConn) commit(ctx context.Context, b *pgx.Batch) error {
 	return fmt.Errorf("%w: %w", store.ErrOutcomeUnknown, translate(err))
 }
 
-// end rolls back what commit did not commit and returns the connection to
-// the pool (which closes it when it is not idle).
+// end rolls back what commit did not commit (pending statements are
+// dropped) and returns the connection to the pool (which closes it when it
+// is not idle).
 func (c *txConn) end(ctx context.Context) {
 	if pc := c.c.Conn().PgConn(); c.begun && !c.committed && !pc.IsClosed() && pc.TxStatus() != 'I' {
 		_, _ = c.c.Exec(ctx, "rollback")
@@ -119,19 +175,23 @@ func (c *txConn) end(ctx context.Context) {
 	c.c.Release()
 }
 
-// batchResults hides the result of the BEGIN that SendBatch put first.
+// batchResults hides the results of the statements SendBatch put first
+// (BEGIN, pending statements); the first of their errors is the error of
+// the caller's first result.
 type batchResults struct {
 	pgx.BatchResults
-	skip bool
+	skip int
 }
 
 func (b *batchResults) skipBegin() error {
-	if !b.skip {
-		return nil
+	for b.skip > 0 {
+		b.skip--
+		if _, err := b.BatchResults.Exec(); err != nil {
+			b.skip = 0
+			return err
+		}
 	}
-	b.skip = false
-	_, err := b.BatchResults.Exec()
-	return err
+	return nil
 }
 
 func (b *batchResults) Exec() (pgconn.CommandTag, error) {
@@ -153,6 +213,20 @@ func (b *batchResults) QueryRow() pgx.Row {
 		return errRow{err}
 	}
 	return b.BatchResults.QueryRow()
+}
+
+// batchRow is a row read from a one-statement batch, closed once scanned.
+type batchRow struct {
+	row pgx.Row
+	br  pgx.BatchResults
+}
+
+func (r batchRow) Scan(dest ...any) error {
+	err := r.row.Scan(dest...)
+	if cerr := r.br.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 type errRow struct{ err error }

@@ -35,6 +35,9 @@ type Config struct {
 	MaxPayload int
 	// MaxConns is the pool size (pgx's default when 0).
 	MaxConns int32
+	// ApplicationName is the application_name the connections report
+	// (pg_stat_activity, the server's logs) unless the URL sets one.
+	ApplicationName string
 	// Logger receives the store's logs (no-op when nil).
 	Logger *zap.Logger
 }
@@ -74,6 +77,9 @@ func Open(ctx context.Context, cfg Config) (*DB, error) {
 	pc.ConnConfig.RuntimeParams["timezone"] = "UTC"
 	if cfg.Schema != "" {
 		pc.ConnConfig.RuntimeParams["search_path"] = cfg.Schema
+	}
+	if cfg.ApplicationName != "" && pc.ConnConfig.RuntimeParams["application_name"] == "" {
+		pc.ConnConfig.RuntimeParams["application_name"] = cfg.ApplicationName
 	}
 	if pc.ConnConfig.ConnectTimeout == 0 {
 		pc.ConnConfig.ConnectTimeout = 5 * time.Second
@@ -182,15 +188,10 @@ func (db *DB) InTx(ctx context.Context, fn func(store.Tx) error) error {
 	if err := fn(t); err != nil {
 		return translate(err)
 	}
-	if t.tx.begun && !t.tx.committed {
-		ct, err := c.Exec(ctx, "commit")
-		if err != nil {
-			return translate(err)
+	if (t.tx.begun || len(t.tx.pending) > 0) && !t.tx.committed {
+		if err := t.tx.commit(ctx, &pgx.Batch{}); err != nil {
+			return err
 		}
-		if ct.String() == "ROLLBACK" {
-			return pgx.ErrTxCommitRollback
-		}
-		t.tx.committed = true
 	}
 	if t.appended {
 		db.signal.Broadcast()

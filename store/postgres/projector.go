@@ -53,8 +53,7 @@ func (t *tx) Park(ctx context.Context, p store.Parked) error {
 	return translate(err)
 }
 
-// Unpark implements store.Tx.
-func (t *tx) Unpark(ctx context.Context, projection string, partition int) error {
-	_, err := t.tx.Exec(ctx, "DELETE FROM projector_parked WHERE projection = $1 AND partition = $2", projection, partition)
-	return translate(err)
+// Unpark implements store.Tx (sent with the next round trip).
+func (t *tx) Unpark(_ context.Context, projection string, partition int) error {
+	return t.tx.later("DELETE FROM projector_parked WHERE projection = $1 AND partition = $2", projection, partition)
 }

@@ -12,6 +12,8 @@ import (
 	"github.com/artifactstore/artifactstore/store"
 )
 
+var _ store.BatchReader = (*tx)(nil)
+
 type tx struct {
 	db       *DB
 	tx       *txConn
@@ -96,27 +98,64 @@ func (t *tx) Checkpoint(ctx context.Context, projection string, partition int) (
 
 // AdvanceCheckpoint implements store.Tx.
 func (t *tx) AdvanceCheckpoint(ctx context.Context, projection string, partition int, from, to int64) error {
-	var tag int64
+	_, _, err := t.AdvanceCheckpointAndRead(ctx, projection, partition, from, to, nil)
+	return err
+}
+
+const (
+	advanceFromZero = `INSERT INTO checkpoints (projection, partition, sequence) VALUES ($1, $2, $3)
+		ON CONFLICT (projection, partition) DO UPDATE SET sequence = excluded.sequence WHERE checkpoints.sequence = 0`
+	advance       = `UPDATE checkpoints SET sequence = $4 WHERE projection = $1 AND partition = $2 AND sequence = $3`
+	selectPackage = `SELECT package_id, name, version, status, created_by, created_at,
+		coalesce(finalized_by, ''), finalized_at, manifest_digest, created_sequence, last_sequence
+		FROM artifact_packages WHERE package_id = $1`
+	selectRetention = `SELECT package_id, policy, keep_days, expires_at, last_sequence
+		FROM retention_state WHERE package_id = $1`
+)
+
+// AdvanceCheckpointAndRead implements store.BatchReader: the checkpoint's
+// compare-and-set and one primary-key lookup per row go to the server as
+// one pipeline (with BEGIN and any pending writes ahead of them). Lookups
+// are separate statements so that no cached plan can turn them into scans.
+func (t *tx) AdvanceCheckpointAndRead(ctx context.Context, projection string, partition int, from, to int64, ids []string) (map[string]store.Package, map[string]store.Retention, error) {
+	b := &pgx.Batch{}
 	if from == 0 {
-		ct, err := t.tx.Exec(ctx, `INSERT INTO checkpoints (projection, partition, sequence) VALUES ($1, $2, $3)
-			ON CONFLICT (projection, partition) DO UPDATE SET sequence = excluded.sequence WHERE checkpoints.sequence = 0`,
-			projection, partition, to)
-		if err != nil {
-			return translate(err)
-		}
-		tag = ct.RowsAffected()
+		b.Queue(advanceFromZero, projection, partition, to)
 	} else {
-		ct, err := t.tx.Exec(ctx, `UPDATE checkpoints SET sequence = $4
-			WHERE projection = $1 AND partition = $2 AND sequence = $3`, projection, partition, from, to)
-		if err != nil {
-			return translate(err)
+		b.Queue(advance, projection, partition, from, to)
+	}
+	ids = slices.Compact(slices.Sorted(slices.Values(ids)))
+	for _, id := range ids {
+		b.Queue(selectPackage, id)
+		b.Queue(selectRetention, id)
+	}
+	br := t.tx.SendBatch(ctx, b)
+	defer br.Close()
+	ct, err := br.Exec()
+	if err != nil {
+		return nil, nil, translate(err)
+	}
+	if ct.RowsAffected() != 1 {
+		return nil, nil, fmt.Errorf("%s/%d expected at %d: %w", projection, partition, from, store.ErrCheckpointMoved)
+	}
+	ps, rs := make(map[string]store.Package, len(ids)), make(map[string]store.Retention, len(ids))
+	for range ids {
+		p, err := scanPackage(br.QueryRow())
+		switch {
+		case err == nil:
+			ps[p.ID] = p
+		case !errors.Is(err, store.ErrNotFound):
+			return nil, nil, err
 		}
-		tag = ct.RowsAffected()
+		r, err := scanRetention(br.QueryRow())
+		switch {
+		case err == nil:
+			rs[r.PackageID] = r
+		case !errors.Is(err, store.ErrNotFound):
+			return nil, nil, err
+		}
 	}
-	if tag != 1 {
-		return fmt.Errorf("%s/%d expected at %d: %w", projection, partition, from, store.ErrCheckpointMoved)
-	}
-	return nil
+	return ps, rs, translate(br.Close())
 }
 
 // DeleteCheckpoints implements store.Tx.
@@ -181,11 +220,13 @@ func (t *tx) FinalizePackage(ctx context.Context, id string) (bool, error) {
 
 // GetPackage implements store.ViewTx.
 func (t *tx) GetPackage(ctx context.Context, id string) (store.Package, error) {
+	return scanPackage(t.tx.QueryRow(ctx, selectPackage, id))
+}
+
+func scanPackage(row pgx.Row) (store.Package, error) {
 	var p store.Package
 	var digest []byte
-	err := t.tx.QueryRow(ctx, `SELECT package_id, name, version, status, created_by, created_at,
-		coalesce(finalized_by, ''), finalized_at, manifest_digest, created_sequence, last_sequence
-		FROM artifact_packages WHERE package_id = $1`, id).Scan(&p.ID, &p.Name, &p.Version, &p.Status,
+	err := row.Scan(&p.ID, &p.Name, &p.Version, &p.Status,
 		&p.CreatedBy, &p.CreatedAt, &p.FinalizedBy, &p.FinalizedAt, &digest, &p.CreatedSequence, &p.LastSequence)
 	if err != nil {
 		return store.Package{}, translate(err)
@@ -194,7 +235,7 @@ func (t *tx) GetPackage(ctx context.Context, id string) (store.Package, error) {
 	return p, nil
 }
 
-// PutPackage implements store.ViewTx.
+// PutPackage implements store.ViewTx (sent with the next round trip).
 func (t *tx) PutPackage(ctx context.Context, p store.Package) error {
 	var digest []byte
 	if p.ManifestDigest != nil {
@@ -204,7 +245,7 @@ func (t *tx) PutPackage(ctx context.Context, p store.Package) error {
 	if p.FinalizedBy != "" {
 		finalizedBy = &p.FinalizedBy
 	}
-	_, err := t.tx.Exec(ctx, `INSERT INTO artifact_packages (package_id, name, version, status, created_by, created_at,
+	err := t.tx.later(`INSERT INTO artifact_packages (package_id, name, version, status, created_by, created_at,
 		finalized_by, finalized_at, manifest_digest, created_sequence, last_sequence)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 		ON CONFLICT (package_id) DO UPDATE SET name = excluded.name, version = excluded.version, status = excluded.status,
@@ -218,9 +259,12 @@ func (t *tx) PutPackage(ctx context.Context, p store.Package) error {
 
 // GetRetention implements store.ViewTx.
 func (t *tx) GetRetention(ctx context.Context, packageID string) (store.Retention, error) {
+	return scanRetention(t.tx.QueryRow(ctx, selectRetention, packageID))
+}
+
+func scanRetention(row pgx.Row) (store.Retention, error) {
 	var r store.Retention
-	err := t.tx.QueryRow(ctx, `SELECT package_id, policy, keep_days, expires_at, last_sequence
-		FROM retention_state WHERE package_id = $1`, packageID).Scan(&r.PackageID, &r.Policy, &r.KeepDays, &r.ExpiresAt, &r.LastSequence)
+	err := row.Scan(&r.PackageID, &r.Policy, &r.KeepDays, &r.ExpiresAt, &r.LastSequence)
 	if err != nil {
 		return store.Retention{}, translate(err)
 	}
@@ -228,9 +272,9 @@ func (t *tx) GetRetention(ctx context.Context, packageID string) (store.Retentio
 	return r, nil
 }
 
-// PutRetention implements store.ViewTx.
+// PutRetention implements store.ViewTx (sent with the next round trip).
 func (t *tx) PutRetention(ctx context.Context, r store.Retention) error {
-	_, err := t.tx.Exec(ctx, `INSERT INTO retention_state (package_id, policy, keep_days, expires_at, last_sequence)
+	err := t.tx.later(`INSERT INTO retention_state (package_id, policy, keep_days, expires_at, last_sequence)
 		VALUES ($1, $2, $3, $4, $5)
 		ON CONFLICT (package_id) DO UPDATE SET policy = excluded.policy, keep_days = excluded.keep_days,
 			expires_at = excluded.expires_at, last_sequence = excluded.last_sequence`,
@@ -238,7 +282,9 @@ func (t *tx) PutRetention(ctx context.Context, r store.Retention) error {
 	return translate(err)
 }
 
-// PutPackages implements store.Tx with one multi-row upsert per chunk.
+// PutPackages implements store.Tx with one multi-row upsert per chunk. Like
+// every view write it is sent with the transaction's next round trip (at
+// the latest with COMMIT), which reports its error.
 func (t *tx) PutPackages(ctx context.Context, ps []store.Package) error {
 	for chunk := range slices.Chunk(ps, 5000) {
 		n := len(chunk)
@@ -259,7 +305,7 @@ func (t *tx) PutPackages(ctx context.Context, ps []store.Package) error {
 			}
 			createdSeq[i], lastSeq[i] = p.CreatedSequence, p.LastSequence
 		}
-		_, err := t.tx.Exec(ctx, `INSERT INTO artifact_packages (package_id, name, version, status, created_by, created_at,
+		err := t.tx.later(`INSERT INTO artifact_packages (package_id, name, version, status, created_by, created_at,
 			finalized_by, finalized_at, manifest_digest, created_sequence, last_sequence)
 			SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
 				$7::text[], $8::timestamptz[], $9::bytea[], $10::bigint[], $11::bigint[])
@@ -275,7 +321,8 @@ func (t *tx) PutPackages(ctx context.Context, ps []store.Package) error {
 	return nil
 }
 
-// PutRetentions implements store.Tx with one multi-row upsert per chunk.
+// PutRetentions implements store.Tx with one multi-row upsert per chunk
+// (sent with the next round trip).
 func (t *tx) PutRetentions(ctx context.Context, rs []store.Retention) error {
 	for chunk := range slices.Chunk(rs, 5000) {
 		n := len(chunk)
@@ -286,7 +333,7 @@ func (t *tx) PutRetentions(ctx context.Context, rs []store.Retention) error {
 		for i, r := range chunk {
 			ids[i], policies[i], keepDays[i], expires[i], lastSeq[i] = r.PackageID, r.Policy, int32(r.KeepDays), r.ExpiresAt, r.LastSequence
 		}
-		_, err := t.tx.Exec(ctx, `INSERT INTO retention_state (package_id, policy, keep_days, expires_at, last_sequence)
+		err := t.tx.later(`INSERT INTO retention_state (package_id, policy, keep_days, expires_at, last_sequence)
 			SELECT * FROM unnest($1::text[], $2::text[], $3::integer[], $4::timestamptz[], $5::bigint[])
 			ON CONFLICT (package_id) DO UPDATE SET policy = excluded.policy, keep_days = excluded.keep_days,
 				expires_at = excluded.expires_at, last_sequence = excluded.last_sequence`,
