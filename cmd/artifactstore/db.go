@@ -28,13 +28,15 @@ func isPostgresURL(u string) bool {
 }
 
 // openDB opens the store the URL names: a postgres:// URL, or a SQLite file
-// (optionally prefixed sqlite:// or file:).
-func openDB(ctx context.Context, dbURL string, log *zap.Logger) (migratingDB, error) {
+// (optionally prefixed sqlite:// or file:). On PostgreSQL the connections
+// report name as application_name (pg_stat_activity, server
+// logs) unless the URL names one.
+func openDB(ctx context.Context, dbURL, name string, log *zap.Logger) (migratingDB, error) {
 	if isPostgresURL(dbURL) {
 		// A search_path in the URL names the schema: the store then also keys
 		// its advisory locks and NOTIFY channel by it, so deployments in
 		// different schemas of one database never share a relay lock.
-		db, err := postgres.Open(ctx, postgres.Config{URL: dbURL, Schema: schemaOf(dbURL), Logger: log})
+		db, err := postgres.Open(ctx, postgres.Config{URL: dbURL, Schema: schemaOf(dbURL), ApplicationName: name, Logger: log})
 		if err != nil {
 			return nil, fmt.Errorf("opening %s: %w", redactURL(dbURL), err)
 		}

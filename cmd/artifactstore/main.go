@@ -24,6 +24,7 @@ type globals struct {
 	NATSURL     string `name:"nats-url" env:"ARTIFACTSTORE_NATS_URL" help:"NATS server URL(s), comma-separated (default nats://127.0.0.1:4222; dev: its in-process server)."`
 	natsAuth
 	LogLevel  string `name:"log-level" env:"ARTIFACTSTORE_LOG_LEVEL" default:"info" enum:"debug,info,warn,error" help:"Log level (debug, info, warn, error)."`
+	Pprof     bool   `name:"pprof" env:"ARTIFACTSTORE_PPROF" help:"Serve Go's profiles under /debug/pprof/ on the HTTP listener (they expose internals: keep that listener private)."`
 	LogFormat string `name:"log-format" env:"ARTIFACTSTORE_LOG_FORMAT" default:"auto" enum:"auto,console,json" help:"Log format: console, json, or auto (console on a terminal)."`
 
 	log *zap.Logger

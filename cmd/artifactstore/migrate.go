@@ -20,7 +20,7 @@ type migrateCmd struct {
 type migrateUpCmd struct{}
 
 func (migrateUpCmd) Run(ctx context.Context, g *globals) error {
-	db, err := openDB(ctx, g.databaseURL(), g.log)
+	db, err := openDB(ctx, g.databaseURL(), "artifactstore-migrate", g.log)
 	if err != nil {
 		return err
 	}
@@ -46,7 +46,7 @@ func (c migrateFreshCmd) Run(ctx context.Context, g *globals) error {
 	if !c.Yes {
 		return fmt.Errorf("migrate fresh drops the log and every view: pass --yes to confirm")
 	}
-	db, err := openDB(ctx, g.databaseURL(), g.log)
+	db, err := openDB(ctx, g.databaseURL(), "artifactstore-migrate", g.log)
 	if err != nil {
 		return err
 	}
@@ -67,7 +67,7 @@ type migrateStatusCmd struct {
 }
 
 func (c migrateStatusCmd) Run(ctx context.Context, g *globals) error {
-	db, err := openDB(ctx, g.databaseURL(), g.log)
+	db, err := openDB(ctx, g.databaseURL(), "artifactstore-migrate", g.log)
 	if err != nil {
 		return err
 	}
@@ -92,7 +92,7 @@ type migrateRolesCmd struct {
 }
 
 func (c migrateRolesCmd) Run(ctx context.Context, g *globals) error {
-	db, err := openDB(ctx, g.databaseURL(), g.log)
+	db, err := openDB(ctx, g.databaseURL(), "artifactstore-migrate", g.log)
 	if err != nil {
 		return err
 	}

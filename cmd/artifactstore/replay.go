@@ -20,7 +20,7 @@ type replayCmd struct {
 }
 
 func (c replayCmd) Run(ctx context.Context, g *globals) error {
-	db, err := openDB(ctx, g.databaseURL(), g.log)
+	db, err := openDB(ctx, g.databaseURL(), "artifactstore-replay", g.log)
 	if err != nil {
 		return err
 	}

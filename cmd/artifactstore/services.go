@@ -149,7 +149,7 @@ func openDeps(ctx context.Context, g *globals, dbURL, natsURL, name, httpListen 
 			closeAll()
 		}
 	}()
-	if d.db, err = openDB(ctx, dbURL, g.log); err != nil {
+	if d.db, err = openDB(ctx, dbURL, name, g.log); err != nil {
 		return nil, nil, err
 	}
 	closers = append(closers, d.db.Close)
@@ -161,6 +161,9 @@ func openDeps(ctx context.Context, g *globals, dbURL, natsURL, name, httpListen 
 		return nil, nil, err
 	}
 	d.srv = ops.New(httpListen, g.log)
+	if g.Pprof {
+		d.srv.EnableProfiling()
+	}
 	d.srv.AddCheck("database", dbCheck(d.db))
 	d.srv.AddCheck("nats", natsCheck(d.nc))
 	return d, closeAll, nil

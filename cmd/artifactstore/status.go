@@ -37,7 +37,7 @@ type relayStatus struct {
 }
 
 func (c statusCmd) Run(ctx context.Context, g *globals) error {
-	db, err := openDB(ctx, g.databaseURL(), g.log)
+	db, err := openDB(ctx, g.databaseURL(), "artifactstore-status", g.log)
 	if err != nil {
 		return failf(exitUnavailble, "%v", err)
 	}
