@@ -294,79 +294,104 @@ func waitAssigned(b *testing.B, e *env) {
 }
 
 // BenchmarkEndToEnd starts PostgreSQL, a nats-server and the services as
-// processes (ingest ×2, relay ×2, projector ×3), drives create-then-finalize
-// commands from 64 concurrent clients, and reports throughput and latency
-// next to raw baselines measured in the same run: a batched PostgreSQL
-// INSERT of the same rows (100 rows per statement) and JetStream
-// PublishAsync of the same messages. The paced sub-benchmark offers 1,000
-// commands/s and reports p99 command → view.
+// processes, drives create-then-finalize commands from 64 concurrent
+// clients, and reports throughput and latency next to raw baselines
+// measured in the same run: a batched PostgreSQL INSERT of the same rows
+// (100 rows per statement) and JetStream PublishAsync of the same
+// messages. The paced sub-benchmark offers 1,000 commands/s and reports p99
+// command → view.
+//
+// It runs two deployments, one after the other on fresh databases and
+// servers: "single", one process of each service (what a 2-core machine
+// should run), and "replicated", ingest ×2, relay ×2 (one standby) and
+// projector ×3 sharing the same cores (the shape a highly available
+// deployment spreads over machines; co-located, it measures what the extra
+// processes cost).
 func BenchmarkEndToEnd(b *testing.B) {
 	commands := 20000
 	if v, err := strconv.Atoi(os.Getenv(EnvBenchCommands)); err == nil && v > 0 {
 		commands = v
 	}
-	const clients = 64
 	pg := newPG(b)
-	e := startEnv(b, pg, "bench", envOptions{logLevel: "warn", ackWait: "30s"})
 	b.Logf("machine: %s", machine())
-	waitAssigned(b, e)
+	for _, d := range []struct {
+		name                       string
+		ingest, relays, projectors int
+	}{
+		{"single", 1, 1, 1},
+		{"replicated", 2, 2, 3},
+	} {
+		b.Run(d.name, func(b *testing.B) {
+			e := startEnv(b, pg, "bench_"+d.name, envOptions{logLevel: "warn", ackWait: "30s",
+				ingest: d.ingest, relays: d.relays, projectors: d.projectors})
+			b.Logf("%s: ingest ×%d, relay ×%d, projector ×%d, %d partitions", d.name, d.ingest, d.relays, d.projectors, e.opts.partitions)
+			waitAssigned(b, e)
+			b.Run("throughput", func(b *testing.B) { benchThroughput(b, e, commands) })
+			b.Run("paced-1000", func(b *testing.B) { benchPaced(b, e, commands) })
+		})
+	}
+}
 
-	b.Run("throughput", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			perClient := max(1, commands/2/clients)
-			l := newLoad(b, e, loadOptions{clients: clients, packages: perClient})
-			st := measure(b, e, l, perClient*clients*2)
+// benchThroughput drives commands from 64 clients as fast as they are
+// answered.
+func benchThroughput(b *testing.B, e *env, commands int) {
+	const clients = 64
+	b.ReportAllocs()
+	for b.Loop() {
+		perClient := max(1, commands/2/clients)
+		l := newLoad(b, e, loadOptions{clients: clients, packages: perClient})
+		st := measure(b, e, l, perClient*clients*2)
 
-			rawPG := rawInsert(b, e, st.commands)
-			rawJS := rawPublish(b, e, st.commands)
-			b.ReportMetric(st.cmdRate, "cmds/s")
-			b.ReportMetric(st.streamRate, "stream-events/s")
-			b.ReportMetric(st.vRate, "view-events/s")
-			b.ReportMetric(ms(percentile(st.reply, 0.5)), "reply-p50-ms")
-			b.ReportMetric(ms(percentile(st.reply, 0.99)), "reply-p99-ms")
-			b.ReportMetric(ms(percentile(st.commitStream, 0.5)), "commit-stream-p50-ms")
-			b.ReportMetric(ms(percentile(st.commitStream, 0.99)), "commit-stream-p99-ms")
-			b.ReportMetric(ms(percentile(st.commitView, 0.5)), "commit-view-p50-ms")
-			b.ReportMetric(ms(percentile(st.commitView, 0.99)), "commit-view-p99-ms")
-			b.ReportMetric(rawPG, "raw-pg-rows/s")
-			b.ReportMetric(rawJS, "raw-js-msgs/s")
-			b.ReportMetric(st.cmdRate/rawPG, "e2e/raw-pg")
-			b.ReportMetric(st.streamRate/rawJS, "stream/raw-js")
-			b.Logf("throughput: %d commands from %d clients in %s: %.0f cmds/s, %.0f events/s into the stream, %.0f into the views; "+
-				"reply p50 %.1fms p99 %.1fms; commit→stream p50 %.1fms p99 %.1fms; commit→view p50 %.1fms p99 %.1fms",
-				st.commands, clients, st.took.Round(time.Millisecond), st.cmdRate, st.streamRate, st.vRate,
-				ms(percentile(st.reply, 0.5)), ms(percentile(st.reply, 0.99)),
-				ms(percentile(st.commitStream, 0.5)), ms(percentile(st.commitStream, 0.99)),
-				ms(percentile(st.commitView, 0.5)), ms(percentile(st.commitView, 0.99)))
-			b.Logf("baselines: batched INSERT (100 rows/statement) %.0f rows/s → e2e is %.3f× (goal ≥ 0.15×: %s); "+
-				"JetStream PublishAsync %.0f msgs/s → stream intake is %.3f×",
-				rawPG, st.cmdRate/rawPG, met(st.cmdRate/rawPG >= 0.15), rawJS, st.streamRate/rawJS)
-		}
-	})
+		rawPG := rawInsert(b, e, st.commands)
+		rawJS := rawPublish(b, e, st.commands)
+		b.ReportMetric(st.cmdRate, "cmds/s")
+		b.ReportMetric(st.streamRate, "stream-events/s")
+		b.ReportMetric(st.vRate, "view-events/s")
+		b.ReportMetric(ms(percentile(st.reply, 0.5)), "reply-p50-ms")
+		b.ReportMetric(ms(percentile(st.reply, 0.99)), "reply-p99-ms")
+		b.ReportMetric(ms(percentile(st.commitStream, 0.5)), "commit-stream-p50-ms")
+		b.ReportMetric(ms(percentile(st.commitStream, 0.99)), "commit-stream-p99-ms")
+		b.ReportMetric(ms(percentile(st.commitView, 0.5)), "commit-view-p50-ms")
+		b.ReportMetric(ms(percentile(st.commitView, 0.99)), "commit-view-p99-ms")
+		b.ReportMetric(rawPG, "raw-pg-rows/s")
+		b.ReportMetric(rawJS, "raw-js-msgs/s")
+		b.ReportMetric(st.cmdRate/rawPG, "e2e/raw-pg")
+		b.ReportMetric(st.streamRate/rawJS, "stream/raw-js")
+		b.Logf("throughput: %d commands from %d clients in %s: %.0f cmds/s, %.0f events/s into the stream, %.0f into the views; "+
+			"reply p50 %.1fms p99 %.1fms; commit→stream p50 %.1fms p99 %.1fms; commit→view p50 %.1fms p99 %.1fms",
+			st.commands, clients, st.took.Round(time.Millisecond), st.cmdRate, st.streamRate, st.vRate,
+			ms(percentile(st.reply, 0.5)), ms(percentile(st.reply, 0.99)),
+			ms(percentile(st.commitStream, 0.5)), ms(percentile(st.commitStream, 0.99)),
+			ms(percentile(st.commitView, 0.5)), ms(percentile(st.commitView, 0.99)))
+		b.Logf("baselines: batched INSERT (100 rows/statement) %.0f rows/s → e2e is %.3f× (goal ≥ 0.15×: %s); "+
+			"JetStream PublishAsync %.0f msgs/s → stream intake is %.3f×",
+			rawPG, st.cmdRate/rawPG, met(st.cmdRate/rawPG >= 0.15), rawJS, st.streamRate/rawJS)
+	}
+}
 
-	b.Run("paced-1000", func(b *testing.B) {
-		for b.Loop() {
-			const rate = 1000
-			total := min(commands, 10000) // 10s at 1,000/s
-			perClient := max(1, total/2/clients)
-			l := newLoad(b, e, loadOptions{clients: clients, packages: perClient, rate: rate})
-			st := measure(b, e, l, perClient*clients*2)
-			p99 := percentile(st.commandView, 0.99)
-			b.ReportMetric(st.cmdRate, "cmds/s")
-			b.ReportMetric(ms(percentile(st.reply, 0.5)), "reply-p50-ms")
-			b.ReportMetric(ms(percentile(st.reply, 0.99)), "reply-p99-ms")
-			b.ReportMetric(ms(percentile(st.commandView, 0.5)), "command-view-p50-ms")
-			b.ReportMetric(ms(p99), "command-view-p99-ms")
-			b.ReportMetric(ms(percentile(st.commitStream, 0.99)), "commit-stream-p99-ms")
-			b.ReportMetric(ms(percentile(st.commitView, 0.99)), "commit-view-p99-ms")
-			b.Logf("paced %d/s: %d commands at %.0f cmds/s; reply p50 %.1fms p99 %.1fms; command→view p50 %.1fms p99 %.1fms (goal < 50ms: %s); "+
-				"commit→stream p99 %.1fms; commit→view p50 %.1fms p99 %.1fms",
-				rate, st.commands, st.cmdRate, ms(percentile(st.reply, 0.5)), ms(percentile(st.reply, 0.99)),
-				ms(percentile(st.commandView, 0.5)), ms(p99), met(p99 < 50*time.Millisecond),
-				ms(percentile(st.commitStream, 0.99)), ms(percentile(st.commitView, 0.5)), ms(percentile(st.commitView, 0.99)))
-		}
-	})
+// benchPaced offers 1,000 commands/s from 64 clients.
+func benchPaced(b *testing.B, e *env, commands int) {
+	const clients = 64
+	for b.Loop() {
+		const rate = 1000
+		total := min(commands, 10000) // 10s at 1,000/s
+		perClient := max(1, total/2/clients)
+		l := newLoad(b, e, loadOptions{clients: clients, packages: perClient, rate: rate})
+		st := measure(b, e, l, perClient*clients*2)
+		p99 := percentile(st.commandView, 0.99)
+		b.ReportMetric(st.cmdRate, "cmds/s")
+		b.ReportMetric(ms(percentile(st.reply, 0.5)), "reply-p50-ms")
+		b.ReportMetric(ms(percentile(st.reply, 0.99)), "reply-p99-ms")
+		b.ReportMetric(ms(percentile(st.commandView, 0.5)), "command-view-p50-ms")
+		b.ReportMetric(ms(p99), "command-view-p99-ms")
+		b.ReportMetric(ms(percentile(st.commitStream, 0.99)), "commit-stream-p99-ms")
+		b.ReportMetric(ms(percentile(st.commitView, 0.99)), "commit-view-p99-ms")
+		b.Logf("paced %d/s: %d commands at %.0f cmds/s; reply p50 %.1fms p99 %.1fms; command→view p50 %.1fms p99 %.1fms (goal < 50ms: %s); "+
+			"commit→stream p99 %.1fms; commit→view p50 %.1fms p99 %.1fms",
+			rate, st.commands, st.cmdRate, ms(percentile(st.reply, 0.5)), ms(percentile(st.reply, 0.99)),
+			ms(percentile(st.commandView, 0.5)), ms(p99), met(p99 < 50*time.Millisecond),
+			ms(percentile(st.commitStream, 0.99)), ms(percentile(st.commitView, 0.5)), ms(percentile(st.commitView, 0.99)))
+	}
 }
 
 func met(ok bool) string {
