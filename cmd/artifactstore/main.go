@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/alecthomas/kong"
@@ -58,6 +59,7 @@ func main() {
 		os.Exit(2)
 	}
 	c.log = log
+	setGCPercent()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	k.BindTo(ctx, (*context.Context)(nil))
 	err = k.Run()
@@ -96,4 +98,21 @@ func newLogger(level, format string) (*zap.Logger, error) {
 		cfg.EncoderConfig.EncodeLevel = zapcore.CapitalColorLevelEncoder
 	}
 	return cfg.Build()
+}
+
+// defaultGCPercent is the collector's target heap growth when GOGC is not
+// set. The services keep little live heap (tens of MB: batches in flight,
+// the projector's key cache) and allocate per message, so at Go's default
+// of 100 the collector runs often; 400 trades some memory for CPU. The
+// end-to-end benchmark measured it (3 interleaved pairs, GOGC for every
+// process): 2,950–3,619 commands/s vs 2,790–3,200, paced command → view
+// p99 30–36 ms vs 45–52 ms.
+const defaultGCPercent = 400
+
+// setGCPercent applies defaultGCPercent unless the operator set GOGC
+// (GOMEMLIMIT, if set, still bounds the heap).
+func setGCPercent() {
+	if _, ok := os.LookupEnv("GOGC"); !ok {
+		debug.SetGCPercent(defaultGCPercent)
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"testing"
@@ -295,4 +296,24 @@ func TestNATSCredentials(t *testing.T) {
 
 	r = runCLI(t, []string{"ARTIFACTSTORE_NATS_URL=nats://svc:s3cret-pw@127.0.0.1:1"}, "package", "list")
 	require.NotContains(t, r.stderr, "s3cret-pw", "a password in the URL is never printed")
+}
+
+// TestGCPercent: without GOGC the binary collects at defaultGCPercent; a
+// GOGC the operator set is left to the runtime.
+func TestGCPercent(t *testing.T) {
+	prev := debug.SetGCPercent(100)
+	t.Cleanup(func() { debug.SetGCPercent(prev) })
+	if v, ok := os.LookupEnv("GOGC"); ok {
+		t.Cleanup(func() { os.Setenv("GOGC", v) })
+		os.Unsetenv("GOGC")
+	}
+	setGCPercent()
+	if got := debug.SetGCPercent(100); got != defaultGCPercent {
+		t.Fatalf("GC percent without GOGC: %d, want %d", got, defaultGCPercent)
+	}
+	t.Setenv("GOGC", "150")
+	setGCPercent()
+	if got := debug.SetGCPercent(100); got != 100 {
+		t.Fatalf("GC percent with GOGC set: %d, want it untouched (100)", got)
+	}
 }
