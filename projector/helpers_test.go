@@ -202,7 +202,12 @@ type running struct {
 
 func (e *env) start(t testing.TB, cfg Config) *running {
 	t.Helper()
-	nc := e.srv.Connect(t)
+	return e.startConn(t, cfg, e.srv.Connect(t))
+}
+
+// startConn is start on a NATS connection of the caller's.
+func (e *env) startConn(t testing.TB, cfg Config, nc *nats.Conn) *running {
+	t.Helper()
 	js, err := jetstream.New(nc)
 	require.NoError(t, err)
 	db := e.open(t)
