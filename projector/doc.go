@@ -49,7 +49,10 @@
 // owner starts right after the last ack. Cutting the fetch short would
 // drop messages the server had already sent, which come back only after
 // AckWait and hold the partition back that long
-// (TestHandOverWithoutAckWait).
+// (TestHandOverWithoutAckWait). For the same reason a pull request expires
+// on the server (FetchMaxWait), which says so after its last message, not
+// on a client deadline that can end the fetch while messages are on their
+// way (TestFetchKeepsWhatTheServerSent).
 //
 // Why not orbit.go pcgroups: its static groups have a fixed member list
 // (partitions only fail over between instances of the same member name,
@@ -70,6 +73,11 @@
 //
 //	BEGIN; UPDATE checkpoints SET sequence = last WHERE … AND sequence = cp;  -- 0 rows: ErrCheckpointMoved
 //	       handlers(events) ; bulk upserts ; COMMIT ; then ack
+//
+// On PostgreSQL that is two round trips (store.BatchReader): the
+// compare-and-set travels with BEGIN and a primary-key lookup of every row
+// the batch reads, the handlers run on those rows in memory, and the
+// upserts travel with COMMIT.
 //
 // A stale worker (paused past its pin, or finishing after a rebalance)
 // fails the compare-and-set, re-reads the checkpoint and acks what is at
