@@ -16,6 +16,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"net/url"
 	"os"
@@ -278,14 +279,57 @@ func startCluster() (string, error) {
 	return c.URL(), nil
 }
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago. It
+// is chosen below the kernel's ephemeral port range, from which outgoing
+// connections take their local ports: a port from inside it (what
+// listening on port 0 gives) can be taken by any connection made before
+// the server binds it — or before a killed server restarts on it — and a
+// test then fails with "address already in use". A port is not handed out
+// twice by one process.
 func FreePort() int {
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	const base = 10000
+	if lo := ephemeralLow(); lo-base >= 1000 {
+		for range 200 {
+			p := base + mrand.IntN(lo-base)
+			if portsGiven[p] {
+				continue
+			}
+			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+			if err != nil {
+				continue
+			}
+			_ = l.Close()
+			portsGiven[p] = true
+			return p
+		}
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		panic(err)
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+var (
+	portsMu    sync.Mutex
+	portsGiven = map[int]bool{}
+)
+
+// ephemeralLow returns the first port of the kernel's ephemeral range
+// (32768 when it cannot be read).
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	var lo, hi int
+	if _, err := fmt.Sscan(string(b), &lo, &hi); err != nil || lo <= 0 {
+		return 32768
+	}
+	return lo
 }
 
 // Name returns a unique lower-case identifier with the given prefix, usable
