@@ -53,24 +53,23 @@ func (b *BufferedViews) Preload(ids []string, ps map[string]Package, rs map[stri
 	if b.absentP == nil {
 		b.absentP, b.absentR = map[string]struct{}{}, map[string]struct{}{}
 	}
+	preload(ids, ps, b.packages, b.dirtyP, b.absentP)
+	preload(ids, rs, b.retentions, b.dirtyR, b.absentR)
+}
+
+// preload puts rows[id] (or, for ids without a row, an absence) in the
+// cache for every id not written since the last flush.
+func preload[T any](ids []string, rows, cache map[string]T, dirty, absent map[string]struct{}) {
 	for _, id := range ids {
-		if _, dirty := b.dirtyP[id]; !dirty {
-			if p, ok := ps[id]; ok {
-				b.packages[id] = p
-				delete(b.absentP, id)
-			} else {
-				delete(b.packages, id)
-				b.absentP[id] = struct{}{}
-			}
+		if _, ok := dirty[id]; ok {
+			continue
 		}
-		if _, dirty := b.dirtyR[id]; !dirty {
-			if r, ok := rs[id]; ok {
-				b.retentions[id] = r
-				delete(b.absentR, id)
-			} else {
-				delete(b.retentions, id)
-				b.absentR[id] = struct{}{}
-			}
+		if r, ok := rows[id]; ok {
+			cache[id] = r
+			delete(absent, id)
+		} else {
+			delete(cache, id)
+			absent[id] = struct{}{}
 		}
 	}
 }
