@@ -104,9 +104,9 @@ func newLogger(level, format string) (*zap.Logger, error) {
 // set. The services keep little live heap (tens of MB: batches in flight,
 // the projector's key cache) and allocate per message, so at Go's default
 // of 100 the collector runs often; 400 trades some memory for CPU. The
-// end-to-end benchmark measured it (3 interleaved pairs, GOGC for every
-// process): 2,950–3,619 commands/s vs 2,790–3,200, paced command → view
-// p99 30–36 ms vs 45–52 ms.
+// end-to-end benchmark (single deployment, 3 interleaved pairs, this
+// default against Go's): 3,130–3,985 commands/s vs 2,852–3,006, paced
+// command → view p99 34–39 ms vs 42–73 ms.
 const defaultGCPercent = 400
 
 // setGCPercent applies defaultGCPercent unless the operator set GOGC
