@@ -48,6 +48,8 @@ var cases = []struct {
 	{"LogIDIsStable", testLogID},
 	{"TryLockExcludes", testTryLock},
 	{"ConcurrentWritersCommitOrder", testConcurrentWriters},
+	{"PartitionCountRecorded", testPartitions},
+	{"LeasesExcludeAndExpire", testLeases},
 }
 
 func ctxT(t *testing.T) context.Context {
