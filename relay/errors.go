@@ -21,8 +21,12 @@ var (
 	// ErrStreamAhead is returned when the stream holds events the log does
 	// not (the log was reset or restored from an older backup).
 	ErrStreamAhead = errors.New("relay: stream is ahead of the log")
-	// ErrInvalidMessage is wrapped by every error of Decode.
+	// ErrInvalidMessage is wrapped when a stream message does not decode.
 	ErrInvalidMessage = wire.ErrInvalidMessage
+	// ErrStreamUnpartitioned is returned when the stream's last message has
+	// no partition token: it was written before subjects had one, and the
+	// stream must be built again from the log.
+	ErrStreamUnpartitioned = errors.New("relay: stream holds messages without the partition token")
 	// ErrFenced is wrapped when JetStream refused a publish because the
 	// stream did not end where the relay expected: another (or a stale)
 	// relay published in between.
