@@ -25,8 +25,11 @@
 //     "recovered"; a log event no client attempted is "unexpected"; one
 //     command appended twice is "duplicated".
 //   - O1: the stream holds every committed event exactly once, in sequence
-//     order, with every header and digest correct (relay.Decode on every
-//     message, compared field by field with store.DB.Fetch).
+//     order, with every header and digest correct (wire.Decode on every
+//     message, compared field by field with store.DB.Fetch), each in its
+//     partition (Artifactstore-Partition is wire.Partition of its subject
+//     id among the log's P) and naming its partition's previous event in
+//     the log (Artifactstore-Partition-Previous).
 //   - O2: the views the projectors built are byte-identical to a replay of
 //     the log (store.DB.DumpViews before and after store.Replay with Reset
 //     on the same database, projectors stopped).
