@@ -381,6 +381,11 @@ func verify(t testing.TB, e *env, ops []*op, catchUp time.Duration) ([]verdict, 
 
 	octx, ocancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer ocancel()
+	mark := time.Now()
+	lap := func(what string) {
+		t.Logf("verify: %s took %s", what, time.Since(mark).Round(time.Millisecond))
+		mark = time.Now()
+	}
 	log, err := readLog(octx, e.db)
 	if err != nil {
 		return nil, fmt.Errorf("reading the log: %w", err)
@@ -398,6 +403,7 @@ func verify(t testing.TB, e *env, ops []*op, catchUp time.Duration) ([]verdict, 
 		return vs, fmt.Errorf("reading the stream: %w", err)
 	}
 	vs = append(vs, checkStream(msgs, log, logID, e.parts))
+	lap("reading the log and the stream, acks and O1")
 	if catchErr != nil {
 		// Diagnose before the projectors leave and O2's replay rewrites the
 		// checkpoints.
@@ -410,11 +416,13 @@ func verify(t testing.TB, e *env, ops []*op, catchUp time.Duration) ([]verdict, 
 			}
 		}
 	}
+	lap("stopping the projectors")
 	v, err := checkViews(octx, e.db, e.parts)
 	if err != nil {
 		return vs, fmt.Errorf("O2: %w", err)
 	}
 	vs = append(vs, v)
+	lap("O2")
 	if catchErr != nil {
 		return vs, fmt.Errorf("awaiting the pipeline: %w", catchErr)
 	}
