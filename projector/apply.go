@@ -104,11 +104,11 @@ func (w *Worker) applyPoison(ctx context.Context, st *partition, events []store.
 // the checkpoint is the fence between workers that both believe they own
 // the partition: only one of them commits.
 func (w *Worker) apply(ctx context.Context, st *partition, events []store.Event, to int64) error {
-	if h := w.cfg.hooks.beforeTx; h != nil {
-		h(st.p)
-	}
 	if !w.leaseValid() {
 		return errLeaseExpired
+	}
+	if h := w.cfg.hooks.beforeTx; h != nil {
+		h(st.p)
 	}
 	err := w.db.InTx(ctx, func(tx store.Tx) error {
 		views := store.NewBufferedViews(tx, false)

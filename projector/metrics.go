@@ -78,3 +78,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	return m, nil
 }
+
+// collectors lists every metric of the worker.
+func (m *metrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.checkpoint, m.lag, m.applied, m.skipped, m.batches, m.parked, m.errors, m.owned,
+		m.caughtUp, m.leaseLost}
+}
