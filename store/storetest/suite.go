@@ -48,6 +48,9 @@ var cases = []struct {
 	{"LogIDIsStable", testLogID},
 	{"TryLockExcludes", testTryLock},
 	{"ConcurrentWritersCommitOrder", testConcurrentWriters},
+	{"ReplayResetBesideLiveWorker", testReplayResetBesideWorker},
+	{"ReplayResetNeverMovesCheckpointsBack", testReplayResetNeverMovesBack},
+	{"LockCheckpointsCreatesAndReturnsRows", testLockCheckpoints},
 }
 
 func ctxT(t *testing.T) context.Context {
