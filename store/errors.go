@@ -15,6 +15,13 @@ var (
 	// ErrCheckpointMoved is returned by a compare-and-set checkpoint write
 	// whose expected value no longer matches: another worker advanced it.
 	ErrCheckpointMoved = errors.New("store: checkpoint moved")
+	// ErrConflict wraps a write the database refused because it conflicts
+	// with a row already there (a unique or other integrity constraint).
+	ErrConflict = errors.New("store: conflicting write")
+	// ErrCheckpointAhead is returned by a Replay with Reset whose target is
+	// below a checkpoint of the projection: rebuilding the views to it
+	// would move that checkpoint backwards under the projectors.
+	ErrCheckpointAhead = errors.New("store: checkpoint ahead of the replay target")
 	// ErrUnavailable wraps errors that mean the database could not be reached
 	// or the operation should be retried later (connection refused, shutdown,
 	// serialization failure, deadlock).

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"iter"
 	"slices"
@@ -76,121 +77,160 @@ type ReplayOptions struct {
 
 // Replay drains the log through w inside one transaction and records the
 // highest applied sequence as the projection's checkpoint (every partition's,
-// see ReplayOptions.Partitions). It returns that
-// sequence. It applies the log up to the head read when it starts (or
-// UpTo): events committed while it runs are left for the next run, and
-// because sequence order is commit order none below that head can appear
-// later. With Reset it also clears the projection's parked partitions. On error nothing is changed.
+// see ReplayOptions.Partitions). It returns that sequence.
+//
+// Projector workers may run meanwhile: Replay first locks the projection's
+// checkpoints (Tx.LockCheckpoints), which every worker batch
+// compare-and-sets in its view transaction, so no batch commits while the
+// replay runs and none is half-seen. Only then does it read the log head:
+// every checkpoint a worker committed is at or below it. It applies the log
+// up to that head (or UpTo) and moves checkpoints only forward; a worker
+// whose compare-and-set then fails reads the new checkpoint back and
+// resumes after it. Events committed while it runs are left for the next
+// run, and because sequence order is commit order none below that head can
+// appear later. With Reset it also clears the projection's parked
+// partitions; it returns ErrCheckpointAhead, changing nothing, when a
+// checkpoint is already beyond its target. On error nothing is changed.
 func Replay(ctx context.Context, db DB, w ViewWriter, opts ReplayOptions) (int64, error) {
 	if opts.Projection == "" {
 		opts.Projection = "registry"
 	}
-	target := opts.UpTo
-	if target == 0 {
-		head, err := db.Head(ctx)
-		if err != nil {
-			return 0, fmt.Errorf("store: replay: reading head: %w", err)
-		}
-		target = head
-	}
-	parts := opts.Partitions
-	if parts <= 0 {
-		cps, err := db.Checkpoints(ctx)
-		if err != nil {
-			return 0, fmt.Errorf("store: replay: reading checkpoints: %w", err)
-		}
-		parts = 1
-		for _, c := range cps {
-			if c.Projection == opts.Projection {
-				parts = max(parts, c.Partition+1)
-			}
-		}
-	}
 	var applied int64
 	err := db.InTx(ctx, func(tx Tx) error {
-		applied = 0
-		if opts.Reset {
-			if err := w.Reset(ctx, tx); err != nil {
-				return fmt.Errorf("resetting views: %w", err)
-			}
-			if err := tx.DeleteCheckpoints(ctx, opts.Projection); err != nil {
-				return err
-			}
-			for p := range max(parts, 1) {
-				if err := tx.Unpark(ctx, opts.Projection, p); err != nil {
-					return err
-				}
-			}
-		}
-		cps := make([]int64, parts)
-		uniform := true
-		for p := range cps {
-			cp, err := tx.Checkpoint(ctx, opts.Projection, p)
-			if err != nil {
-				return err
-			}
-			cps[p] = cp
-			uniform = uniform && cp == cps[0]
-		}
-		if !uniform && opts.PartitionOf == nil {
-			return fmt.Errorf("the %d partition checkpoints of %s differ (%v): replay with Reset, or set PartitionOf", parts, opts.Projection, cps)
-		}
-		from := slices.Min(cps)
-		applied = from
-		views := NewBufferedViews(tx, opts.Reset)
-		// Pages are read ahead on another connection while this one applies
-		// and flushes: reading and writing overlap.
-		pages, stopReading := readAhead(ctx, db, from, target)
-		defer stopReading()
-		for applied < target {
-			pg, ok := <-pages
-			if !ok {
-				break
-			}
-			if pg.err != nil {
-				return pg.err
-			}
-			for _, e := range pg.events {
-				apply := uniform
-				if !uniform {
-					p := opts.PartitionOf(e)
-					if p < 0 || p >= parts {
-						return fmt.Errorf("PartitionOf(%d) = %d, outside 0..%d", e.Sequence, p, parts-1)
-					}
-					apply = e.Sequence > cps[p]
-				}
-				if apply {
-					if err := w.Apply(ctx, views, e); err != nil {
-						return err
-					}
-				}
-				applied = e.Sequence
-			}
-			if views.Pending() >= replayFlushRows {
-				if err := views.Flush(ctx); err != nil {
-					return err
-				}
-			}
-			if opts.Progress != nil {
-				opts.Progress(applied, target)
-			}
-		}
-		if err := views.Flush(ctx); err != nil {
-			return err
-		}
-		for p, cp := range cps {
-			if cp < applied {
-				if err := tx.AdvanceCheckpoint(ctx, opts.Projection, p, cp, applied); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
+		var err error
+		applied, err = replayTx(ctx, db, tx, w, opts)
+		return err
 	})
+	if errors.Is(err, ErrConflict) {
+		// The views changed under the replay although it held the
+		// checkpoints: a writer that does not take them first.
+		return 0, fmt.Errorf("store: replay: a writer outside the projection's checkpoints changed the views: %w", err)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("store: replay: %w", err)
 	}
 	return applied, nil
+}
+
+// replayTx is Replay's transaction.
+func replayTx(ctx context.Context, db DB, tx Tx, w ViewWriter, opts ReplayOptions) (int64, error) {
+	locked, err := tx.LockCheckpoints(ctx, opts.Projection, opts.Partitions)
+	if err != nil {
+		return 0, fmt.Errorf("locking checkpoints: %w", err)
+	}
+	parts := opts.Partitions
+	if parts <= 0 {
+		parts = 1
+		for _, c := range locked {
+			parts = max(parts, c.Partition+1)
+		}
+	}
+	target := opts.UpTo
+	if target == 0 {
+		// Read after the lock: no worker commits past it now.
+		if target, err = db.Head(ctx); err != nil {
+			return 0, fmt.Errorf("reading head: %w", err)
+		}
+	}
+	if opts.Reset {
+		if err := resetProjection(ctx, tx, w, opts.Projection, parts, locked, target); err != nil {
+			return 0, err
+		}
+	}
+	cps := make([]int64, parts)
+	uniform := true
+	for p := range cps {
+		if cps[p], err = tx.Checkpoint(ctx, opts.Projection, p); err != nil {
+			return 0, err
+		}
+		uniform = uniform && cps[p] == cps[0]
+	}
+	if !uniform && opts.PartitionOf == nil {
+		return 0, fmt.Errorf("the %d partition checkpoints of %s differ (%v): replay with Reset, or set PartitionOf", parts, opts.Projection, cps)
+	}
+	applied, err := applyLog(ctx, db, tx, w, opts, cps, target)
+	if err != nil {
+		return 0, err
+	}
+	for p, cp := range cps {
+		if cp < applied {
+			if err := tx.AdvanceCheckpoint(ctx, opts.Projection, p, cp, applied); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return applied, nil
+}
+
+// resetProjection empties the views, the projection's checkpoints and its
+// parked partitions, unless a locked checkpoint is beyond target: the
+// rebuilt views would then stop short of what a worker has acknowledged.
+func resetProjection(ctx context.Context, tx Tx, w ViewWriter, projection string, parts int, locked []Checkpoint, target int64) error {
+	for _, c := range locked {
+		if c.Sequence > target {
+			return fmt.Errorf("%w: %s partition %d is at %d, the replay would stop at %d", ErrCheckpointAhead,
+				projection, c.Partition, c.Sequence, target)
+		}
+	}
+	if err := w.Reset(ctx, tx); err != nil {
+		return fmt.Errorf("resetting views: %w", err)
+	}
+	if err := tx.DeleteCheckpoints(ctx, projection); err != nil {
+		return err
+	}
+	for p := range parts {
+		if err := tx.Unpark(ctx, projection, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// applyLog applies the events in (min(cps), target] through w in bulk,
+// each only above its partition's checkpoint when cps differ, and returns
+// the last sequence it read.
+func applyLog(ctx context.Context, db DB, tx Tx, w ViewWriter, opts ReplayOptions, cps []int64, target int64) (int64, error) {
+	uniform := !slices.ContainsFunc(cps, func(cp int64) bool { return cp != cps[0] })
+	applied := slices.Min(cps)
+	views := NewBufferedViews(tx, opts.Reset)
+	// Pages are read ahead on another connection while this one applies
+	// and flushes: reading and writing overlap.
+	pages, stopReading := readAhead(ctx, db, applied, target)
+	defer stopReading()
+	for applied < target {
+		pg, ok := <-pages
+		if !ok {
+			break
+		}
+		if pg.err != nil {
+			return 0, pg.err
+		}
+		for _, e := range pg.events {
+			apply := uniform
+			if !uniform {
+				p := opts.PartitionOf(e)
+				if p < 0 || p >= len(cps) {
+					return 0, fmt.Errorf("PartitionOf(%d) = %d, outside 0..%d", e.Sequence, p, len(cps)-1)
+				}
+				apply = e.Sequence > cps[p]
+			}
+			if apply {
+				if err := w.Apply(ctx, views, e); err != nil {
+					return 0, err
+				}
+			}
+			applied = e.Sequence
+		}
+		if views.Pending() >= replayFlushRows {
+			if err := views.Flush(ctx); err != nil {
+				return 0, err
+			}
+		}
+		if opts.Progress != nil {
+			opts.Progress(applied, target)
+		}
+	}
+	return applied, views.Flush(ctx)
 }
 
 // TailOptions configures Tail.

@@ -83,6 +83,13 @@ type Tx interface {
 	// AdvanceCheckpoint sets a partition's checkpoint from from to to, only
 	// if it is still from (compare-and-set); otherwise ErrCheckpointMoved.
 	AdvanceCheckpoint(ctx context.Context, projection string, partition int, from, to int64) error
+	// LockCheckpoints creates the projection's missing checkpoints of
+	// partitions 0..partitions-1 (at 0), locks every checkpoint of the
+	// projection until the transaction ends and returns them ordered by
+	// partition. A projector's compare-and-set on any of them (and so its
+	// view transaction) waits until then; Replay takes them first, so it
+	// never interleaves with a worker's batch.
+	LockCheckpoints(ctx context.Context, projection string, partitions int) ([]Checkpoint, error)
 	// DeleteCheckpoints removes every checkpoint of a projection.
 	DeleteCheckpoints(ctx context.Context, projection string) error
 	// Park records (or replaces) a parked projector partition.

@@ -21,6 +21,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/artifactstore/artifactstore/internal/testenv"
+	"github.com/artifactstore/artifactstore/store/postgres"
 )
 
 // The compose file cannot run here (no container engine); these tests keep
@@ -196,15 +197,16 @@ func TestComposeStructure(t *testing.T) {
 	p := loadCompose(t)
 
 	names := slices.Sorted(maps.Keys(p.Services))
-	require.Equal(t, []string{"cli", "cli-reader", "ingest-1", "ingest-2", "migrate", "nats-1", "nats-2", "nats-3",
+	require.Equal(t, []string{"cli", "cli-reader", "ingest-1", "ingest-2", "migrate", "migrate-roles", "nats-1", "nats-2", "nats-3",
 		"postgres", "projector-1", "projector-2", "projector-3", "relay-1", "relay-2"}, names)
 
 	groups := p.byCommand()
 	require.Equal(t, map[string][]string{
-		"migrate up": {"migrate"},
-		"ingest":     {"ingest-1", "ingest-2"},
-		"relay":      {"relay-1", "relay-2"},
-		"projector":  {"projector-1", "projector-2", "projector-3"},
+		"migrate up":    {"migrate"},
+		"migrate roles": {"migrate-roles"},
+		"ingest":        {"ingest-1", "ingest-2"},
+		"relay":         {"relay-1", "relay-2"},
+		"projector":     {"projector-1", "projector-2", "projector-3"},
 	}, groups)
 
 	// Images: the artifactstore image built from deploy/Dockerfile,
@@ -250,11 +252,14 @@ func TestComposeStructure(t *testing.T) {
 	mig := p.Services["migrate"]
 	require.Equal(t, "no", mig.Restart)
 	require.Equal(t, "service_healthy", mig.DependsOn["postgres"].Condition)
+	roles := p.Services["migrate-roles"]
+	require.Equal(t, "no", roles.Restart)
+	require.Equal(t, "service_completed_successfully", roles.DependsOn["migrate"].Condition, "migrate-roles runs after migrate")
 	for name, s := range p.appServices() {
-		if name == "migrate" {
+		if name == "migrate" || name == "migrate-roles" {
 			continue
 		}
-		require.Equal(t, "service_completed_successfully", s.DependsOn["migrate"].Condition, "%s waits for migrate", name)
+		require.Equal(t, "service_completed_successfully", s.DependsOn["migrate-roles"].Condition, "%s waits for migrate-roles", name)
 		for _, n := range []string{"nats-1", "nats-2", "nats-3"} {
 			require.Equal(t, "service_healthy", s.DependsOn[n].Condition, "%s waits for %s", name, n)
 		}
@@ -269,7 +274,7 @@ func TestComposeStructure(t *testing.T) {
 			env := p.Services[n].Environment
 			require.NotEmpty(t, env["ARTIFACTSTORE_DATABASE_URL"], n)
 			require.True(t, strings.HasPrefix(env["ARTIFACTSTORE_DATABASE_URL"], "postgres://"), n)
-			if cmd == "migrate up" {
+			if strings.HasPrefix(cmd, "migrate ") {
 				require.Empty(t, env["ARTIFACTSTORE_NATS_USER"], "migrate needs no NATS")
 				continue
 			}
@@ -286,7 +291,9 @@ func TestComposeStructure(t *testing.T) {
 			}
 		}
 	}
-	// Every database URL logs in as the PostgreSQL service's user.
+	// Every database URL reaches the compose database; only the migration
+	// services log in as its owner (the superuser), see
+	// TestComposeLeastPrivilegeDatabaseRoles.
 	pg := p.Services["postgres"].Environment
 	for name, s := range p.appServices() {
 		raw := s.Environment["ARTIFACTSTORE_DATABASE_URL"]
@@ -295,10 +302,7 @@ func TestComposeStructure(t *testing.T) {
 		}
 		u, err := url.Parse(raw)
 		require.NoError(t, err, name)
-		pw, _ := u.User.Password()
 		require.Equal(t, "postgres:5432", u.Host, name)
-		require.Equal(t, pg["POSTGRES_USER"], u.User.Username(), name)
-		require.Equal(t, pg["POSTGRES_PASSWORD"], pw, name)
 		require.Equal(t, "/"+pg["POSTGRES_DB"], u.Path, name)
 	}
 	require.Equal(t, "client", p.Services["cli"].Environment["ARTIFACTSTORE_NATS_USER"])
@@ -402,4 +406,76 @@ func moduleVersion(t *testing.T, path string) string {
 	}
 	t.Fatalf("module %s not in the build", path)
 	return ""
+}
+
+// composeLoginRe matches a login role of the PostgreSQL init script: a
+// member of one group role and nothing more.
+var composeLoginRe = regexp.MustCompile(`^CREATE ROLE (\w+) LOGIN PASSWORD '([^']*)' IN ROLE (\w+);$`)
+
+// composeGroupRe matches a group role of the init script.
+var composeGroupRe = regexp.MustCompile(`^CREATE ROLE (\w+) NOLOGIN;$`)
+
+// TestComposeLeastPrivilegeDatabaseRoles: only the migration services log
+// in as the database's owner (the superuser POSTGRES_USER); ingest, relay,
+// projectors and the read-only CLI log in as login roles the PostgreSQL
+// init script creates, each a member of the group role `migrate roles`
+// creates and grants for that service.
+func TestComposeLeastPrivilegeDatabaseRoles(t *testing.T) {
+	t.Parallel()
+	p := loadCompose(t)
+	pgSvc := p.Services["postgres"]
+	owner := pgSvc.Environment["POSTGRES_USER"]
+	require.NotEmpty(t, owner)
+	type dbLogin struct{ service, command, user, password string }
+	var used []dbLogin
+	for name, s := range p.appServices() {
+		raw := s.Environment["ARTIFACTSTORE_DATABASE_URL"]
+		if raw == "" {
+			continue
+		}
+		u, err := url.Parse(raw)
+		require.NoError(t, err, name)
+		pw, _ := u.User.Password()
+		if s.Command[0] == "migrate" {
+			require.Equal(t, owner, u.User.Username(), "%s: the migrations run as the owner", name)
+			require.Equal(t, pgSvc.Environment["POSTGRES_PASSWORD"], pw, name)
+			continue
+		}
+		require.NotEqual(t, owner, u.User.Username(),
+			"%s must not log in as the owner %s, a superuser, who can disable the append-only trigger", name, owner)
+		used = append(used, dbLogin{name, s.Command[0], u.User.Username(), pw})
+	}
+	require.NotEmpty(t, used)
+
+	require.Contains(t, pgSvc.Volumes, "./deploy/postgres:/docker-entrypoint-initdb.d:ro",
+		"the postgres service creates the login roles on first start")
+	script, err := os.ReadFile("../../deploy/postgres/10-artifactstore-roles.sql")
+	require.NoError(t, err)
+	// The script does nothing but create the groups of `migrate roles`
+	// (NOLOGIN, as it would) and login roles that are members of one each.
+	groups := postgres.RoleNames("")
+	isGroup := map[string]bool{groups.Ingest: true, groups.Relay: true, groups.Projector: true, groups.Reader: true}
+	type login struct{ password, group string }
+	logins := map[string]login{}
+	for _, line := range strings.Split(string(script), "\n") {
+		if line == "" || strings.HasPrefix(line, "--") {
+			continue
+		}
+		if m := composeGroupRe.FindStringSubmatch(line); m != nil {
+			require.True(t, isGroup[m[1]], "the init script creates %s, which is not a role of migrate roles", m[1])
+			continue
+		}
+		m := composeLoginRe.FindStringSubmatch(line)
+		require.NotNil(t, m, "the init script only creates roles as CREATE ROLE x LOGIN PASSWORD '...' IN ROLE group; got %q", line)
+		require.True(t, isGroup[m[3]], "login %s is a member of %s, which is not a role of migrate roles", m[1], m[3])
+		logins[m[1]] = login{m[2], m[3]}
+	}
+	want := map[string]string{"ingest": groups.Ingest, "relay": groups.Relay, "projector": groups.Projector, "status": groups.Reader,
+		"events": groups.Reader}
+	for _, u := range used {
+		l, ok := logins[u.user]
+		require.True(t, ok, "%s logs in as %s, which the init script does not create", u.service, u.user)
+		require.Equal(t, l.password, u.password, "%s: the password of %s", u.service, u.user)
+		require.Equal(t, want[u.command], l.group, "%s (%s) logs in as %s, a member of %s", u.service, u.command, u.user, l.group)
+	}
 }

@@ -85,8 +85,36 @@ func schemaOf(dbURL string) string {
 }
 
 // redactURL hides a URL's password (and any password= parameter), also in
-// URLs that do not parse.
+// URLs that do not parse, and in every URL of a comma-separated list (NATS
+// server lists).
 func redactURL(raw string) string {
+	urls := splitURLs(raw)
+	for i, u := range urls {
+		trimmed := strings.TrimLeft(u, " \t")
+		urls[i] = u[:len(u)-len(trimmed)] + redactOneURL(trimmed)
+	}
+	return strings.Join(urls, ",")
+}
+
+// urlStart matches the scheme that begins a URL.
+var urlStart = regexp.MustCompile(`^\s*[A-Za-z][A-Za-z0-9+.-]*://`)
+
+// splitURLs splits a comma-separated list of URLs. A comma not followed by
+// a scheme stays in its URL: it belongs to a password or to a multi-host
+// PostgreSQL URL.
+func splitURLs(raw string) []string {
+	var urls []string
+	for _, part := range strings.Split(raw, ",") {
+		if len(urls) == 0 || urlStart.MatchString(part) {
+			urls = append(urls, part)
+		} else {
+			urls[len(urls)-1] += "," + part
+		}
+	}
+	return urls
+}
+
+func redactOneURL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil || u.Scheme == "" {
 		return passwordParam.ReplaceAllString(userinfoPassword.ReplaceAllString(raw, "${1}xxxxx@"), "${1}xxxxx")

@@ -259,8 +259,19 @@ func TestRedactURL(t *testing.T) {
 		"./data/artifactstore.db":                       "./data/artifactstore.db",
 		"postgres://u:PW@host:notaport/x":               "postgres://u:xxxxx@host:notaport/x",
 		"postgres://host:bad/x?sslmode=a&password=PW":   "postgres://host:bad/x?sslmode=a&password=xxxxx",
+		// NATS server lists: every URL's password.
+		"nats://a:pw1@n1:4222,nats://b:pw2@n2:4222":         "nats://a:xxxxx@n1:4222,nats://b:xxxxx@n2:4222",
+		"nats://n1:4222,nats://b:pw2@n2:4222":               "nats://n1:4222,nats://b:xxxxx@n2:4222",
+		"nats://a:pw1@n1:4222, tls://b:pw2@n2:4222":         "nats://a:xxxxx@n1:4222, tls://b:xxxxx@n2:4222",
+		"nats://a:pw1@n1:4222,nats://b:pw2@n2:bad,n3":       "nats://a:xxxxx@n1:4222,nats://b:xxxxx@n2:bad,n3",
+		"nats://n1:4222,nats://n2:4222,nats://n3:4222":      "nats://n1:4222,nats://n2:4222,nats://n3:4222",
+		"nats://a:p,w@n1:4222,nats://b:p,w2@n2:4222":        "nats://a:xxxxx@n1:4222,nats://b:xxxxx@n2:4222",
+		"postgres://u:pw@h1:5432,h2:5432/db?sslmode=verify": "postgres://u:xxxxx@h1:5432,h2:5432/db?sslmode=verify",
 	} {
-		require.Equal(t, want, redactURL(in))
+		require.Equal(t, want, redactURL(in), in)
+		for _, secret := range []string{"pw1", "pw2", "PW", "secret", "p,w"} {
+			require.NotContains(t, redactURL(in), secret, in)
+		}
 	}
 }
 

@@ -69,10 +69,10 @@ func (s *Server) AddCheck(name string, c Check) {
 
 // EnableProfiling serves Go's runtime profiles (net/http/pprof) under
 // /debug/pprof/. They expose the process's internals: enable them only on a
-// private listener.
+// private listener. /debug/pprof/cmdline is not served (the index answers
+// it 404): it would echo secrets passed as flags.
 func (s *Server) EnableProfiling() {
 	s.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-	s.mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
 	s.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	s.mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
 	s.mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)

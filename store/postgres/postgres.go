@@ -482,7 +482,8 @@ func (db *DB) DumpViews(ctx context.Context) (string, error) {
 
 // translate maps pgx and network errors onto the store's sentinels: no rows
 // → store.ErrNotFound; connection failures, shutdowns, serialization
-// failures and deadlocks → store.ErrUnavailable.
+// failures and deadlocks → store.ErrUnavailable; integrity constraint
+// violations → store.ErrConflict.
 func translate(err error) error {
 	if err == nil {
 		return nil
@@ -502,6 +503,8 @@ func translate(err error) error {
 			pgErr.Code == "57P01", pgErr.Code == "57P02", pgErr.Code == "57P03", // shutdown, cannot connect now
 			pgErr.Code == "53300": // too many connections
 			return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
+		case strings.HasPrefix(pgErr.Code, "23"): // integrity constraint violation
+			return fmt.Errorf("%w: %w", store.ErrConflict, err)
 		}
 		return err
 	}

@@ -253,3 +253,19 @@ func TestDatabaseRestartRecovers(t *testing.T) {
 	require.Len(t, events, 2)
 	require.Equal(t, int64(2), events[1].Sequence)
 }
+
+// TestConstraintViolationIsConflict: a write a unique constraint refuses
+// reaches callers as store.ErrConflict, not as the driver's error alone.
+func TestConstraintViolationIsConflict(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := testenv.Postgres(t)
+	p := store.Package{ID: "p1", Name: "web", Version: "1", Status: store.StatusOpen, CreatedBy: "a", CreatedAt: time.Unix(1, 0).UTC()}
+	load := func() error {
+		return db.InTx(ctx, func(tx store.Tx) error { return tx.LoadViews(ctx, []store.Package{p}, nil) })
+	}
+	require.NoError(t, load())
+	err := load()
+	require.ErrorIs(t, err, store.ErrConflict)
+	require.False(t, store.Temporary(err))
+}

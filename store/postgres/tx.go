@@ -158,6 +158,30 @@ func (t *tx) AdvanceCheckpointAndRead(ctx context.Context, projection string, pa
 	return ps, rs, translate(br.Close())
 }
 
+// LockCheckpoints implements store.Tx. Rows are created and locked in
+// partition order, the order in which a worker that takes several (at its
+// start) takes them, so the two cannot deadlock.
+func (t *tx) LockCheckpoints(ctx context.Context, projection string, partitions int) ([]store.Checkpoint, error) {
+	if partitions > 0 {
+		if err := t.tx.later(`INSERT INTO checkpoints (projection, partition, sequence)
+			SELECT $1, g, 0 FROM generate_series(0, $2::integer - 1) AS g ORDER BY g
+			ON CONFLICT (projection, partition) DO NOTHING`, projection, partitions); err != nil {
+			return nil, err
+		}
+	}
+	rows, err := t.tx.Query(ctx, `SELECT projection, partition, sequence FROM checkpoints
+		WHERE projection = $1 ORDER BY partition FOR UPDATE`, projection)
+	if err != nil {
+		return nil, translate(err)
+	}
+	cps, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (store.Checkpoint, error) {
+		var c store.Checkpoint
+		err := r.Scan(&c.Projection, &c.Partition, &c.Sequence)
+		return c, err
+	})
+	return cps, translate(err)
+}
+
 // DeleteCheckpoints implements store.Tx.
 func (t *tx) DeleteCheckpoints(ctx context.Context, projection string) error {
 	_, err := t.tx.Exec(ctx, "DELETE FROM checkpoints WHERE projection = $1", projection)

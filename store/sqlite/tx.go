@@ -95,6 +95,33 @@ func (t *tx) AdvanceCheckpoint(ctx context.Context, projection string, partition
 	return nil
 }
 
+// LockCheckpoints implements store.Tx. The transaction holds SQLite's
+// write lock since BEGIN IMMEDIATE, which already excludes every other
+// writer: this only creates the missing rows and reads them.
+func (t *tx) LockCheckpoints(ctx context.Context, projection string, partitions int) ([]store.Checkpoint, error) {
+	for p := range partitions {
+		if _, err := t.tx.ExecContext(ctx, `INSERT INTO checkpoints (projection, partition, sequence) VALUES (?, ?, 0)
+			ON CONFLICT (projection, partition) DO NOTHING`, projection, p); err != nil {
+			return nil, translate(err)
+		}
+	}
+	rows, err := t.tx.QueryContext(ctx, `SELECT projection, partition, sequence FROM checkpoints
+		WHERE projection = ? ORDER BY partition`, projection)
+	if err != nil {
+		return nil, translate(err)
+	}
+	defer rows.Close()
+	var cps []store.Checkpoint
+	for rows.Next() {
+		var c store.Checkpoint
+		if err := rows.Scan(&c.Projection, &c.Partition, &c.Sequence); err != nil {
+			return nil, translate(err)
+		}
+		cps = append(cps, c)
+	}
+	return cps, translate(rows.Err())
+}
+
 // DeleteCheckpoints implements store.Tx.
 func (t *tx) DeleteCheckpoints(ctx context.Context, projection string) error {
 	_, err := t.tx.ExecContext(ctx, "DELETE FROM checkpoints WHERE projection = ?", projection)

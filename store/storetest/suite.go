@@ -50,6 +50,9 @@ var cases = []struct {
 	{"ConcurrentWritersCommitOrder", testConcurrentWriters},
 	{"PartitionCountRecorded", testPartitions},
 	{"LeasesExcludeAndExpire", testLeases},
+	{"ReplayResetBesideLiveWorker", testReplayResetBesideWorker},
+	{"ReplayResetNeverMovesCheckpointsBack", testReplayResetNeverMovesBack},
+	{"LockCheckpointsCreatesAndReturnsRows", testLockCheckpoints},
 }
 
 func ctxT(t *testing.T) context.Context {
