@@ -47,7 +47,7 @@ func TestScaleKillAndJoin(t *testing.T) {
 			}, "the survivors take the dead worker's partitions")
 			took := time.Since(killed)
 			t.Logf("failover: survivors hold every partition %s after the kill", took)
-			require.Less(t, took, 3*time.Second, "failover within 3 s (LeaseTTL 1 s)")
+			require.Less(t, took, 3*time.Second, "failover within 3 s (default LeaseTTL 2 s)")
 		}
 		if chunk == 6 {
 			joined := time.Now()
@@ -374,7 +374,7 @@ func TestCutOffFromPostgres(t *testing.T) {
 	testenv.Eventually(t, 10*time.Second, func() bool { return len(owned(t, e.db, "b")) == e.parts }, "b takes every partition")
 	took := time.Since(cut)
 	t.Logf("cut off: b holds every partition %s after the partition began", took)
-	require.Less(t, took, 3*time.Second, "partitions move within 3 s (LeaseTTL 1 s)")
+	require.Less(t, took, 3*time.Second, "partitions move within 3 s (default LeaseTTL 2 s)")
 	want = expected(t, e.db, e.parts)
 	testenv.Eventually(t, 30*time.Second, func() bool { return caughtUp(t, e.db, DefaultProjection, want) }, "the views reach the log without a")
 	testenv.Eventually(t, 10*time.Second, func() bool {

@@ -322,12 +322,13 @@ func (r *worker) metric(t testing.TB, name string, want map[string]string) float
 	return sum
 }
 
-// fastConfig is a configuration with short timeouts for tests.
+// fastConfig is a configuration with short timeouts for tests. Its lease
+// TTL is the default; tests that time failover shorten it.
 func fastConfig(id string) Config {
 	return Config{
 		WorkerID:        id,
 		BatchSize:       100,
-		LeaseTTL:        time.Second,
+		LeaseTTL:        DefaultLeaseTTL,
 		IdleWait:        200 * time.Millisecond,
 		MaxAttempts:     2,
 		ParkRetry:       time.Hour,

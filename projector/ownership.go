@@ -70,10 +70,7 @@ func (w *Worker) own(ctx context.Context) error {
 // beat is one round of the ownership loop.
 func (o *owner) beat(ctx context.Context) {
 	w := o.w
-	start := sinceEpoch()
-	hctx, cancel := context.WithTimeout(ctx, w.cfg.LeaseTTL/2)
-	defer cancel()
-	held, err := o.renew(hctx)
+	start, held, err := o.renew(ctx)
 	if ctx.Err() != nil {
 		return
 	}
@@ -113,14 +110,24 @@ func (o *owner) beat(ctx context.Context) {
 	w.m.owned.WithLabelValues(w.cfg.Projection, w.cfg.WorkerID).Set(float64(len(o.owned)))
 }
 
-// renew beats, gives back the partitions this worker should no longer
-// hold (after stopping them) and claims its share; it returns the
-// partitions it holds.
-func (o *owner) renew(ctx context.Context) ([]int, error) {
+// renew beats, stops and gives back the partitions this worker should no
+// longer hold, and claims its share. It returns the partitions it holds
+// and when the claim started (sinceEpoch), from which the leases last
+// LeaseTTL. Each database call has half the TTL; stopping partitions
+// (finishing their transactions in flight) does not eat into it.
+func (o *owner) renew(ctx context.Context) (int64, []int, error) {
 	w := o.w
-	members, err := w.db.Heartbeat(ctx, w.cfg.Projection, w.cfg.WorkerID, w.cfg.LeaseTTL)
-	if err != nil {
-		return nil, err
+	timed := func(fn func(ctx context.Context) error) error {
+		tctx, cancel := context.WithTimeout(ctx, w.cfg.LeaseTTL/2)
+		defer cancel()
+		return fn(tctx)
+	}
+	var members []string
+	if err := timed(func(ctx context.Context) (err error) {
+		members, err = w.db.Heartbeat(ctx, w.cfg.Projection, w.cfg.WorkerID, w.cfg.LeaseTTL)
+		return err
+	}); err != nil {
+		return 0, nil, err
 	}
 	want := assign(members, w.parts, w.cfg.WorkerID)
 	var release []int
@@ -133,11 +140,20 @@ func (o *owner) renew(ctx context.Context) ([]int, error) {
 		slices.Sort(release)
 		w.log.Info("handing partitions over", zap.Ints("partitions", release), zap.Int("members", len(members)))
 		o.stop(release)
-		if err := w.db.ReleaseLeases(ctx, w.cfg.Projection, w.cfg.WorkerID, release); err != nil {
-			return nil, err
+		// Unreleased leases expire; the next owner only waits longer.
+		if err := timed(func(ctx context.Context) error {
+			return w.db.ReleaseLeases(ctx, w.cfg.Projection, w.cfg.WorkerID, release)
+		}); err != nil {
+			w.log.Warn("giving leases back failed; they expire", zap.Error(err))
 		}
 	}
-	return w.db.ClaimLeases(ctx, w.cfg.Projection, w.cfg.WorkerID, want, w.cfg.LeaseTTL)
+	start := sinceEpoch()
+	var held []int
+	err := timed(func(ctx context.Context) (err error) {
+		held, err = w.db.ClaimLeases(ctx, w.cfg.Projection, w.cfg.WorkerID, want, w.cfg.LeaseTTL)
+		return err
+	})
+	return start, held, err
 }
 
 // start runs partition p until stopped. Partitions stop through their own
