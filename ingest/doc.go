@@ -16,6 +16,23 @@
 // [Error]. [Call] and [DecodeReply] turn replies back into values and
 // errors for clients.
 //
+// # Reply subjects
+//
+// Ingest answers a request only when its reply subject lies under one of
+// Config.ReplyPrefixes (by default "_INBOX." and "_R_.", the reply
+// namespace of service imports; in a deployment with per-user inboxes,
+// the clients' prefixes such as "_INBOX_client."). NATS lets a responder
+// publish to whatever reply subject the requester chose, whatever its
+// publish permissions (allow_responses), so a reply subject in
+// artifactstore.events.>, $KV.*, $JS.API.* would make ingest write there.
+// Any other request, and one without a reply subject, is dropped before
+// it is decoded: it is not decided, writes nothing and gets no answer. It
+// is counted in artifactstore_ingest_rejected_replies_total{endpoint,
+// reason="not_inbox"|"no_reply"} and logged at warn level at most once a
+// second (with how many were not logged): a flood of them must not turn
+// into a flood of log lines. micro's own $SRV endpoints are not covered;
+// deny clients publishing to $SRV.> (the shipped NATS config does).
+//
 // # Requests
 //
 // Requests are single JSON objects of at most [MaxRequestBytes], decoded

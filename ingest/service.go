@@ -47,6 +47,8 @@ type Service struct {
 	queue   chan *command
 	queries conc.WaitGroup
 	qslots  chan struct{}
+
+	rejectLog logLimiter
 }
 
 // New returns a service over db and nc configured by cfg (zero fields take
@@ -70,6 +72,8 @@ func New(db store.DB, nc *nats.Conn, cfg Config) (*Service, error) {
 		log:    cfg.Logger.Named("ingest"),
 		queue:  make(chan *command, cfg.MaxPending),
 		qslots: make(chan struct{}, cfg.QueryConcurrency),
+
+		rejectLog: logLimiter{interval: rejectedLogInterval},
 	}
 	m, err := newMetrics(cfg.Registerer, func() float64 { return float64(len(s.queue)) })
 	if err != nil {
@@ -135,13 +139,14 @@ func (s *Service) Run(ctx context.Context) error {
 		{endpointGet, SubjectGet, s.query(endpointGet, s.get)},
 		{endpointList, SubjectList, s.query(endpointList, s.list)},
 	} {
-		if err := svc.AddEndpoint(ep.name, ep.h, micro.WithEndpointSubject(ep.subject)); err != nil {
+		if err := svc.AddEndpoint(ep.name, s.guard(ep.name, ep.h), micro.WithEndpointSubject(ep.subject)); err != nil {
 			_ = svc.Stop()
 			return fmt.Errorf("ingest: adding endpoint %s: %w", ep.subject, err)
 		}
 	}
 	s.log.Info("ingest service running", zap.String("queue_group", s.cfg.QueueGroup),
-		zap.String("dialect", s.db.Dialect()), zap.Int("committers", s.cfg.Committers))
+		zap.String("dialect", s.db.Dialect()), zap.Int("committers", s.cfg.Committers),
+		zap.Strings("reply_prefixes", s.cfg.ReplyPrefixes))
 
 	select {
 	case <-ctx.Done():
