@@ -12,8 +12,8 @@
 //	artifactstore.query.package.list    ListRequest     → ListReply
 //
 // An error reply carries the micro error headers (Nats-Service-Error-Code
-// 400, 404, 409, 503 or 500) and the body {"error":{"code","message"}}; see
-// [Error]. [Call] and [DecodeReply] turn replies back into values and
+// 400, 403, 404, 409, 422, 503 or 500) and the body
+// {"error":{"code","message"}}; see [Error] and the Code constants. [Call] and [DecodeReply] turn replies back into values and
 // errors for clients.
 //
 // # Reply subjects
@@ -60,11 +60,24 @@
 // Every command is decided against the command-side state in the same
 // transaction that appends its event: (name, version) is unique (conflict),
 // finalizing an unknown package is not_found, finalizing twice is a
-// conflict. A command_id seen before returns the first reply and appends
-// nothing; the command id is recorded with its event's sequence in the
-// same transaction as the event, and a retry's reply is rebuilt from that
-// event, byte for byte. A rejected command writes nothing, not even its
-// command_id.
+// conflict. A command_id seen before, sent with the same parameters,
+// returns the first reply and appends nothing; the command id is recorded
+// with its event's sequence in the same transaction as the event, and a
+// retry's reply is rebuilt from that event, byte for byte. A rejected
+// command writes nothing, not even its command_id.
+//
+// The command id is recorded with a fingerprint of the command's
+// parameters (BLAKE3-256 of endpoint, actor and the decoded, defaulted
+// request; not the package id the service generates). A command_id sent
+// again with other parameters — another name, version, retention, actor,
+// package, digest or endpoint — is refused with command_id_reused
+// (status 422, [ErrCommandIDReused]) and writes nothing, like a Stripe
+// idempotency key reused with other parameters: answering it with the
+// first command's reply would tell the client that a command it never
+// had decided succeeded. So are two copies of one new id with different
+// parameters in one batch (the first decided, the other refused). Ids
+// recorded before fingerprints were (migration 00005) have none and keep
+// answering their first reply.
 //
 // # Group commit
 //
