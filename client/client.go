@@ -9,8 +9,10 @@
 //
 // Errors from the service are *client.Error values; match them with
 // errors.Is against ErrInvalidArgument, ErrNotFound, ErrConflict,
-// ErrUnavailable and ErrInternal. Retrying a command with the same
-// CommandID is always safe.
+// ErrUnavailable, ErrInternal, ErrPermissionDenied and ErrCommandIDReused.
+// Retrying a command unchanged with the same CommandID is always safe;
+// sending another command with a CommandID already used is refused with
+// ErrCommandIDReused.
 package client
 
 import (
@@ -57,6 +59,10 @@ var (
 	ErrInternal        = ingest.ErrInternal
 	// ErrPermissionDenied: the claimed actor is not the authenticated one.
 	ErrPermissionDenied = ingest.ErrPermissionDenied
+	// ErrCommandIDReused: the CommandID was already used for a command
+	// with other parameters; nothing was written. Not retryable: use a new
+	// CommandID.
+	ErrCommandIDReused = ingest.ErrCommandIDReused
 )
 
 // DefaultTimeout bounds a request when its context has no deadline.

@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -77,8 +78,14 @@ func (s *Service) commit(batch []*command) {
 		}
 		if c.commandID != "" {
 			// The same command id twice in one batch: decide it once and
-			// give every copy the first one's reply.
+			// give every copy with the same parameters the first one's
+			// reply; refuse the others.
 			if l, ok := byID[c.commandID]; ok {
+				if !bytes.Equal(l.fingerprint, c.fingerprint) {
+					c.res.err = errCommandIDReused(c.commandID)
+					s.reply(c)
+					continue
+				}
 				l.followers = append(l.followers, c)
 				continue
 			}
@@ -234,6 +241,7 @@ func (s *Service) tryCommit(ctx context.Context, cmds []*command, skip map[strin
 		slices.SortStableFunc(finals, func(a, b *command) int { return cmp.Compare(a.event.SubjectID, b.event.SubjectID) })
 		claimed, created, finalized, exists, err := tx.ClaimAll(ctx,
 			keys(byID, func(c *command) string { return c.commandID }),
+			keys(byID, func(c *command) []byte { return c.fingerprint }),
 			keys(creates, func(c *command) string { return c.event.SubjectID }),
 			keys(creates, func(c *command) string { return c.name }),
 			keys(creates, func(c *command) string { return c.version }),
@@ -259,17 +267,24 @@ func (s *Service) tryCommit(ctx context.Context, cmds []*command, skip map[strin
 		if len(redo) > 0 {
 			return &redoError{commandIDs: redo}
 		}
-		// Idempotency: a command id seen before gets its first reply.
+		// Idempotency: a command id seen before gets its first reply, if
+		// it was used for the same command.
 		if dups := filter(byID, seen); len(dups) > 0 {
-			replies, err := tx.CommandReplies(ctx, keys(dups, func(c *command) string { return c.commandID }), replyOf)
+			records, err := tx.CommandReplies(ctx, keys(dups, func(c *command) string { return c.commandID }), replyOf)
 			if err != nil {
 				return err
 			}
 			for _, c := range dups {
-				if body, ok := replies[c.commandID]; ok {
-					c.res = result{body: body, duplicate: true}
-				} else {
+				rec, ok := records[c.commandID]
+				switch {
+				case !ok:
 					c.res.err = newError(CodeUnavailable, "command %s is still being handled; retry", c.commandID)
+				case len(rec.Fingerprint) > 0 && !bytes.Equal(rec.Fingerprint, c.fingerprint):
+					// (Commands recorded before fingerprints were have
+					// none: they keep answering their first reply.)
+					c.res.err = errCommandIDReused(c.commandID)
+				default:
+					c.res = result{body: rec.Reply, duplicate: true}
 				}
 			}
 		}
@@ -333,8 +348,8 @@ func filter(cmds []*command, keep func(*command) bool) []*command {
 	return out
 }
 
-func keys(cmds []*command, key func(*command) string) []string {
-	out := make([]string, len(cmds))
+func keys[K any](cmds []*command, key func(*command) K) []K {
+	out := make([]K, len(cmds))
 	for i, c := range cmds {
 		out[i] = key(c)
 	}

@@ -15,16 +15,16 @@ import (
 type bulkTx interface {
 	// ClaimAll claims command ids, records new packages and finalizes
 	// packages, in that order: claimed[i] reports whether commandIDs[i]
-	// (distinct) was newly recorded; created[i] whether (names[i],
+	// (distinct) was newly recorded, with fingerprints[i]; created[i] whether (names[i],
 	// versions[i]) was free for createIDs[i] (of a pair given twice the
 	// first wins); finalized[i] whether finalIDs[i] was open (of an id
 	// given twice, the first), exists[i] whether it is known. The creates'
 	// packages are known to the finalizes.
-	ClaimAll(ctx context.Context, commandIDs, createIDs, names, versions, finalIDs []string) (claimed, created, finalized, exists []bool, err error)
-	// CommandReplies returns the first replies of the completed commands
-	// among ids, rebuilt with replyOf from their events where only the
-	// sequence was kept.
-	CommandReplies(ctx context.Context, ids []string, replyOf func(store.Event) ([]byte, error)) (map[string][]byte, error)
+	ClaimAll(ctx context.Context, commandIDs []string, fingerprints [][]byte, createIDs, names, versions, finalIDs []string) (claimed, created, finalized, exists []bool, err error)
+	// CommandReplies returns the records (fingerprint and first reply) of
+	// the completed commands among ids, the replies rebuilt with replyOf
+	// from their events where only the sequence was kept.
+	CommandReplies(ctx context.Context, ids []string, replyOf func(store.Event) ([]byte, error)) (map[string]store.CommandRecord, error)
 	// AppendCommands forgets the claims of release, appends events, and
 	// records that events[i] answered commandIDs[i] (where not ""). It is
 	// the transaction's last call and may commit it; an error wrapping
@@ -44,10 +44,10 @@ func bulk(tx store.Tx) bulkTx {
 // commits when InTx returns.
 type rowByRow struct{ tx store.Tx }
 
-func (r rowByRow) ClaimAll(ctx context.Context, commandIDs, createIDs, names, versions, finalIDs []string) (claimed, created, finalized, exists []bool, err error) {
+func (r rowByRow) ClaimAll(ctx context.Context, commandIDs []string, fingerprints [][]byte, createIDs, names, versions, finalIDs []string) (claimed, created, finalized, exists []bool, err error) {
 	claimed = make([]bool, len(commandIDs))
 	for i, id := range commandIDs {
-		if claimed[i], err = r.tx.ClaimCommand(ctx, id); err != nil {
+		if claimed[i], err = r.tx.ClaimCommand(ctx, id, fingerprints[i]); err != nil {
 			return nil, nil, nil, nil, err
 		}
 	}
@@ -70,16 +70,16 @@ func (r rowByRow) ClaimAll(ctx context.Context, commandIDs, createIDs, names, ve
 	return claimed, created, finalized, exists, nil
 }
 
-func (r rowByRow) CommandReplies(ctx context.Context, ids []string, _ func(store.Event) ([]byte, error)) (map[string][]byte, error) {
-	out := make(map[string][]byte, len(ids))
+func (r rowByRow) CommandReplies(ctx context.Context, ids []string, _ func(store.Event) ([]byte, error)) (map[string]store.CommandRecord, error) {
+	out := make(map[string]store.CommandRecord, len(ids))
 	for _, id := range ids {
-		reply, err := r.tx.CommandReply(ctx, id)
+		rec, err := r.tx.CommandReply(ctx, id)
 		if errors.Is(err, store.ErrNotFound) {
 			continue
 		} else if err != nil {
 			return nil, err
 		}
-		out[id] = reply
+		out[id] = rec
 	}
 	return out, nil
 }

@@ -45,6 +45,14 @@ func otherLog(t *testing.T, name string) store.DB {
 func script(t *testing.T, db store.DB, wrap func(store.Tx) bulkTx) []any {
 	ctx := context.Background()
 	var out []any
+	fps := func(ids ...string) [][]byte {
+		out := make([][]byte, len(ids))
+		for i, id := range ids {
+			d := store.DigestOf([]byte(id))
+			out[i] = d[:]
+		}
+		return out
+	}
 	step := func(fn func(tx bulkTx) []any) {
 		require.NoError(t, db.InTx(ctx, func(stx store.Tx) error {
 			out = append(out, fn(wrap(stx))...)
@@ -71,17 +79,18 @@ func script(t *testing.T, db store.DB, wrap func(store.Tx) bulkTx) []any {
 		return r
 	}
 	step(func(tx bulkTx) []any {
-		r := must(tx.ClaimAll(ctx, []string{"a", "b", "c"}, []string{"p1", "p2", "p3"}, []string{"n", "n", "m"}, []string{"1", "1", "1"},
+		r := must(tx.ClaimAll(ctx, []string{"a", "b", "c"}, fps("a", "b", "c"), []string{"p1", "p2", "p3"}, []string{"n", "n", "m"}, []string{"1", "1", "1"},
 			[]string{"p1", "p1", "p2", "p9"}))
 		return append(r, sequences(tx.AppendCommands(ctx, []string{"c"}, []store.Event{event("p1"), event("p3"), event("p1")}, []string{"a", "", "b"}, replyOf))...)
 	})
 	step(func(tx bulkTx) []any {
-		r := must(tx.ClaimAll(ctx, []string{"a", "c", "d"}, []string{"p4", "p5"}, []string{"n", "k"}, []string{"1", "2"}, []string{"p1", "p3", "p5"}))
-		replies := must(tx.CommandReplies(ctx, []string{"a", "b", "x"}, replyOf))[0].(map[string][]byte)
-		require.Len(t, replies, 2, "a and b are complete; x is unknown")
-		for _, id := range slices.Sorted(maps.Keys(replies)) {
+		r := must(tx.ClaimAll(ctx, []string{"a", "c", "d"}, fps("other a", "c2", "d"), []string{"p4", "p5"}, []string{"n", "k"}, []string{"1", "2"}, []string{"p1", "p3", "p5"}))
+		records := must(tx.CommandReplies(ctx, []string{"a", "b", "x"}, replyOf))[0].(map[string]store.CommandRecord)
+		require.Len(t, records, 2, "a and b are complete; x is unknown")
+		for _, id := range slices.Sorted(maps.Keys(records)) {
 			var reply CommandReply
-			require.NoError(t, json.Unmarshal(replies[id], &reply))
+			require.NoError(t, json.Unmarshal(records[id].Reply, &reply))
+			require.Equal(t, fps(id)[0], records[id].Fingerprint, "%s keeps the fingerprint of its first claim", id)
 			r = append(r, id, reply.Sequence, reply.PackageID, reply.EventType)
 		}
 		return append(r, sequences(tx.AppendCommands(ctx, []string{"d"}, nil, nil, replyOf))...)
@@ -89,7 +98,7 @@ func script(t *testing.T, db store.DB, wrap func(store.Tx) bulkTx) []any {
 	step(func(tx bulkTx) []any {
 		// c was released by the first step and claimed again (and kept)
 		// by the second; d was released by the second.
-		return must(tx.ClaimAll(ctx, []string{"c", "d"}, nil, nil, nil, nil))
+		return must(tx.ClaimAll(ctx, []string{"c", "d"}, fps("c", "d"), nil, nil, nil, nil))
 	})
 	return out
 }

@@ -45,7 +45,7 @@ func DecodeReply(msg *nats.Msg, v any) error {
 		// status back to a code.
 		e := &Error{Code: CodeInternal, Message: msg.Header.Get(micro.ErrorHeader)}
 		if n, err := strconv.Atoi(code); err == nil {
-			for _, c := range []string{CodeInvalidArgument, CodeNotFound, CodeConflict, CodeUnavailable, CodePermissionDenied} {
+			for _, c := range []string{CodeInvalidArgument, CodeNotFound, CodeConflict, CodeUnavailable, CodePermissionDenied, CodeCommandIDReused} {
 				if (&Error{Code: c}).HTTPStatus() == n {
 					e.Code = c
 				}

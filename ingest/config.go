@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -32,7 +33,22 @@ const (
 	DefaultMaxRetries = 3
 	// DefaultQueryConcurrency bounds the queries run at once.
 	DefaultQueryConcurrency = 8
+	// DefaultReplyPrefix is the inbox namespace of nats.go's requests
+	// (nats.NewInbox).
+	DefaultReplyPrefix = "_INBOX."
+	// ServiceImportReplyPrefix is where nats-server maps the reply of a
+	// request that crossed a service import (as in the deployment
+	// Config.Identity relies on): "_R_.<random>.<random>", routed back to
+	// the requester's own inbox by the server.
+	ServiceImportReplyPrefix = "_R_."
 )
+
+// DefaultReplyPrefixes returns the inbox namespaces ingest answers when
+// Config.ReplyPrefixes is empty: DefaultReplyPrefix and
+// ServiceImportReplyPrefix.
+func DefaultReplyPrefixes() []string {
+	return []string{DefaultReplyPrefix, ServiceImportReplyPrefix}
+}
 
 // Config configures the ingest service. Zero fields take the defaults above.
 type Config struct {
@@ -69,6 +85,20 @@ type Config struct {
 	// reach ingest through a service import with share: true
 	// (IdentityTrustClaim by default). See identity.go for the trust model.
 	Identity IdentityMode
+	// ReplyPrefixes are the inbox namespaces ingest answers: a request
+	// whose reply subject starts with none of them (or has none) is dropped
+	// unanswered before it is decoded, logged (at most once a second) and
+	// counted in artifactstore_ingest_rejected_replies_total. Without this
+	// a client could name any subject as its reply (the events stream, a KV
+	// bucket, the JetStream API) and ingest, which may answer any request
+	// (allow_responses), would publish its reply there. Each prefix ends
+	// with '.', has no wildcards and is outside $... and artifactstore.*.
+	// Set it to the clients' per-user inbox prefixes
+	// (nats.CustomInboxPrefix("_INBOX_client") makes replies
+	// "_INBOX_client.<id>": allow "_INBOX_client."); it replaces the
+	// defaults, so keep ServiceImportReplyPrefix when clients come through
+	// a service import. Empty means DefaultReplyPrefixes().
+	ReplyPrefixes []string
 }
 
 func (c Config) withDefaults() Config {
@@ -98,6 +128,11 @@ func (c Config) withDefaults() Config {
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
+	if len(c.ReplyPrefixes) == 0 {
+		c.ReplyPrefixes = DefaultReplyPrefixes()
+	} else {
+		c.ReplyPrefixes = slices.Clone(c.ReplyPrefixes)
+	}
 	return c
 }
 
@@ -124,6 +159,11 @@ func (c Config) validate() error {
 		return fmt.Errorf("ingest: config: QueryConcurrency %d is outside 1..1024", c.QueryConcurrency)
 	case c.Identity != IdentityTrustClaim && c.Identity != IdentityVerify && c.Identity != IdentityRequire:
 		return fmt.Errorf("ingest: config: Identity %q is not one of \"\", verify, require", c.Identity)
+	}
+	for _, p := range c.ReplyPrefixes {
+		if err := validateReplyPrefix(p); err != nil {
+			return fmt.Errorf("ingest: config: ReplyPrefixes: %q %w (want an inbox prefix such as %q)", p, err, DefaultReplyPrefix)
+		}
 	}
 	return nil
 }

@@ -12,9 +12,26 @@
 //	artifactstore.query.package.list    ListRequest     → ListReply
 //
 // An error reply carries the micro error headers (Nats-Service-Error-Code
-// 400, 404, 409, 503 or 500) and the body {"error":{"code","message"}}; see
-// [Error]. [Call] and [DecodeReply] turn replies back into values and
+// 400, 403, 404, 409, 422, 503 or 500) and the body
+// {"error":{"code","message"}}; see [Error] and the Code constants. [Call] and [DecodeReply] turn replies back into values and
 // errors for clients.
+//
+// # Reply subjects
+//
+// Ingest answers a request only when its reply subject lies under one of
+// Config.ReplyPrefixes (by default "_INBOX." and "_R_.", the reply
+// namespace of service imports; in a deployment with per-user inboxes,
+// the clients' prefixes such as "_INBOX_client."). NATS lets a responder
+// publish to whatever reply subject the requester chose, whatever its
+// publish permissions (allow_responses), so a reply subject in
+// artifactstore.events.>, $KV.*, $JS.API.* would make ingest write there.
+// Any other request, and one without a reply subject, is dropped before
+// it is decoded: it is not decided, writes nothing and gets no answer. It
+// is counted in artifactstore_ingest_rejected_replies_total{endpoint,
+// reason="not_inbox"|"no_reply"} and logged at warn level at most once a
+// second (with how many were not logged): a flood of them must not turn
+// into a flood of log lines. micro's own $SRV endpoints are not covered;
+// deny clients publishing to $SRV.> (the shipped NATS config does).
 //
 // # Requests
 //
@@ -43,11 +60,24 @@
 // Every command is decided against the command-side state in the same
 // transaction that appends its event: (name, version) is unique (conflict),
 // finalizing an unknown package is not_found, finalizing twice is a
-// conflict. A command_id seen before returns the first reply and appends
-// nothing; the command id is recorded with its event's sequence in the
-// same transaction as the event, and a retry's reply is rebuilt from that
-// event, byte for byte. A rejected command writes nothing, not even its
-// command_id.
+// conflict. A command_id seen before, sent with the same parameters,
+// returns the first reply and appends nothing; the command id is recorded
+// with its event's sequence in the same transaction as the event, and a
+// retry's reply is rebuilt from that event, byte for byte. A rejected
+// command writes nothing, not even its command_id.
+//
+// The command id is recorded with a fingerprint of the command's
+// parameters (BLAKE3-256 of endpoint, actor and the decoded, defaulted
+// request; not the package id the service generates). A command_id sent
+// again with other parameters — another name, version, retention, actor,
+// package, digest or endpoint — is refused with command_id_reused
+// (status 422, [ErrCommandIDReused]) and writes nothing, like a Stripe
+// idempotency key reused with other parameters: answering it with the
+// first command's reply would tell the client that a command it never
+// had decided succeeded. So are two copies of one new id with different
+// parameters in one batch (the first decided, the other refused). Ids
+// recorded before fingerprints were (migration 00005) have none and keep
+// answering their first reply.
 //
 // # Group commit
 //

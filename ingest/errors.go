@@ -17,6 +17,17 @@ const (
 	// CodePermissionDenied answers a command whose claimed actor is not the
 	// identity NATS authenticated (see Config.Identity).
 	CodePermissionDenied = "permission_denied"
+	// CodeCommandIDReused answers a command whose command_id was already
+	// used for a command with other parameters (another endpoint, actor,
+	// name, version, retention, package or digest). Nothing is written and
+	// the first command's reply is not sent: the client has a bug (or two
+	// clients share ids), and answering the other command's outcome as if
+	// it were this one's would hide it. Retrying cannot succeed; send the
+	// command with a new command_id. Status 422, as the IETF
+	// Idempotency-Key draft answers a key reused with another payload: the
+	// request is well-formed, but unprocessable with that key; 409 already
+	// means the package's state conflicts (CodeConflict).
+	CodeCommandIDReused = "command_id_reused"
 )
 
 // Sentinels that *Error values match with errors.Is, one per code.
@@ -27,6 +38,7 @@ var (
 	ErrUnavailable      = errors.New("ingest: unavailable")
 	ErrInternal         = errors.New("ingest: internal error")
 	ErrPermissionDenied = errors.New("ingest: permission denied")
+	ErrCommandIDReused  = errors.New("ingest: command_id reused with other parameters")
 )
 
 // Error is an error reply: its Code is one of the Code constants and its
@@ -55,13 +67,15 @@ func (e *Error) Unwrap() error {
 		return ErrUnavailable
 	case CodePermissionDenied:
 		return ErrPermissionDenied
+	case CodeCommandIDReused:
+		return ErrCommandIDReused
 	default:
 		return ErrInternal
 	}
 }
 
 // HTTPStatus returns the status the Nats-Service-Error-Code header carries
-// for e's code: 400, 403, 404, 409, 503 or 500.
+// for e's code: 400, 403, 404, 409, 422, 503 or 500.
 func (e *Error) HTTPStatus() int {
 	switch e.Code {
 	case CodeInvalidArgument:
@@ -74,6 +88,8 @@ func (e *Error) HTTPStatus() int {
 		return 503
 	case CodePermissionDenied:
 		return 403
+	case CodeCommandIDReused:
+		return 422
 	default:
 		return 500
 	}

@@ -14,12 +14,13 @@ const (
 )
 
 type metrics struct {
-	requests     *prometheus.CounterVec
-	batchSize    prometheus.Histogram
-	commit       prometheus.Histogram
-	retries      prometheus.Counter
-	appended     prometheus.Counter
-	pendingGauge prometheus.GaugeFunc
+	requests        *prometheus.CounterVec
+	rejectedReplies *prometheus.CounterVec
+	batchSize       prometheus.Histogram
+	commit          prometheus.Histogram
+	retries         prometheus.Counter
+	appended        prometheus.Counter
+	pendingGauge    prometheus.GaugeFunc
 }
 
 func newMetrics(reg prometheus.Registerer, pending func() float64) (*metrics, error) {
@@ -28,6 +29,10 @@ func newMetrics(reg prometheus.Registerer, pending func() float64) (*metrics, er
 			Namespace: "artifactstore", Subsystem: "ingest", Name: "requests_total",
 			Help: "Requests answered, by endpoint (create, finalize, get, list) and outcome (ok, duplicate or an error code).",
 		}, []string{"endpoint", "outcome"}),
+		rejectedReplies: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "artifactstore", Subsystem: "ingest", Name: "rejected_replies_total",
+			Help: "Requests dropped unanswered and undecoded because their reply subject is outside the allowed inbox prefixes (reason not_inbox) or missing (no_reply), by endpoint.",
+		}, []string{"endpoint", "reason"}),
 		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: "artifactstore", Subsystem: "ingest", Name: "batch_size",
 			Help:    "Commands per group-commit transaction.",
@@ -51,10 +56,17 @@ func newMetrics(reg prometheus.Registerer, pending func() float64) (*metrics, er
 			Help: "Decoded commands waiting for a batch.",
 		}, pending),
 	}
+	// Every series exists from the start, so that an alert on its rate
+	// sees the first drop.
+	for _, ep := range []string{endpointCreate, endpointFinalize, endpointGet, endpointList} {
+		for _, reason := range []string{reasonNotInbox, reasonNoReply} {
+			m.rejectedReplies.WithLabelValues(ep, reason)
+		}
+	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.batchSize, m.commit, m.retries, m.appended, m.pendingGauge} {
+	for _, c := range []prometheus.Collector{m.requests, m.rejectedReplies, m.batchSize, m.commit, m.retries, m.appended, m.pendingGauge} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("ingest: registering metrics (one Registerer per service): %w", err)
 		}

@@ -47,6 +47,8 @@ type Service struct {
 	queue   chan *command
 	queries conc.WaitGroup
 	qslots  chan struct{}
+
+	rejectLog logLimiter
 }
 
 // New returns a service over db and nc configured by cfg (zero fields take
@@ -70,6 +72,8 @@ func New(db store.DB, nc *nats.Conn, cfg Config) (*Service, error) {
 		log:    cfg.Logger.Named("ingest"),
 		queue:  make(chan *command, cfg.MaxPending),
 		qslots: make(chan struct{}, cfg.QueryConcurrency),
+
+		rejectLog: logLimiter{interval: rejectedLogInterval},
 	}
 	m, err := newMetrics(cfg.Registerer, func() float64 { return float64(len(s.queue)) })
 	if err != nil {
@@ -135,13 +139,14 @@ func (s *Service) Run(ctx context.Context) error {
 		{endpointGet, SubjectGet, s.query(endpointGet, s.get)},
 		{endpointList, SubjectList, s.query(endpointList, s.list)},
 	} {
-		if err := svc.AddEndpoint(ep.name, ep.h, micro.WithEndpointSubject(ep.subject)); err != nil {
+		if err := svc.AddEndpoint(ep.name, s.guard(ep.name, ep.h), micro.WithEndpointSubject(ep.subject)); err != nil {
 			_ = svc.Stop()
 			return fmt.Errorf("ingest: adding endpoint %s: %w", ep.subject, err)
 		}
 	}
 	s.log.Info("ingest service running", zap.String("queue_group", s.cfg.QueueGroup),
-		zap.String("dialect", s.db.Dialect()), zap.Int("committers", s.cfg.Committers))
+		zap.String("dialect", s.db.Dialect()), zap.Int("committers", s.cfg.Committers),
+		zap.Strings("reply_prefixes", s.cfg.ReplyPrefixes))
 
 	select {
 	case <-ctx.Done():
@@ -174,13 +179,15 @@ var errShuttingDown = &Error{Code: CodeUnavailable, Message: "the ingest service
 
 // command is one decoded, validated command waiting for its batch.
 type command struct {
-	endpoint  string
-	commandID string
-	name      string // create
-	version   string // create
-	event     store.Event
-	deadline  time.Time
-	req       responder
+	endpoint    string
+	commandID   string
+	fingerprint []byte // of the parameters, when commandID is set
+	params      any    // what fingerprint digests
+	name        string // create
+	version     string // create
+	event       store.Event
+	deadline    time.Time
+	req         responder
 
 	// Set while deciding.
 	claimed   bool
@@ -215,7 +222,10 @@ func (s *Service) handleCreate(req micro.Request) {
 	if r.Retention != nil && r.Retention.Policy == store.RetentionKeepDays {
 		p.Retention = *r.Retention
 	}
-	s.submit(req, &command{endpoint: endpointCreate, commandID: r.CommandID, name: r.Name, version: r.Version},
+	// The parameters are the payload without the generated package id.
+	params := p
+	params.PackageID = ""
+	s.submit(req, &command{endpoint: endpointCreate, commandID: r.CommandID, params: params, name: r.Name, version: r.Version},
 		store.TypePackageCreated, p.PackageID, r.Actor, p)
 }
 
@@ -230,8 +240,9 @@ func (s *Service) handleFinalize(req micro.Request) {
 		return
 	}
 	d, _ := store.ParseDigest(r.ManifestDigest) // validated by DecodeFinalize
-	s.submit(req, &command{endpoint: endpointFinalize, commandID: r.CommandID},
-		store.TypePackageFinalized, r.PackageID, r.Actor, store.PackageFinalized{PackageID: r.PackageID, ManifestDigest: d})
+	p := store.PackageFinalized{PackageID: r.PackageID, ManifestDigest: d}
+	s.submit(req, &command{endpoint: endpointFinalize, commandID: r.CommandID, params: p},
+		store.TypePackageFinalized, r.PackageID, r.Actor, p)
 }
 
 // submit builds c's event from its canonical payload and queues c for a
@@ -250,6 +261,12 @@ func (s *Service) submit(req micro.Request, c *command, eventType, subjectID, ac
 		// validation here and store's.
 		s.replyError(req, c.endpoint, invalidf("%v", err))
 		return
+	}
+	if c.commandID != "" {
+		if c.fingerprint, err = fingerprint(c.endpoint, actor, c.params); err != nil {
+			s.replyError(req, c.endpoint, newError(CodeInternal, "fingerprinting the command"))
+			return
+		}
 	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()

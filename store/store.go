@@ -98,12 +98,14 @@ type Tx interface {
 	Unpark(ctx context.Context, projection string, partition int) error
 
 	// ClaimCommand records that command id is being handled in this
-	// transaction. It returns false when the id was already recorded (by
-	// a committed transaction; a concurrent one is waited for).
-	ClaimCommand(ctx context.Context, id string) (bool, error)
-	// CommandReply returns the reply stored for a completed command id, or
-	// ErrNotFound.
-	CommandReply(ctx context.Context, id string) ([]byte, error)
+	// transaction, with the fingerprint of the command's parameters. It
+	// returns false when the id was already recorded (by a committed
+	// transaction; a concurrent one is waited for); the recorded
+	// fingerprint is then left as it was.
+	ClaimCommand(ctx context.Context, id string, fingerprint []byte) (bool, error)
+	// CommandReply returns what is kept of a completed command id (its
+	// reply and fingerprint), or ErrNotFound.
+	CommandReply(ctx context.Context, id string) (CommandRecord, error)
 	// CompleteCommand stores the reply of a claimed command.
 	CompleteCommand(ctx context.Context, id string, sequence int64, reply []byte) error
 	// ReleaseCommand forgets a claim made in this transaction (the command

@@ -27,6 +27,7 @@ const (
 	exitConflict   = 4 // conflict
 	exitUnavailble = 5 // unavailable, or no service answering
 	exitDenied     = 6 // permission_denied
+	exitReused     = 7 // command_id_reused
 )
 
 // cliError carries an exit code and a message without a stack of wrapping.
@@ -47,7 +48,8 @@ func clientError(err error) error {
 	switch {
 	case errors.As(err, &e):
 		code := map[string]int{ingest.CodeInvalidArgument: exitInvalid, ingest.CodeNotFound: exitNotFound,
-			ingest.CodeConflict: exitConflict, ingest.CodeUnavailable: exitUnavailble, ingest.CodePermissionDenied: exitDenied}[e.Code]
+			ingest.CodeConflict: exitConflict, ingest.CodeUnavailable: exitUnavailble, ingest.CodePermissionDenied: exitDenied,
+			ingest.CodeCommandIDReused: exitReused}[e.Code]
 		if code == 0 {
 			code = exitError
 		}

@@ -214,8 +214,13 @@ func TestDevProcessEndToEnd(t *testing.T) {
 
 	// Restart on the same data: nothing is published again.
 	dev = startDev(t, dataDir, natsPort, httpPort)
-	r = runCLI(t, env, "package", "create", "--actor", "alice", "--name", "web", "--version", "2.0.0", "--json")
+	r = runCLI(t, env, "package", "create", "--actor", "alice", "--name", "web", "--version", "2.0.0", "--command-id", "once", "--json")
 	require.Equal(t, 0, r.code, r.stderr)
+	// The command id reused for another command is refused with its own
+	// exit code (and appends nothing: the stream count below).
+	r = runCLI(t, env, "package", "create", "--actor", "alice", "--name", "web", "--version", "3.0.0", "--command-id", "once")
+	require.Equal(t, exitReused, r.code, r.stderr)
+	require.Contains(t, r.stderr, "command_id_reused")
 	testenv.Eventually(t, 30*time.Second, func() bool {
 		msgs, _ := streamCount(t, dev.natsURL)
 		return msgs >= 3

@@ -13,6 +13,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"net/http"
@@ -21,6 +22,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -125,10 +127,30 @@ func migrateUp(t *testing.T, dbURL string) {
 	require.Equal(t, 0, r.code, "migrate up: %s", r.stderr)
 }
 
-// natsEnv is the environment a process uses to log in as user.
+// natsEnv is the environment a process uses to log in as user; ingest also
+// gets the reply prefixes docker-compose.yml gives it.
 func natsEnv(t *testing.T, natsURL, user string) []string {
-	return []string{"ARTIFACTSTORE_NATS_URL=" + natsURL, "ARTIFACTSTORE_NATS_USER=" + user,
+	env := []string{"ARTIFACTSTORE_NATS_URL=" + natsURL, "ARTIFACTSTORE_NATS_USER=" + user,
 		"ARTIFACTSTORE_NATS_PASSWORD=" + deployUsers(t)[user], "ARTIFACTSTORE_NATS_INBOX_PREFIX=" + inboxPrefix(user)}
+	if user == "ingest" {
+		env = append(env, "ARTIFACTSTORE_REPLY_PREFIXES="+deployIngestReplyPrefixes(t))
+	}
+	return env
+}
+
+// deployIngestReplyPrefixes returns the reply prefixes docker-compose.yml
+// gives ingest.
+func deployIngestReplyPrefixes(t *testing.T) string {
+	t.Helper()
+	for _, s := range loadCompose(t).Services {
+		if s.Environment["ARTIFACTSTORE_NATS_USER"] == "ingest" {
+			p := s.Environment["ARTIFACTSTORE_REPLY_PREFIXES"]
+			require.NotEmpty(t, p, "docker-compose.yml gives ingest ARTIFACTSTORE_REPLY_PREFIXES")
+			return p
+		}
+	}
+	t.Fatal("docker-compose.yml has no ingest service")
+	return ""
 }
 
 // inboxPrefix is the reply subject prefix user may subscribe to in the
@@ -156,6 +178,7 @@ func (s *syncBuffer) String() string {
 // service is a running artifactstore service process.
 type service struct {
 	name   string
+	http   string // address of /metrics, /healthz, /readyz
 	cmd    *exec.Cmd
 	output *syncBuffer
 	done   chan struct{}
@@ -167,7 +190,7 @@ type service struct {
 func startService(t *testing.T, env []string, args ...string) *service {
 	t.Helper()
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort())
-	s := &service{name: args[0], output: &syncBuffer{}, done: make(chan struct{})}
+	s := &service{name: args[0], http: httpAddr, output: &syncBuffer{}, done: make(chan struct{})}
 	s.cmd = exec.Command(binary, append([]string{"--log-format", "json", "--log-level", "debug"}, args...)...)
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "ARTIFACTSTORE_") {
@@ -366,6 +389,9 @@ func TestSecurityServicesWithLeastPrivilege(t *testing.T) {
 			requireDenied(t, nc, errs, "client", "$JS.API.STREAM.PURGE.ARTIFACTSTORE_EVENTS")
 			requireDenied(t, nc, errs, "client", "$JS.API.STREAM.DELETE.ARTIFACTSTORE_EVENTS")
 			requireDenied(t, nc, errs, "client", "$JS.API.STREAM.INFO.ARTIFACTSTORE_EVENTS")
+			// micro's own endpoints answer any reply subject too; clients
+			// cannot reach them.
+			requireDenied(t, nc, errs, "client", "$SRV.PING")
 		})
 
 		t.Run("NATSPermissionReaderCannotPurgeOrDelete", func(t *testing.T) {
@@ -432,6 +458,11 @@ func TestSecurityServicesWithLeastPrivilege(t *testing.T) {
 			require.NoError(t, err)
 			require.True(t, strings.HasPrefix(msg.Subject, inboxPrefix("client")+"."), "reply on %s", msg.Subject)
 			require.Contains(t, string(msg.Data), created.PackageID)
+		})
+
+		t.Run("ReplyInjectionWritesNothing", func(t *testing.T) {
+			t.Parallel()
+			testReplyInjection(t, natsURL, dbURL, procs[0], created.PackageID)
 		})
 
 		t.Run("NATSPermissionWrongCredentialsFailFast", func(t *testing.T) {
@@ -638,4 +669,92 @@ func TestNATSInboxPrefixRejectsWildcards(t *testing.T) {
 		require.NotEqual(t, 0, r.code, "prefix %q", prefix)
 		require.Contains(t, r.stderr, "--nats-inbox-prefix", "prefix %q: %s", prefix, r.stderr)
 	}
+}
+
+// testReplyInjection: a client with the shipped credentials sends valid
+// requests to every ingest endpoint naming, as their reply subject, the
+// events stream, the projectors' KV bucket, the JetStream API and ingest's
+// own command subject. The shipped config lets ingest answer any request
+// (allow_responses), so only ingest can refuse: nothing is appended to the
+// log, no key appears in the KV bucket (and the caller checks the stream
+// still holds its one event), and ingest counts every drop. A normal
+// request is answered afterwards.
+func testReplyInjection(t *testing.T, natsURL, dbURL string, ingestProc *service, packageID string) {
+	hostile := []string{"artifactstore.events.v1.package.created.x", "$KV.ARTIFACTSTORE_PROJECTORS.registry.evil",
+		"$JS.API.STREAM.DELETE.ARTIFACTSTORE_EVENTS", "artifactstore.cmd.package.create"}
+	requests := []struct{ endpoint, subject, body, barrier string }{
+		// The barriers are answered with an error and append nothing.
+		{"create", ingest.SubjectCreate, `{"actor":"mallory","name":"evil","version":"1"}`, `{"actor":""}`},
+		{"finalize", ingest.SubjectFinalize, `{"actor":"mallory","package_id":"` + packageID + `","manifest_digest":"` + strings.Repeat("ab", 32) + `"}`,
+			`{"actor":"mallory","package_id":"unknown","manifest_digest":"` + strings.Repeat("ab", 32) + `"}`},
+		{"get", ingest.SubjectGet, `{"package_id":"` + packageID + `"}`, `{"package_id":"unknown"}`},
+		{"list", ingest.SubjectList, `{}`, `{"limit":-1}`},
+	}
+	head := func() int64 {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, dbURL)
+		require.NoError(t, err)
+		defer conn.Close(ctx)
+		var n int64
+		require.NoError(t, conn.QueryRow(ctx, "SELECT coalesce(max(sequence), 0) FROM events").Scan(&n))
+		return n
+	}
+	before := head()
+
+	nc, errs := connectAs(t, natsURL, "client")
+	for _, r := range requests {
+		for _, reply := range hostile {
+			require.NoError(t, nc.PublishRequest(r.subject, reply, []byte(r.body)))
+		}
+		msg, err := nc.Request(r.subject, []byte(r.barrier), 30*time.Second)
+		require.NoError(t, err, "%s: the barrier is answered", r.endpoint)
+		require.NotEmpty(t, msg.Header.Get("Nats-Service-Error-Code"), "%s: the barrier is an error: %s", r.endpoint, msg.Data)
+	}
+	require.Equal(t, before, head(), "the log head moved")
+	for _, r := range requests {
+		series := fmt.Sprintf(`artifactstore_ingest_rejected_replies_total{endpoint=%q,reason="not_inbox"}`, r.endpoint)
+		require.EqualValues(t, len(hostile), scrapeMetric(t, ingestProc.http, series), series)
+	}
+	for _, reply := range hostile {
+		require.False(t, errs.violation(reply), "the client itself never published to %s", reply)
+	}
+
+	projector, _ := connectAs(t, natsURL, "projector")
+	js, err := jetstream.New(projector)
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if kv, err := js.KeyValue(ctx, "ARTIFACTSTORE_PROJECTORS"); err == nil {
+		_, err = kv.Get(ctx, "registry.evil")
+		require.ErrorIs(t, err, jetstream.ErrKeyNotFound, "a member forged through ingest's reply")
+	} else {
+		require.ErrorIs(t, err, jetstream.ErrBucketNotFound)
+	}
+
+	// A normal request still works.
+	msg, err := nc.Request(ingest.SubjectGet, []byte(`{"package_id":"`+packageID+`"}`), 30*time.Second)
+	require.NoError(t, err)
+	require.Empty(t, msg.Header.Get("Nats-Service-Error-Code"), "%s", msg.Data)
+	require.Contains(t, string(msg.Data), packageID)
+}
+
+// scrapeMetric reads one series (name{labels} as the text format prints
+// it) from a process's /metrics, failing when it is not there.
+func scrapeMetric(t *testing.T, addr, series string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			require.NoError(t, err, line)
+			return f
+		}
+	}
+	t.Fatalf("series %s not in %s/metrics", series, addr)
+	return 0
 }

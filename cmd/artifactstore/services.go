@@ -187,6 +187,7 @@ type ingestCmd struct {
 	RequestTimeout time.Duration `name:"request-timeout" env:"ARTIFACTSTORE_REQUEST_TIMEOUT" default:"2s" help:"Longest a command waits for its commit before it is answered unavailable."`
 	MaxBatch       int           `name:"max-batch" env:"ARTIFACTSTORE_MAX_BATCH" default:"256" help:"Most commands committed in one transaction."`
 	Identity       string        `env:"ARTIFACTSTORE_IDENTITY" enum:"trust,verify,require" default:"trust" help:"Actor check against the Nats-Request-Info identity of a shared service import: trust (record the claim), verify (check when present), require."`
+	ReplyPrefixes  []string      `name:"reply-prefixes" env:"ARTIFACTSTORE_REPLY_PREFIXES" default:"_INBOX.,_R_." sep:"," help:"Inbox prefixes (comma-separated, each ending with '.') whose reply subjects ingest answers; a request with any other reply subject is dropped unanswered. List the clients' --nats-inbox-prefix values followed by a dot (_INBOX_client.); _R_. is where a service import puts replies."`
 }
 
 func (c ingestCmd) Run(ctx context.Context, g *globals) error {
@@ -200,7 +201,7 @@ func (c ingestCmd) Run(ctx context.Context, g *globals) error {
 		identity = ingest.IdentityTrustClaim
 	}
 	svc, err := ingest.New(d.db, d.nc, ingest.Config{RequestTimeout: c.RequestTimeout, MaxBatch: c.MaxBatch,
-		Identity: identity, Logger: g.log, Registerer: d.srv.Registerer()})
+		Identity: identity, ReplyPrefixes: c.ReplyPrefixes, Logger: g.log, Registerer: d.srv.Registerer()})
 	if err != nil {
 		return err
 	}

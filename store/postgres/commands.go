@@ -26,19 +26,20 @@ import (
 
 // ClaimAll claims command ids, records new packages and finalizes
 // packages, in that order, in one round trip. claimed[i] reports whether
-// commandIDs[i] (distinct) was newly recorded; created[i] whether
+// commandIDs[i] (distinct) was newly recorded, with fingerprints[i];
+// created[i] whether
 // (names[i], versions[i]) was free for createIDs[i] (of a pair given twice
 // the first wins); finalized[i] whether finalIDs[i] was open and is now
 // finalized (of an id given twice, its first place), exists[i] whether the
 // package is known at all. The packages of this call's creates are known
 // to its finalizes.
-func (t *tx) ClaimAll(ctx context.Context, commandIDs, createIDs, names, versions, finalIDs []string) (claimed, created, finalized, exists []bool, err error) {
+func (t *tx) ClaimAll(ctx context.Context, commandIDs []string, fingerprints [][]byte, createIDs, names, versions, finalIDs []string) (claimed, created, finalized, exists []bool, err error) {
 	b := &pgx.Batch{}
 	var gotCommands, gotCreates []string
 	if len(commandIDs) > 0 {
-		b.Queue(`INSERT INTO commands (command_id)
-			SELECT id FROM unnest($1::text[]) WITH ORDINALITY AS u(id, ord) ORDER BY ord
-			ON CONFLICT DO NOTHING RETURNING command_id`, commandIDs).Query(func(rows pgx.Rows) error {
+		b.Queue(`INSERT INTO commands (command_id, fingerprint)
+			SELECT id, fp FROM unnest($1::text[], $2::bytea[]) WITH ORDINALITY AS u(id, fp, ord) ORDER BY ord
+			ON CONFLICT DO NOTHING RETURNING command_id`, commandIDs, fingerprints).Query(func(rows pgx.Rows) error {
 			var err error
 			gotCommands, err = pgx.CollectRows(rows, pgx.RowTo[string])
 			return err
@@ -67,27 +68,29 @@ func (t *tx) ClaimAll(ctx context.Context, commandIDs, createIDs, names, version
 	return marks(commandIDs, gotCommands), marks(createIDs, gotCreates), finalized, exists, nil
 }
 
-// CommandReplies returns the first replies of the completed commands among
-// ids: the stored reply, or for a command AppendCommands completed (which
-// stores the sequence only), replyOf of the event at that sequence.
-func (t *tx) CommandReplies(ctx context.Context, ids []string, replyOf func(store.Event) ([]byte, error)) (map[string][]byte, error) {
-	out := make(map[string][]byte, len(ids))
+// CommandReplies returns the records of the completed commands among ids:
+// their fingerprints and first replies — the stored reply, or for a
+// command AppendCommands completed (which stores the sequence only),
+// replyOf of the event at that sequence.
+func (t *tx) CommandReplies(ctx context.Context, ids []string, replyOf func(store.Event) ([]byte, error)) (map[string]store.CommandRecord, error) {
+	out := make(map[string]store.CommandRecord, len(ids))
 	b := &pgx.Batch{}
 	for _, id := range ids {
-		b.Queue(`SELECT c.reply, e.sequence, e.event_type, e.subject_kind, e.subject_id, e.actor, e.payload, e.payload_digest, e.created_at
+		b.Queue(`SELECT c.reply, c.fingerprint, e.sequence, e.event_type, e.subject_kind, e.subject_id, e.actor, e.payload, e.payload_digest, e.created_at
 			FROM commands c LEFT JOIN events e ON e.sequence = c.sequence
 			WHERE c.command_id = $1 AND c.sequence IS NOT NULL`, id).QueryRow(func(r pgx.Row) error {
-			var reply, digest []byte
+			var rec store.CommandRecord
+			var digest []byte
 			var seq *int64
 			var e store.Event
-			err := r.Scan(&reply, &seq, &e.Type, &e.SubjectKind, &e.SubjectID, &e.Actor, &e.Payload, &digest, &e.CreatedAt)
+			err := r.Scan(&rec.Reply, &rec.Fingerprint, &seq, &e.Type, &e.SubjectKind, &e.SubjectID, &e.Actor, &e.Payload, &digest, &e.CreatedAt)
 			switch {
 			case errors.Is(err, pgx.ErrNoRows):
 				return nil
 			case err != nil:
 				return err
-			case reply != nil:
-				out[id] = reply
+			case rec.Reply != nil:
+				out[id] = rec
 				return nil
 			case seq == nil:
 				return fmt.Errorf("command %s: its event is not in the log", id)
@@ -95,7 +98,8 @@ func (t *tx) CommandReplies(ctx context.Context, ids []string, replyOf func(stor
 			e.Sequence = *seq
 			copy(e.PayloadDigest[:], digest)
 			e.CreatedAt = e.CreatedAt.UTC()
-			out[id], err = replyOf(e)
+			rec.Reply, err = replyOf(e)
+			out[id] = rec
 			return err
 		})
 	}

@@ -14,7 +14,7 @@ import (
 
 // commandTx is the pipelined command side ingest uses.
 type commandTx interface {
-	ClaimAll(ctx context.Context, commandIDs, createIDs, names, versions, finalIDs []string) (claimed, created, finalized, exists []bool, err error)
+	ClaimAll(ctx context.Context, commandIDs []string, fingerprints [][]byte, createIDs, names, versions, finalIDs []string) (claimed, created, finalized, exists []bool, err error)
 	AppendCommands(ctx context.Context, release []string, events []store.Event, commandIDs []string, replyOf func(store.Event) ([]byte, error)) ([]store.Event, error)
 }
 
@@ -31,7 +31,7 @@ func TestAppendCommandsCommits(t *testing.T) {
 
 	require.NoError(t, db.InTx(ctx, func(stx store.Tx) error {
 		tx := stx.(commandTx)
-		claimed, created, _, _, err := tx.ClaimAll(ctx, []string{"c1"}, []string{ev.SubjectID}, []string{"n"}, []string{"1"}, nil)
+		claimed, created, _, _, err := tx.ClaimAll(ctx, []string{"c1"}, [][]byte{{1}}, []string{ev.SubjectID}, []string{"n"}, []string{"1"}, nil)
 		require.NoError(t, err)
 		require.Equal(t, []bool{true}, claimed)
 		require.Equal(t, []bool{true}, created)
@@ -55,7 +55,7 @@ func TestAppendCommandsCommits(t *testing.T) {
 		tx := stx.(commandTx)
 		// The claim is an INSERT that the check refuses: the pipeline
 		// fails before anything is appended.
-		_, _, _, _, err := tx.ClaimAll(ctx, []string{"a-command-id-too-long"}, []string{ev2.SubjectID}, []string{"n"}, []string{"2"}, nil)
+		_, _, _, _, err := tx.ClaimAll(ctx, []string{"a-command-id-too-long"}, [][]byte{{1}}, []string{ev2.SubjectID}, []string{"n"}, []string{"2"}, nil)
 		return err
 	})
 	require.Error(t, err)
@@ -69,7 +69,7 @@ func TestAppendCommandsCommits(t *testing.T) {
 	// transaction did not commit.
 	err = db.InTx(ctx, func(stx store.Tx) error {
 		tx := stx.(commandTx)
-		if _, _, _, _, err := tx.ClaimAll(ctx, []string{"c3"}, []string{ev2.SubjectID}, []string{"n"}, []string{"2"}, nil); err != nil {
+		if _, _, _, _, err := tx.ClaimAll(ctx, []string{"c3"}, [][]byte{{1}}, []string{ev2.SubjectID}, []string{"n"}, []string{"2"}, nil); err != nil {
 			return err
 		}
 		// The only backend of this schema's pool in a transaction is ours.

@@ -189,8 +189,8 @@ func (t *tx) DeleteCheckpoints(ctx context.Context, projection string) error {
 }
 
 // ClaimCommand implements store.Tx.
-func (t *tx) ClaimCommand(ctx context.Context, id string) (bool, error) {
-	ct, err := t.tx.Exec(ctx, "INSERT INTO commands (command_id) VALUES ($1) ON CONFLICT DO NOTHING", id)
+func (t *tx) ClaimCommand(ctx context.Context, id string, fingerprint []byte) (bool, error) {
+	ct, err := t.tx.Exec(ctx, "INSERT INTO commands (command_id, fingerprint) VALUES ($1, $2) ON CONFLICT DO NOTHING", id, fingerprint)
 	if err != nil {
 		return false, translate(err)
 	}
@@ -198,10 +198,10 @@ func (t *tx) ClaimCommand(ctx context.Context, id string) (bool, error) {
 }
 
 // CommandReply implements store.Tx.
-func (t *tx) CommandReply(ctx context.Context, id string) ([]byte, error) {
-	var reply []byte
-	err := t.tx.QueryRow(ctx, "SELECT reply FROM commands WHERE command_id = $1 AND reply IS NOT NULL", id).Scan(&reply)
-	return reply, translate(err)
+func (t *tx) CommandReply(ctx context.Context, id string) (store.CommandRecord, error) {
+	var r store.CommandRecord
+	err := t.tx.QueryRow(ctx, "SELECT reply, fingerprint FROM commands WHERE command_id = $1 AND reply IS NOT NULL", id).Scan(&r.Reply, &r.Fingerprint)
+	return r, translate(err)
 }
 
 // CompleteCommand implements store.Tx.

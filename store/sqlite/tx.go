@@ -129,8 +129,8 @@ func (t *tx) DeleteCheckpoints(ctx context.Context, projection string) error {
 }
 
 // ClaimCommand implements store.Tx.
-func (t *tx) ClaimCommand(ctx context.Context, id string) (bool, error) {
-	res, err := t.tx.ExecContext(ctx, "INSERT INTO commands (command_id) VALUES (?) ON CONFLICT DO NOTHING", id)
+func (t *tx) ClaimCommand(ctx context.Context, id string, fingerprint []byte) (bool, error) {
+	res, err := t.tx.ExecContext(ctx, "INSERT INTO commands (command_id, fingerprint) VALUES (?, ?) ON CONFLICT DO NOTHING", id, fingerprint)
 	if err != nil {
 		return false, translate(err)
 	}
@@ -139,10 +139,10 @@ func (t *tx) ClaimCommand(ctx context.Context, id string) (bool, error) {
 }
 
 // CommandReply implements store.Tx.
-func (t *tx) CommandReply(ctx context.Context, id string) ([]byte, error) {
-	var reply []byte
-	err := t.tx.QueryRowContext(ctx, "SELECT reply FROM commands WHERE command_id = ? AND reply IS NOT NULL", id).Scan(&reply)
-	return reply, translate(err)
+func (t *tx) CommandReply(ctx context.Context, id string) (store.CommandRecord, error) {
+	var r store.CommandRecord
+	err := t.tx.QueryRowContext(ctx, "SELECT reply, fingerprint FROM commands WHERE command_id = ? AND reply IS NOT NULL", id).Scan(&r.Reply, &r.Fingerprint)
+	return r, translate(err)
 }
 
 // CompleteCommand implements store.Tx.

@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -452,8 +453,9 @@ func testCheckpointCAS(t *testing.T, db store.DB) {
 
 func testCommandSide(t *testing.T, db store.DB) {
 	ctx := ctxT(t)
+	fp1 := bytes.Repeat([]byte{1}, 32)
 	require.NoError(t, db.InTx(ctx, func(tx store.Tx) error {
-		ok, err := tx.ClaimCommand(ctx, "c1")
+		ok, err := tx.ClaimCommand(ctx, "c1", fp1)
 		require.NoError(t, err)
 		require.True(t, ok)
 		ok, err = tx.ClaimPackage(ctx, "p1", "web", "1")
@@ -465,15 +467,16 @@ func testCommandSide(t *testing.T, db store.DB) {
 		return tx.CompleteCommand(ctx, "c1", 1, []byte(`{"sequence":1}`))
 	}))
 	require.NoError(t, db.InTx(ctx, func(tx store.Tx) error {
-		ok, err := tx.ClaimCommand(ctx, "c1")
+		ok, err := tx.ClaimCommand(ctx, "c1", bytes.Repeat([]byte{2}, 32))
 		require.NoError(t, err)
 		require.False(t, ok)
-		reply, err := tx.CommandReply(ctx, "c1")
+		rec, err := tx.CommandReply(ctx, "c1")
 		require.NoError(t, err)
-		require.JSONEq(t, `{"sequence":1}`, string(reply))
+		require.JSONEq(t, `{"sequence":1}`, string(rec.Reply))
+		require.Equal(t, fp1, rec.Fingerprint, "a second claim keeps the first fingerprint")
 		_, err = tx.CommandReply(ctx, "c2")
 		require.ErrorIs(t, err, store.ErrNotFound)
-		ok, err = tx.ClaimCommand(ctx, "c2")
+		ok, err = tx.ClaimCommand(ctx, "c2", fp1)
 		require.NoError(t, err)
 		require.True(t, ok)
 		require.NoError(t, tx.ReleaseCommand(ctx, "c2"))
@@ -488,9 +491,13 @@ func testCommandSide(t *testing.T, db store.DB) {
 		return nil
 	}))
 	require.NoError(t, db.InTx(ctx, func(tx store.Tx) error {
-		ok, err := tx.ClaimCommand(ctx, "c2")
+		ok, err := tx.ClaimCommand(ctx, "c2", nil)
 		require.NoError(t, err)
 		require.True(t, ok, "a released claim leaves nothing behind")
+		require.NoError(t, tx.CompleteCommand(ctx, "c2", 2, []byte(`{"sequence":2}`)))
+		rec, err := tx.CommandReply(ctx, "c2")
+		require.NoError(t, err)
+		require.Empty(t, rec.Fingerprint, "no fingerprint reads as none")
 		return nil
 	}))
 }
