@@ -39,7 +39,13 @@
 // ([Config.MaxInFlight]); a prefetching reader keeps the next batch of events
 // ready. Acks are consumed in order. Any error, rejection or ack timeout ends
 // the window: the relay waits (bounded) for what is still in flight, re-reads
-// the stream and starts again from there.
+// the stream and starts again from there. What is still unanswered then is
+// abandoned, as the next session starts, with the JetStream context's
+// CleanupPublisher: a stream without
+// a leader drops publishes without an answer, and futures kept for them
+// would fill the context's max pending until every publish failed with
+// ErrTooManyStalledMsgs (artifactstore_relay_abandoned_publishes_total
+// counts them). cmd also gives the relay's context a publish-async timeout.
 //
 // # Messages
 //

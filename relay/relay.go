@@ -206,6 +206,7 @@ func (r *Relay) lead(parent context.Context, lost <-chan struct{}) error {
 // until ctx is done. progressed reports whether any publish was acked.
 func (r *Relay) session(ctx context.Context) (progressed bool, err error) {
 	r.m.resyncs.Inc()
+	r.dropStalled() // what the last window left unanswered
 	logID, err := r.db.LogID(ctx)
 	if err != nil {
 		return false, kindErr(errKindDatabase, fmt.Errorf("relay: reading the log id: %w", err))
@@ -451,6 +452,25 @@ func (r *Relay) abort(ctx context.Context, w *window) {
 			return
 		}
 	}
+}
+
+// dropStalled resolves, at the start of a session, the publishes the last
+// window left unanswered (abort waited AckTimeout for them), which the
+// JetStream context would otherwise keep (and count against its max
+// pending) until an answer that may never come: a stream without a leader
+// drops publishes silently. Their outcome does not matter, the session
+// reads the stream; late answers go to a reply subscription that no longer
+// exists. (Not done right after a window: nats.go's reconnect listener,
+// started with the context's first publish, blocks forever on a nil
+// channel when CleanupPublisher runs before it has started.)
+func (r *Relay) dropStalled() {
+	n := r.js.PublishAsyncPending()
+	if n == 0 {
+		return
+	}
+	r.log.Warn("abandoning unanswered publishes; the next synchronisation reads the stream", zap.Int("pending", n))
+	r.m.abandoned.Add(float64(n))
+	r.js.CleanupPublisher()
 }
 
 // finish waits, for at most ShutdownTimeout, for the acks of what is in

@@ -26,9 +26,22 @@ type StreamManager interface {
 
 // JetStream is what the relay needs of a JetStream context:
 // jetstream.JetStream implements it.
+//
+// The relay owns the context's asynchronous publishing: after a failed
+// window it resets it with CleanupPublisher so that publishes nobody will
+// ever answer (dropped while a stream has no leader) cannot pile up until
+// PublishMsgAsync refuses everything with ErrTooManyStalledMsgs. Give the
+// relay a context nothing else publishes asynchronously on, preferably
+// made with jetstream.WithPublishAsyncTimeout (at most Config.AckTimeout)
+// so that such publishes resolve by themselves.
 type JetStream interface {
 	StreamManager
 	PublishMsgAsync(m *nats.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error)
+	// PublishAsyncPending counts publishes not yet answered.
+	PublishAsyncPending() int
+	// CleanupPublisher fails every pending publish and drops the reply
+	// subscription, so that late answers to them are ignored.
+	CleanupPublisher()
 }
 
 // errCodeSubjectOverlap is JetStream's "subjects overlap with an existing
