@@ -13,6 +13,32 @@
 // events after the last one in the stream" never skips an event whose
 // transaction committed late.
 //
+// # A log that lost commits
+//
+// The stream's cursor is only as good as the log behind it. When PostgreSQL
+// loses recent commits that are already in the stream (a restore from a
+// backup, an asynchronous replica promoted) but keeps its log id, new
+// commits reuse the lost sequences; relaying "the events after the stream's
+// last one" would splice the log's new history after the stream's old one.
+// So at every synchronisation the relay compares the stream's last event
+// (Artifactstore-Sequence, Nats-Msg-Id and the payload digest, all checked
+// by [Decode], plus type, subject, actor and created_at) with the log's
+// event at that sequence, and every later read of the log re-checks the
+// last event read. When they differ, or the log has no event there, Run
+// returns a [*DivergedError] (wrapping [ErrDivergedHistory]) naming the
+// sequence and both payload digests, and publishes nothing; it is not
+// retried. (A log that simply ends before the stream's last event is
+// [ErrStreamAhead].)
+//
+// The way out is the operator's, because downstream consumers hold the old
+// history: build a new stream from the log — stop the relays, point them at
+// a new stream name (--stream / ARTIFACTSTORE_STREAM; the relay creates and
+// fills it from event 1), or move the old stream aside and let the relay
+// recreate ARTIFACTSTORE_EVENTS — then announce to downstream consumers
+// that the history was rewritten from sequence N (the error's Sequence at
+// the latest) and that they must re-read from the new stream. Never purge
+// or edit the old stream in place to make the relay continue.
+//
 // # Fencing
 //
 // Every message carries Nats-Expected-Last-Sequence: the stream sequence the
