@@ -55,9 +55,36 @@
 //	relay B: sync → (N, S) → publish N+1 expect S ✗ wrong last sequence → re-sync → (N+2, S+2)
 //
 // By induction every accepted message is the event that follows the one
-// before it, whoever published it. The PostgreSQL advisory lock
-// (store.DB.TryLock) keeps one relay active so that standbys do not burn work
-// on rejected publishes; it is an optimisation, the fence is the guarantee.
+// before it, whoever published it. The leader lock (store.DB.TryLock) keeps
+// one relay active so that standbys do not burn work on rejected publishes;
+// it is an optimisation for safety, the fence is the guarantee.
+//
+// # Failover
+//
+// The lock is what makes a standby take over, so it must not outlive a
+// relay that can no longer relay. A PostgreSQL session advisory lock did:
+// a relay cut off by a partition that neither kernel reports (a proxy or
+// middlebox that keeps both TCP connections open) kept its session, and so
+// the lock, forever, since the server saw a healthy connection; keepalives,
+// tcp_user_timeout and idle_session_timeout cannot help when the server's
+// peer is a live middlebox and the session is merely idle. On PostgreSQL
+// the lock is therefore a lease row with an expiry in server time
+// (store/postgres, Config.LockTTL, 3 s by default): the holder renews it
+// every third of the TTL, each renewal bounded so that it ends before the
+// lease could expire, and gives up (the lost channel closes, the relay
+// stops publishing and stands by) at the first renewal that fails, is late,
+// or finds the lease taken. Anyone may take an expired lease, so a standby
+// takes over about one TTL after the active relay was cut off (2–3 s in
+// TestStandbyTakesOverFromCutOffRelay). SQLite (dev, one host) keeps an
+// flock, which the kernel releases with the process.
+//
+// A lease alone cannot stop a holder that is paused (GC, SIGSTOP, a slow
+// host) past its own deadline from publishing. No fencing token is needed
+// for that: every publish carries the expected last stream sequence, so a
+// stale relay's publish is either refused (the new leader has published)
+// or is the very next event of the log, which is correct whoever sends it;
+// the new leader is then fenced once and re-reads the stream. Nothing can
+// be duplicated or reordered, whoever holds the lease.
 //
 // # Pipelining
 //
