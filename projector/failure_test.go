@@ -381,7 +381,7 @@ func TestCutOffFromPostgres(t *testing.T) {
 		return a.metric(t, "artifactstore_projector_leases_lost_total", nil) > 0
 	}, "a gives its partitions up")
 
-	proxy.Thaw()
+	proxy.Resume()
 	testenv.Eventually(t, 30*time.Second, func() bool { return len(owned(t, e.db, "a")) == e.parts/2 }, "a takes its share back")
 	e.finish(t, a, b)
 }

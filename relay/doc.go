@@ -13,6 +13,32 @@
 // events after the last one in the stream" never skips an event whose
 // transaction committed late.
 //
+// # A log that lost commits
+//
+// The stream's cursor is only as good as the log behind it. When PostgreSQL
+// loses recent commits that are already in the stream (a restore from a
+// backup, an asynchronous replica promoted) but keeps its log id, new
+// commits reuse the lost sequences; relaying "the events after the stream's
+// last one" would splice the log's new history after the stream's old one.
+// So at every synchronisation the relay compares the stream's last event
+// (Artifactstore-Sequence, Nats-Msg-Id and the payload digest, all checked
+// by [Decode], plus type, subject, actor and created_at) with the log's
+// event at that sequence, and every later read of the log re-checks the
+// last event read. When they differ, or the log has no event there, Run
+// returns a [*DivergedError] (wrapping [ErrDivergedHistory]) naming the
+// sequence and both payload digests, and publishes nothing; it is not
+// retried. (A log that simply ends before the stream's last event is
+// [ErrStreamAhead].)
+//
+// The way out is the operator's, because downstream consumers hold the old
+// history: build a new stream from the log — stop the relays, point them at
+// a new stream name (--stream / ARTIFACTSTORE_STREAM; the relay creates and
+// fills it from event 1), or move the old stream aside and let the relay
+// recreate ARTIFACTSTORE_EVENTS — then announce to downstream consumers
+// that the history was rewritten from sequence N (the error's Sequence at
+// the latest) and that they must re-read from the new stream. Never purge
+// or edit the old stream in place to make the relay continue.
+//
 // # Fencing
 //
 // Every message carries Nats-Expected-Last-Sequence: the stream sequence the
@@ -29,9 +55,36 @@
 //	relay B: sync → (N, S) → publish N+1 expect S ✗ wrong last sequence → re-sync → (N+2, S+2)
 //
 // By induction every accepted message is the event that follows the one
-// before it, whoever published it. The PostgreSQL advisory lock
-// (store.DB.TryLock) keeps one relay active so that standbys do not burn work
-// on rejected publishes; it is an optimisation, the fence is the guarantee.
+// before it, whoever published it. The leader lock (store.DB.TryLock) keeps
+// one relay active so that standbys do not burn work on rejected publishes;
+// it is an optimisation for safety, the fence is the guarantee.
+//
+// # Failover
+//
+// The lock is what makes a standby take over, so it must not outlive a
+// relay that can no longer relay. A PostgreSQL session advisory lock did:
+// a relay cut off by a partition that neither kernel reports (a proxy or
+// middlebox that keeps both TCP connections open) kept its session, and so
+// the lock, forever, since the server saw a healthy connection; keepalives,
+// tcp_user_timeout and idle_session_timeout cannot help when the server's
+// peer is a live middlebox and the session is merely idle. On PostgreSQL
+// the lock is therefore a lease row with an expiry in server time
+// (store/postgres, Config.LockTTL, 3 s by default): the holder renews it
+// every third of the TTL, each renewal bounded so that it ends before the
+// lease could expire, and gives up (the lost channel closes, the relay
+// stops publishing and stands by) at the first renewal that fails, is late,
+// or finds the lease taken. Anyone may take an expired lease, so a standby
+// takes over about one TTL after the active relay was cut off (2–3 s in
+// TestStandbyTakesOverFromCutOffRelay). SQLite (dev, one host) keeps an
+// flock, which the kernel releases with the process.
+//
+// A lease alone cannot stop a holder that is paused (GC, SIGSTOP, a slow
+// host) past its own deadline from publishing. No fencing token is needed
+// for that: every publish carries the expected last stream sequence, so a
+// stale relay's publish is either refused (the new leader has published)
+// or is the very next event of the log, which is correct whoever sends it;
+// the new leader is then fenced once and re-reads the stream. Nothing can
+// be duplicated or reordered, whoever holds the lease.
 //
 // # Pipelining
 //
@@ -39,7 +92,13 @@
 // ([Config.MaxInFlight]); a prefetching reader keeps the next batch of events
 // ready. Acks are consumed in order. Any error, rejection or ack timeout ends
 // the window: the relay waits (bounded) for what is still in flight, re-reads
-// the stream and starts again from there.
+// the stream and starts again from there. What is still unanswered then is
+// abandoned, as the next session starts, with the JetStream context's
+// CleanupPublisher: a stream without
+// a leader drops publishes without an answer, and futures kept for them
+// would fill the context's max pending until every publish failed with
+// ErrTooManyStalledMsgs (artifactstore_relay_abandoned_publishes_total
+// counts them). cmd also gives the relay's context a publish-async timeout.
 //
 // # Messages
 //

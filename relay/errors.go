@@ -21,6 +21,10 @@ var (
 	// ErrStreamAhead is returned when the stream holds events the log does
 	// not (the log was reset or restored from an older backup).
 	ErrStreamAhead = errors.New("relay: stream is ahead of the log")
+	// ErrDivergedHistory is wrapped by *DivergedError: the stream's last
+	// event is not the log's event at that sequence (the log lost commits
+	// the stream holds, and may have new ones in their place).
+	ErrDivergedHistory = errors.New("relay: stream and log hold different histories")
 	// ErrInvalidMessage is wrapped when a stream message does not decode.
 	ErrInvalidMessage = wire.ErrInvalidMessage
 	// ErrStreamUnpartitioned is returned when the stream's last message has
@@ -75,9 +79,44 @@ func (e *LogMismatchError) Error() string {
 // Unwrap returns ErrForeignStream.
 func (e *LogMismatchError) Unwrap() error { return ErrForeignStream }
 
+// DivergedError is returned when the event the stream holds at Sequence
+// (its last, or the last the relay read) differs from the log's event at
+// that sequence, or the log has none there: the log was restored from a
+// backup, or an asynchronous replica promoted, losing commits that are in
+// the stream. Continuing would splice two histories. It wraps
+// ErrDivergedHistory; see the package doc for the way out.
+type DivergedError struct {
+	// Stream is the stream's name.
+	Stream string
+	// Sequence is the log sequence where the histories differ.
+	Sequence int64
+	// StreamDigest is the payload digest (64 hex) of the stream's event.
+	StreamDigest string
+	// LogDigest is the payload digest of the log's event ("" when the log
+	// has no event at Sequence).
+	LogDigest string
+	// Field names the first field that differs (payload_digest,
+	// created_at, ...; "sequence" when the log has no such event).
+	Field string
+}
+
+// Error implements error.
+func (e *DivergedError) Error() string {
+	logSide := "the log holds no event there"
+	if e.LogDigest != "" {
+		logSide = fmt.Sprintf("the log's event has payload digest %s (%s differs)", e.LogDigest, e.Field)
+	}
+	return fmt.Sprintf("relay: stream %s and the log disagree at event %d: the stream's event has payload digest %s, %s; "+
+		"the log lost commits the stream holds (restored from a backup?): relaying on would splice two histories "+
+		"(build a new stream from the log; see the relay package doc)", e.Stream, e.Sequence, e.StreamDigest, logSide)
+}
+
+// Unwrap returns ErrDivergedHistory.
+func (e *DivergedError) Unwrap() error { return ErrDivergedHistory }
+
 // permanent reports whether err means retrying cannot help: Run returns it.
 func permanent(err error) bool {
 	return errors.Is(err, ErrStreamConflict) || errors.Is(err, ErrForeignStream) ||
-		errors.Is(err, ErrStreamTruncated) || errors.Is(err, ErrStreamAhead) ||
-		errors.Is(err, ErrInvalidMessage)
+		errors.Is(err, ErrStreamTruncated) || errors.Is(err, ErrStreamAhead) || errors.Is(err, ErrDivergedHistory) ||
+		errors.Is(err, ErrInvalidMessage) || errors.Is(err, ErrStreamUnpartitioned)
 }

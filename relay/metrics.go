@@ -22,6 +22,7 @@ type metrics struct {
 	head      atomic.Int64
 	published prometheus.Counter
 	resyncs   prometheus.Counter
+	abandoned prometheus.Counter
 	errors    *prometheus.CounterVec
 	leader    prometheus.Gauge
 	all       []prometheus.Collector
@@ -37,6 +38,10 @@ func newMetrics(stream string) *metrics {
 	m.resyncs = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "artifactstore_relay_resyncs_total", ConstLabels: labels,
 		Help: "Times the relay re-read its position from the stream.",
+	})
+	m.abandoned = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "artifactstore_relay_abandoned_publishes_total", ConstLabels: labels,
+		Help: "Publishes still unanswered after a failed window, resolved by resetting the JetStream context's async publisher.",
 	})
 	m.errors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "artifactstore_relay_errors_total", ConstLabels: labels,
@@ -61,7 +66,7 @@ func newMetrics(stream string) *metrics {
 		Name: "artifactstore_relay_lag", ConstLabels: labels,
 		Help: "Log head minus relay position: committed events not yet in the stream.",
 	}, func() float64 { return float64(max(0, m.head.Load()-m.position.Load())) })
-	m.all = []prometheus.Collector{m.published, m.resyncs, m.errors, m.leader, position, head, lag}
+	m.all = []prometheus.Collector{m.published, m.resyncs, m.abandoned, m.errors, m.leader, position, head, lag}
 	return m
 }
 

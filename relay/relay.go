@@ -32,6 +32,10 @@ type Relay struct {
 
 	running atomic.Bool
 	active  atomic.Bool
+	// synced is the stream's last event as of the session's
+	// synchronisation, the first event fetch checks the log against. Only
+	// the Run goroutine writes it, before starting fetch.
+	synced store.Event
 
 	// Test hooks (export_test.go): hook is called at each stage of the
 	// pipeline with the event sequence concerned; noLock skips the leader
@@ -79,7 +83,10 @@ func (r *Relay) Active() bool { return r.active.Load() }
 // retries, losing nothing. It returns an error only for what retrying cannot
 // fix: the stream belongs to another log (ErrForeignStream), its last
 // message is gone (ErrStreamTruncated), it is ahead of the log
-// (ErrStreamAhead), or its configuration conflicts (ErrStreamConflict).
+// (ErrStreamAhead), its last event is not the log's event at that sequence
+// (a *DivergedError: the log was restored and lost commits the stream
+// holds; checked at every synchronisation and every read of the log), or
+// its configuration conflicts (ErrStreamConflict).
 // A stream deleted while the relay runs is created again and refilled from
 // the log.
 func (r *Relay) Run(ctx context.Context) error {
@@ -206,6 +213,7 @@ func (r *Relay) lead(parent context.Context, lost <-chan struct{}) error {
 // until ctx is done. progressed reports whether any publish was acked.
 func (r *Relay) session(ctx context.Context) (progressed bool, err error) {
 	r.m.resyncs.Inc()
+	r.dropStalled() // what the last window left unanswered
 	logID, err := r.db.LogID(ctx)
 	if err != nil {
 		return false, kindErr(errKindDatabase, fmt.Errorf("relay: reading the log id: %w", err))
@@ -214,7 +222,7 @@ func (r *Relay) session(ctx context.Context) (progressed bool, err error) {
 	if err != nil {
 		return false, kindErr(errKindNATS, err)
 	}
-	pos, err := position(ctx, s)
+	pos, last, err := lastEvent(ctx, s)
 	if err != nil {
 		return false, kindErr(errKindNATS, err)
 	}
@@ -227,6 +235,9 @@ func (r *Relay) session(ctx context.Context) (progressed bool, err error) {
 	}
 	if head < pos.Sequence {
 		return false, fmt.Errorf("%w: stream %s holds event %d, the log ends at %d", ErrStreamAhead, r.cfg.Stream, pos.Sequence, head)
+	}
+	if err := r.checkHistory(ctx, last); err != nil {
+		return false, err
 	}
 	parts, err := r.db.Partitions(ctx)
 	if err != nil {
@@ -245,6 +256,7 @@ func (r *Relay) session(ctx context.Context) (progressed bool, err error) {
 	fctx, fcancel := context.WithCancel(ctx)
 	batches := make(chan fetched, 1)
 	var wg conc.WaitGroup
+	r.synced = last
 	wg.Go(func() { r.fetch(fctx, pos.Sequence, batches) })
 	defer func() {
 		fcancel()
@@ -258,27 +270,37 @@ type fetched struct {
 	err    error
 }
 
-// fetch reads the log after after, batch by batch, into out; when it has
-// caught up it waits for an append signal or the poll interval.
-func (r *Relay) fetch(ctx context.Context, after int64, out chan<- fetched) {
+// fetch reads the log after sequence from, batch by batch, into out; when
+// it has caught up it waits for an append signal or the poll interval.
+// Every read checks that the log still holds the last event read, starting
+// with the stream's last event (fetchAnchored), so that a log restored
+// under a running relay stops it.
+func (r *Relay) fetch(ctx context.Context, from int64, out chan<- fetched) {
+	after := store.Event{Sequence: from} // known by its sequence only
+	if r.synced.Sequence == from {
+		after = r.synced
+	}
 	poll := time.NewTimer(r.cfg.PollInterval)
 	defer poll.Stop()
 	var headAt time.Time
 	for {
 		signal := r.db.AppendSignal() // before reading, so no append is missed
-		events, err := r.db.Fetch(ctx, after, r.cfg.BatchSize)
+		events, err := r.fetchAnchored(ctx, after, r.cfg.BatchSize)
 		if err != nil {
+			if !errors.Is(err, ErrDivergedHistory) {
+				err = kindErr(errKindDatabase, fmt.Errorf("relay: reading the log after %d: %w", after.Sequence, err))
+			}
 			if ctx.Err() == nil {
 				select {
-				case out <- fetched{err: kindErr(errKindDatabase, fmt.Errorf("relay: reading the log after %d: %w", after, err))}:
+				case out <- fetched{err: err}:
 				case <-ctx.Done():
 				}
 			}
 			return
 		}
 		if len(events) > 0 {
-			after = events[len(events)-1].Sequence
-			r.m.setHead(after)
+			after = events[len(events)-1]
+			r.m.setHead(after.Sequence)
 			if len(events) == r.cfg.BatchSize && time.Since(headAt) > time.Second {
 				// Catching up: refresh the head now and then for the lag metric.
 				if h, err := r.db.Head(ctx); err == nil {
@@ -464,6 +486,25 @@ func (r *Relay) abort(ctx context.Context, w *window) {
 			return
 		}
 	}
+}
+
+// dropStalled resolves, at the start of a session, the publishes the last
+// window left unanswered (abort waited AckTimeout for them), which the
+// JetStream context would otherwise keep (and count against its max
+// pending) until an answer that may never come: a stream without a leader
+// drops publishes silently. Their outcome does not matter, the session
+// reads the stream; late answers go to a reply subscription that no longer
+// exists. (Not done right after a window: nats.go's reconnect listener,
+// started with the context's first publish, blocks forever on a nil
+// channel when CleanupPublisher runs before it has started.)
+func (r *Relay) dropStalled() {
+	n := r.js.PublishAsyncPending()
+	if n == 0 {
+		return
+	}
+	r.log.Warn("abandoning unanswered publishes; the next synchronisation reads the stream", zap.Int("pending", n))
+	r.m.abandoned.Add(float64(n))
+	r.js.CleanupPublisher()
 }
 
 // finish waits, for at most ShutdownTimeout, for the acks of what is in

@@ -27,9 +27,22 @@ type StreamManager interface {
 
 // JetStream is what the relay needs of a JetStream context:
 // jetstream.JetStream implements it.
+//
+// The relay owns the context's asynchronous publishing: after a failed
+// window it resets it with CleanupPublisher so that publishes nobody will
+// ever answer (dropped while a stream has no leader) cannot pile up until
+// PublishMsgAsync refuses everything with ErrTooManyStalledMsgs. Give the
+// relay a context nothing else publishes asynchronously on, preferably
+// made with jetstream.WithPublishAsyncTimeout (at most Config.AckTimeout)
+// so that such publishes resolve by themselves.
 type JetStream interface {
 	StreamManager
 	PublishMsgAsync(m *nats.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error)
+	// PublishAsyncPending counts publishes not yet answered.
+	PublishAsyncPending() int
+	// CleanupPublisher fails every pending publish and drops the reply
+	// subscription, so that late answers to them are ignored.
+	CleanupPublisher()
 }
 
 // errCodeSubjectOverlap is JetStream's "subjects overlap with an existing
@@ -138,30 +151,37 @@ func ReadPosition(ctx context.Context, js StreamLookup, stream string) (Position
 
 // position reads the last message of s, whose cached info is fresh.
 func position(ctx context.Context, s jetstream.Stream) (Position, error) {
+	pos, _, err := lastEvent(ctx, s)
+	return pos, err
+}
+
+// lastEvent is position with the stream's last event (zero for an empty
+// stream), decoded and checked against its own headers.
+func lastEvent(ctx context.Context, s jetstream.Stream) (Position, store.Event, error) {
 	info := s.CachedInfo()
 	pos := Position{Stream: info.Config.Name}
 	last := info.State.LastSeq
 	if last == 0 {
-		return pos, nil
+		return pos, store.Event{}, nil
 	}
 	m, err := s.GetMsg(ctx, last)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return pos, fmt.Errorf("%w: stream %s ends at sequence %d but holds no message there (purged or deleted); the relay cannot tell which event it holds",
+		return pos, store.Event{}, fmt.Errorf("%w: stream %s ends at sequence %d but holds no message there (purged or deleted); the relay cannot tell which event it holds",
 			ErrStreamTruncated, pos.Stream, last)
 	}
 	if err != nil {
-		return pos, fmt.Errorf("relay: reading the last message of %s: %w", pos.Stream, err)
+		return pos, store.Event{}, fmt.Errorf("relay: reading the last message of %s: %w", pos.Stream, err)
 	}
 	if unpartitioned(m.Subject, m.Header) {
-		return pos, fmt.Errorf("%w: stream %s, message %d, subject %s; build a new stream from the log: stop the relays, remove the stream (nats stream rm %s), start a relay (it republishes the whole log) and tell downstream consumers to read it again",
+		return pos, store.Event{}, fmt.Errorf("%w: stream %s, message %d, subject %s; build a new stream from the log: stop the relays, remove the stream (nats stream rm %s), start a relay (it republishes the whole log) and tell downstream consumers to read it again",
 			ErrStreamUnpartitioned, pos.Stream, last, m.Subject, pos.Stream)
 	}
 	wm, err := wire.Decode(m.Subject, m.Header, m.Data)
 	if err != nil {
-		return pos, fmt.Errorf("stream %s, message %d: %w", pos.Stream, last, err)
+		return pos, store.Event{}, fmt.Errorf("stream %s, message %d: %w", pos.Stream, last, err)
 	}
 	pos.LogID, pos.Sequence, pos.StreamSequence = wm.LogID, wm.Event.Sequence, m.Sequence
-	return pos, nil
+	return pos, wm.Event, nil
 }
 
 // unpartitioned reports whether a message is an event in the format before

@@ -37,10 +37,13 @@ type DB interface {
 	// view table (artifact_packages, retention_state), ordered by primary
 	// key, for byte-for-byte comparison of views built different ways.
 	DumpViews(ctx context.Context) (string, error)
-	// TryLock takes the named session-level leader lock without waiting. It
-	// returns ErrLockHeld when another session holds it. The returned
-	// release func gives it back; the lock is also lost when the session's
-	// connection dies, which the returned channel reports by closing.
+	// TryLock takes the named leader lock without waiting. It returns
+	// ErrLockHeld when another holder has it. The returned release func
+	// gives it back. lost closes when the holder can no longer be sure it
+	// holds the lock (its process or session died; on PostgreSQL, a lease
+	// renewal failed or was late), before anyone else can take it; a holder
+	// cut off silently loses it within seconds, so that a standby takes
+	// over.
 	TryLock(ctx context.Context, name string) (release func(), lost <-chan struct{}, err error)
 	// FetchKeys returns the keys of up to limit events with after <
 	// sequence <= upTo, in order (no payloads).

@@ -110,7 +110,11 @@ func (c devCmd) Run(ctx context.Context, g *globals) error {
 	if err != nil {
 		return err
 	}
-	r, err := relay.New(db, d.js, c.relayConfig(log, d.srv))
+	rjs, err := relayJetStream(d.nc)
+	if err != nil {
+		return err
+	}
+	r, err := relay.New(db, rjs, c.relayConfig(log, d.srv))
 	if err != nil {
 		return err
 	}

@@ -222,6 +222,14 @@ func (f streamFlags) relayConfig(log *zap.Logger, srv *ops.Server) relay.Config 
 	return cfg
 }
 
+// relayJetStream returns the relay's own JetStream context on nc: the relay
+// owns its asynchronous publishing (see relay.JetStream), and a publish
+// that nobody answers (a stream without a leader drops it) fails after the
+// relay's ack timeout instead of staying pending.
+func relayJetStream(nc *nats.Conn) (jetstream.JetStream, error) {
+	return jetstream.New(nc, jetstream.WithPublishAsyncTimeout(relay.DefaultAckTimeout))
+}
+
 type relayCmd struct {
 	httpFlag
 	streamFlags
@@ -233,7 +241,11 @@ func (c relayCmd) Run(ctx context.Context, g *globals) error {
 		return err
 	}
 	defer closeDeps()
-	r, err := relay.New(d.db, d.js, c.relayConfig(g.log, d.srv))
+	js, err := relayJetStream(d.nc)
+	if err != nil {
+		return err
+	}
+	r, err := relay.New(d.db, js, c.relayConfig(g.log, d.srv))
 	if err != nil {
 		return err
 	}

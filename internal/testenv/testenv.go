@@ -426,6 +426,13 @@ type NATSServer struct {
 // 127.0.0.1 port, its store in a temp dir; it is shut down at cleanup.
 func NATS(t testing.TB) *NATSServer {
 	t.Helper()
+	return NATSWith(t, nil)
+}
+
+// NATSWith is NATS with mutate (when not nil) applied to the server's
+// options before it starts: users, permissions, limits.
+func NATSWith(t testing.TB, mutate func(*server.Options)) *NATSServer {
+	t.Helper()
 	opts := server.Options{
 		Host:       "127.0.0.1",
 		Port:       FreePort(),
@@ -434,6 +441,9 @@ func NATS(t testing.TB) *NATSServer {
 		NoLog:      true,
 		NoSigs:     true,
 		MaxPayload: 1 << 20,
+	}
+	if mutate != nil {
+		mutate(&opts)
 	}
 	s := &NATSServer{t: t, opts: opts}
 	s.Start()
@@ -475,13 +485,28 @@ func (s *NATSServer) Restart() {
 	s.Start()
 }
 
+// Reload applies mutate to the server's options and reloads the running
+// server with them, as a config reload does: changed users and permissions
+// apply to connected clients in place, their connections stay open.
+func (s *NATSServer) Reload(mutate func(*server.Options)) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	mutate(&s.opts)
+	if s.srv == nil {
+		return nil
+	}
+	opts := s.opts
+	return s.srv.ReloadOptions(&opts)
+}
+
 // URL returns the client URL.
 func (s *NATSServer) URL() string { return fmt.Sprintf("nats://127.0.0.1:%d", s.opts.Port) }
 
-// Connect returns a client connection (reconnecting forever), closed at cleanup.
-func (s *NATSServer) Connect(t testing.TB) *nats.Conn {
+// Connect returns a client connection (reconnecting forever), closed at
+// cleanup; opts are added to the defaults (credentials, handlers).
+func (s *NATSServer) Connect(t testing.TB, opts ...nats.Option) *nats.Conn {
 	t.Helper()
-	nc, err := nats.Connect(s.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	nc, err := nats.Connect(s.URL(), append([]nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(50 * time.Millisecond)}, opts...)...)
 	if err != nil {
 		t.Fatalf("testenv: connecting to nats: %v", err)
 	}
@@ -489,10 +514,10 @@ func (s *NATSServer) Connect(t testing.TB) *nats.Conn {
 	return nc
 }
 
-// JetStream returns a JetStream context on a new connection.
-func (s *NATSServer) JetStream(t testing.TB) jetstream.JetStream {
+// JetStream returns a JetStream context on a new connection made with opts.
+func (s *NATSServer) JetStream(t testing.TB, opts ...nats.Option) jetstream.JetStream {
 	t.Helper()
-	js, err := jetstream.New(s.Connect(t))
+	js, err := jetstream.New(s.Connect(t, opts...))
 	if err != nil {
 		t.Fatalf("testenv: jetstream: %v", err)
 	}

@@ -44,6 +44,11 @@ type Config struct {
 	// (idle_in_transaction_session_timeout) unless the URL sets it: a
 	// client cut off mid-transaction then releases its row locks.
 	IdleInTransactionTimeout time.Duration
+	// LockTTL is how long a leader lease taken with TryLock lasts without
+	// renewal (DefaultLockTTL when 0): the holder renews it every third of
+	// it and gives up when a renewal fails or is late, so another process
+	// takes over about LockTTL after the holder was cut off.
+	LockTTL time.Duration
 	// Logger receives the store's logs (no-op when nil).
 	Logger *zap.Logger
 }
@@ -82,6 +87,9 @@ func Open(ctx context.Context, cfg Config) (*DB, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
+	}
+	if cfg.LockTTL <= 0 {
+		cfg.LockTTL = DefaultLockTTL
 	}
 	pc.ConnConfig.RuntimeParams["timezone"] = "UTC"
 	if cfg.Schema != "" {
@@ -300,60 +308,6 @@ func (db *DB) listenOnce1(ctx context.Context) error {
 		}
 		db.signal.Broadcast()
 	}
-}
-
-// TryLock implements store.DB with a session-level advisory lock held on a
-// dedicated connection, checked every second.
-func (db *DB) TryLock(ctx context.Context, name string) (func(), <-chan struct{}, error) {
-	conn, err := db.pool.Acquire(ctx)
-	if err != nil {
-		return nil, nil, translate(err)
-	}
-	pc := conn.Hijack()
-	key := lockID(db.lockKey() + ":" + name)
-	var ok bool
-	if err := pc.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", key).Scan(&ok); err != nil {
-		pc.Close(context.Background())
-		return nil, nil, translate(err)
-	}
-	if !ok {
-		pc.Close(context.Background())
-		return nil, nil, fmt.Errorf("postgres: lock %q: %w", name, store.ErrLockHeld)
-	}
-	lost := make(chan struct{})
-	wctx, cancel := context.WithCancel(context.Background())
-	var wg conc.WaitGroup
-	wg.Go(func() {
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-wctx.Done():
-				return
-			case <-t.C:
-				pctx, pcancel := context.WithTimeout(wctx, 3*time.Second)
-				err := pc.Ping(pctx)
-				pcancel()
-				if err != nil && wctx.Err() == nil {
-					db.log.Warn("leader lock connection lost", zap.String("lock", name), zap.Error(err))
-					close(lost)
-					return
-				}
-			}
-		}
-	})
-	var once sync.Once
-	release := func() {
-		once.Do(func() {
-			cancel()
-			wg.Wait()
-			uctx, ucancel := context.WithTimeout(context.Background(), 3*time.Second)
-			defer ucancel()
-			_, _ = pc.Exec(uctx, "SELECT pg_advisory_unlock($1)", key)
-			pc.Close(uctx)
-		})
-	}
-	return release, lost, nil
 }
 
 func lockID(s string) int64 {

@@ -14,7 +14,7 @@ type Roles struct {
 	// Ingest may append events and keep the command-side tables; it reads
 	// the views for queries. It cannot UPDATE, DELETE or TRUNCATE events.
 	Ingest string
-	// Relay may read the log.
+	// Relay may read the log and hold its leader lease.
 	Relay string
 	// Projector may read the log and write the views, checkpoints and
 	// parked partitions.
@@ -71,6 +71,8 @@ func (db *DB) CreateRoles(ctx context.Context, prefix string) (Roles, error) {
 		fmt.Sprintf("GRANT SELECT ON %s, %s, %s, %s TO %s", t("artifact_packages"), t("retention_state"), t("checkpoints"),
 			t("projector_parked"), q(r.Reader)),
 		fmt.Sprintf("GRANT SELECT ON %s, %s, %s TO %s", t("artifact_packages"), t("retention_state"), t("checkpoints"), q(r.Relay)),
+		// relay: its leader lease (TryLock).
+		fmt.Sprintf("GRANT SELECT, INSERT, UPDATE ON %s TO %s", t("leader_leases"), q(r.Relay)),
 	)
 	err := db.inTxRaw(ctx, func(tx pgx.Tx) error {
 		// Serialise concurrent callers: role creation races otherwise.

@@ -115,6 +115,19 @@ func TestRolesRefuseRewritingTheLog(t *testing.T) {
 	})
 	require.Error(t, err, "a projector cannot append")
 
+	// The relay role reads the log and holds its leader lease.
+	relayURL := loginAs(t, base, schema+"_svc_relay", roles.Relay)
+	rl, err := postgres.Open(ctx, postgres.Config{URL: relayURL, Schema: schema})
+	require.NoError(t, err)
+	defer rl.Close()
+	release, _, err := rl.TryLock(ctx, "relay")
+	require.NoError(t, err, "the relay role can take its lease")
+	_, _, err = owner.TryLock(ctx, "relay")
+	require.ErrorIs(t, err, store.ErrLockHeld)
+	release()
+	_, err = rl.Fetch(ctx, 0, 10)
+	require.NoError(t, err)
+
 	final, err := owner.Fetch(ctx, 0, 10)
 	require.NoError(t, err)
 	require.Len(t, final, 1)

@@ -48,6 +48,7 @@ var cases = []struct {
 	{"QueriesFilterAndPage", testQueries},
 	{"LogIDIsStable", testLogID},
 	{"TryLockExcludes", testTryLock},
+	{"TryLockHeldWhileHealthy", testTryLockHeld},
 	{"ConcurrentWritersCommitOrder", testConcurrentWriters},
 	{"PartitionCountRecorded", testPartitions},
 	{"LeasesExcludeAndExpire", testLeases},
@@ -562,6 +563,32 @@ func testTryLock(t *testing.T, db store.DB) {
 	release()
 	again, _, err := db.TryLock(ctx, "relay")
 	require.NoError(t, err)
+	again()
+}
+
+// testTryLockHeld holds a lock longer than PostgreSQL's lease lasts
+// without renewal (3 s): a healthy holder keeps it (lost stays open, no
+// one else takes it), and releasing it twice is safe.
+func testTryLockHeld(t *testing.T, db store.DB) {
+	ctx := ctxT(t)
+	release, lost, err := db.TryLock(ctx, "relay")
+	require.NoError(t, err)
+	until := time.After(4 * time.Second)
+	for held := true; held; {
+		select {
+		case <-lost:
+			t.Fatal("a healthy holder lost its lock")
+		case <-until:
+			held = false
+		case <-time.After(500 * time.Millisecond):
+			_, _, err := db.TryLock(ctx, "relay")
+			require.ErrorIs(t, err, store.ErrLockHeld)
+		}
+	}
+	release()
+	release()
+	again, _, err := db.TryLock(ctx, "relay")
+	require.NoError(t, err, "a released lock is free at once")
 	again()
 }
 
