@@ -368,9 +368,14 @@ func benchThroughput(b *testing.B, e *env, commands int, limit bool) {
 	for b.Loop() {
 		perClient := max(1, commands/2/clients)
 		l := newLoad(b, e, loadOptions{clients: clients, packages: perClient})
-		cpu0 := cpuByKind(e)
+		cpu0, applied0, batches0 := cpuByKind(e), projectorSum(e, "events_applied_total"), projectorSum(e, "batches_total")
 		st := measure(b, e, l, perClient*clients*2)
-		cpu := cpuByKind(e)
+		cpu, applied, batches := cpuByKind(e), projectorSum(e, "events_applied_total"), projectorSum(e, "batches_total")
+		if batches > batches0 {
+			b.ReportMetric((applied-applied0)/(batches-batches0), "events/projector-tx")
+			b.Logf("projectors: %.0f events in %.0f transactions, %.1f events per transaction", applied-applied0, batches-batches0,
+				(applied-applied0)/(batches-batches0))
+		}
 		b.ReportMetric(st.cmdRate, "cmds/s")
 		b.ReportMetric(st.streamRate, "stream-events/s")
 		b.ReportMetric(st.vRate, "view-events/s")
@@ -438,6 +443,18 @@ func met(ok bool) string {
 		return "met"
 	}
 	return "NOT met"
+}
+
+// projectorSum sums a projector counter (artifactstore_projector_<name>)
+// over every partition of every projector; 0 where it cannot be read.
+func projectorSum(e *env, name string) float64 {
+	var sum float64
+	for _, p := range e.projectors {
+		if v, err := p.metric("artifactstore_projector_" + name); err == nil {
+			sum += v
+		}
+	}
+	return sum
 }
 
 // cpuByKind returns the CPU time used so far by the deployment's

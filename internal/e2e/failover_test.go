@@ -2,6 +2,9 @@ package e2e
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"os/exec"
 	"testing"
 	"time"
 
@@ -146,4 +149,26 @@ func TestProjectorsSurviveRestartsAndPauses(t *testing.T) {
 	require.NoError(t, e.healAll(60*time.Second))
 	t.Logf("services that exited unasked (restarted by the supervisor): %v", e.crashes())
 	requireVerdicts(t, e, l.snapshot(), 90*time.Second)
+}
+
+// TestProjectorRefusesAnotherPartitionCount starts a projector that
+// expects another partition count than the log's: the process must exit
+// with an error naming both counts, having taken no lease.
+func TestProjectorRefusesAnotherPartitionCount(t *testing.T) {
+	skipIfOff(t)
+	pg := newPG(t)
+	e := startEnv(t, pg, "otherp", envOptions{ingest: 1, relays: 1, projectors: 1})
+	other := e.parts / 2
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, e.opts.binary, "--log-format", "json", "projector", "--http-listen",
+		fmt.Sprintf("127.0.0.1:%d", testenv.FreePort()), "--partitions", fmt.Sprint(other), "--worker-id", "projector-otherp")
+	cmd.Env = append(os.Environ(), e.env...)
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, ctx.Err(), "the projector exits by itself; output:\n%s", out)
+	var exit *exec.ExitError
+	require.ErrorAs(t, err, &exit, "the projector exits with an error; output:\n%s", out)
+	t.Logf("exit code %d; output:\n%s", exit.ExitCode(), out)
+	require.Contains(t, string(out), fmt.Sprintf("configured %d, the log has %d", other, e.parts))
+	require.Zero(t, leaseHolders(t, e)["projector-otherp"], "it took no lease")
 }
