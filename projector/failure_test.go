@@ -169,6 +169,9 @@ func (e *env) startPausable(t *testing.T, id string, insideTx bool, db store.DB)
 		cfg.hooks.beforeCommit = hold
 	} else {
 		cfg.hooks.beforeTx = hold
+		// The batch's own deadline must outlast the pause, or the resumed
+		// transaction fails on it before it reaches the compare-and-set.
+		cfg.ShutdownTimeout = 2 * time.Minute
 	}
 	cfg.hooks.beforeHeartbeat = func() { hold(-1) }
 	w = e.startWith(t, cfg, e.srv.Connect(t), db)
