@@ -25,6 +25,9 @@ func (e *applyError) Unwrap() error { return e.err }
 // expired: the partition may belong to another worker by now.
 var errLeaseExpired = errors.New("projector: leases may have expired")
 
+// errInterrupted ends a catch-up from the log when its partition stops.
+var errInterrupted = errors.New("projector: catch-up interrupted")
+
 // commit applies events (in order, all of partition st.p, above st.cp) and
 // moves the checkpoint to the last one. When another worker moved the
 // checkpoint first, it re-reads it and applies only what is above it; a

@@ -21,8 +21,10 @@ const idlePages = 20
 
 // catchUp applies the partition's events in (st.cp, upTo] from the log, in
 // transactions of up to BatchSize events: the stream does not hold them.
-// A handler failure parks the partition.
-func (w *Worker) catchUp(ctx context.Context, st *partition, upTo int64) error {
+// A handler failure parks the partition. When interrupt closes (the
+// partition is handed over) it stops after the transaction in flight and
+// returns errInterrupted: what it committed stays, with its checkpoint.
+func (w *Worker) catchUp(ctx context.Context, st *partition, upTo int64, interrupt <-chan struct{}) error {
 	if st.cp >= upTo {
 		return nil
 	}
@@ -30,6 +32,11 @@ func (w *Worker) catchUp(ctx context.Context, st *partition, upTo int64) error {
 	var mine []store.Event
 	cursor := st.cp
 	for cursor < upTo && st.parked == nil {
+		select {
+		case <-interrupt:
+			return errInterrupted
+		default:
+		}
 		evs, err := w.db.Fetch(ctx, cursor, int(min(store.DefaultBatch, upTo-cursor)))
 		if err != nil {
 			return fmt.Errorf("catch-up: %w", err)
@@ -99,7 +106,7 @@ func (w *Worker) advanceIdle(ctx context.Context, st *partition) error {
 		if held > 0 {
 			upTo = held - 1
 		}
-		return w.catchUp(ctx, st, upTo)
+		return w.catchUp(ctx, st, upTo, ctx.Done())
 	}
 	return nil
 }

@@ -79,7 +79,9 @@ func (w *Worker) follow(ctx context.Context, st *partition) error {
 		case err := <-errc:
 			return fmt.Errorf("consuming: %w", err)
 		case <-idle.C:
-			if err := w.advanceIdle(ctx, st); err != nil {
+			if err := w.advanceIdle(ctx, st); errors.Is(err, errInterrupted) || ctx.Err() != nil {
+				return nil
+			} else if err != nil {
 				return err
 			}
 		case m := <-msgs:
@@ -93,7 +95,9 @@ func (w *Worker) follow(ctx context.Context, st *partition) error {
 					break drain
 				}
 			}
-			if err := w.handle(ctx, st, batch); err != nil || st.parked != nil {
+			if err := w.handle(ctx, st, batch); errors.Is(err, errInterrupted) {
+				return nil
+			} else if err != nil || st.parked != nil {
 				return err
 			}
 		}
@@ -201,7 +205,7 @@ func (w *Worker) handle(ctx context.Context, st *partition, msgs []jetstream.Msg
 			w.m.errors.WithLabelValues(w.cfg.Projection, "gap").Inc()
 			st.log.Warn("the stream lacks events of this partition; applying them from the log",
 				zap.Int64("sequence", e.Sequence), zap.Int64("previous", wm.Previous), zap.Int64("checkpoint", st.cp))
-			if err := w.catchUp(wctx, st, e.Sequence-1); err != nil || st.parked != nil {
+			if err := w.catchUp(wctx, st, e.Sequence-1, ctx.Done()); err != nil || st.parked != nil {
 				return err
 			}
 		}
