@@ -44,8 +44,8 @@ tidy: ## go mod tidy
 bench-e2e: ## end-to-end benchmark: real processes, 64 clients, raw baselines and ratios (ARTIFACTSTORE_BENCH_COMMANDS, default 20000)
 	$(GO) test -run '^$$' -bench '^BenchmarkEndToEnd$$' -benchtime 1x -timeout 30m -v ./internal/e2e
 
-chaos: ## chaos suite, long mode: every scenario, more faults, broken-relay builds must be caught (~15 min)
-	ARTIFACTSTORE_CHAOS=long $(GO) test -count=1 -run '^(TestChaos|TestChaosCatchesBrokenRelay|TestOraclesBite)$$' -timeout 45m -v ./internal/e2e
+chaos: ## chaos suite, long mode: every scenario, more faults, broken-relay builds must be caught, projector failover, a 250,000-event relay outage (~20 min)
+	ARTIFACTSTORE_CHAOS=long $(GO) test -count=1 -run '^(TestChaos|TestChaosCatchesBrokenRelay|TestOraclesBite|TestRelayOutageLargeBacklog|TestProjector.*)$$' -timeout 60m -v ./internal/e2e
 
 chaos-short: ## chaos suite, short mode (what make test and CI run, < 3 min)
 	ARTIFACTSTORE_CHAOS=short $(GO) test -count=1 -run '^(TestChaos|TestOraclesBite)$$' -timeout 10m -v ./internal/e2e

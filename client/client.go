@@ -26,7 +26,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/artifactstore/artifactstore/ingest"
-	"github.com/artifactstore/artifactstore/relay"
+	"github.com/artifactstore/artifactstore/internal/wire"
 	"github.com/artifactstore/artifactstore/store"
 )
 
@@ -178,6 +178,13 @@ type Event struct {
 	store.Event
 	// LogID is the id of the log the event belongs to.
 	LogID string
+	// Partition is the event's partition: FNV-1a-32 of its subject id
+	// modulo the log's partition count.
+	Partition int
+	// Previous is the sequence of the previous event of the same
+	// partition (0 for the partition's first): a reader of one partition
+	// that has not seen it missed an event.
+	Previous int64
 }
 
 // EventsOptions selects what Events yields.
@@ -191,7 +198,7 @@ type EventsOptions struct {
 
 // ErrInvalidMessage is yielded by Events for a message that is not a valid
 // event (for example a payload whose digest does not match).
-var ErrInvalidMessage = relay.ErrInvalidMessage
+var ErrInvalidMessage = wire.ErrInvalidMessage
 
 // Events follows the events stream with an ordered consumer, in sequence
 // order, and yields each event after checking its headers and its payload
@@ -228,15 +235,15 @@ func (c *Client) Events(ctx context.Context, opts EventsOptions) iter.Seq2[Event
 				}
 				return
 			}
-			e, logID, err := relay.Decode(m.Subject(), m.Headers(), m.Data())
+			wm, err := wire.Decode(m.Subject(), m.Headers(), m.Data())
 			if err != nil {
 				yield(Event{}, err)
 				return
 			}
-			if e.Sequence <= opts.Since {
+			if wm.Event.Sequence <= opts.Since {
 				continue
 			}
-			if !yield(Event{Event: e, LogID: logID}, nil) {
+			if !yield(Event{Event: wm.Event, LogID: wm.LogID, Partition: wm.Partition, Previous: wm.Previous}, nil) {
 				return
 			}
 		}

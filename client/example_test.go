@@ -52,7 +52,7 @@ func startDemo() (*nats.Conn, func()) {
 	js, _ := jetstream.New(nc)
 	svc, _ := ingest.New(db, nc, ingest.Config{})
 	r, _ := relay.New(db, js, relay.Config{})
-	w, _ := projector.New(db, js, projector.Config{Partitions: 2})
+	w, _ := projector.New(db, js, projector.Config{})
 	p := pool.New().WithContext(ctx)
 	p.Go(svc.Run)
 	p.Go(r.Run)

@@ -11,64 +11,47 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/artifactstore/artifactstore/internal/wire"
 	"github.com/artifactstore/artifactstore/store"
 )
 
 // Defaults of Config.
 const (
 	DefaultProjection      = "registry"
-	DefaultStream          = "ARTIFACTSTORE_EVENTS"
-	DefaultMembersBucket   = "ARTIFACTSTORE_PROJECTORS"
-	DefaultPartitions      = 8
+	DefaultStream          = wire.StreamName
 	DefaultBatchSize       = 500
-	DefaultAckWait         = 30 * time.Second
-	DefaultPinnedTTL       = 10 * time.Second
-	DefaultMemberTTL       = 10 * time.Second
-	DefaultFetchWait       = time.Second
+	DefaultLeaseTTL        = 2 * time.Second
+	DefaultIdleWait        = time.Second
 	DefaultMaxAttempts     = 5
-	DefaultGapRetries      = 3
 	DefaultParkRetry       = time.Minute
 	DefaultShutdownTimeout = 10 * time.Second
 )
 
-// priorityGroup is the priority group every partition consumer pins in.
-const priorityGroup = "projector"
-
 // Config configures a Worker. Zero values take the defaults above.
 type Config struct {
-	// Projection names the checkpoints and consumers ("registry").
+	// Projection names the checkpoints and leases ("registry").
 	Projection string
-	// Partitions is the number of partitions (8). Every worker of a
-	// projection must use the same count; changing it needs replay --reset.
+	// Partitions, when set, must equal the log's partition count (the
+	// count recorded when the log was first migrated); Run refuses to start
+	// otherwise. Zero takes the log's.
 	Partitions int
-	// Stream is the public events stream (ARTIFACTSTORE_EVENTS).
+	// Stream is the events stream (ARTIFACTSTORE_EVENTS).
 	Stream string
-	// MembersBucket is the KV bucket workers register in
-	// (ARTIFACTSTORE_PROJECTORS).
-	MembersBucket string
 	// WorkerID identifies this worker (hostname-pid-random); letters,
 	// digits, '-', '_' only.
 	WorkerID string
 	// BatchSize caps the events applied per transaction (500).
 	BatchSize int
-	// AckWait is the partition consumers' ack wait (30s).
-	AckWait time.Duration
-	// PinnedTTL is how long a partition stays pinned to a worker that
-	// stopped pulling (10s).
-	PinnedTTL time.Duration
-	// MemberTTL is how long a worker stays a member without a heartbeat
-	// (10s); heartbeats go every MemberTTL/3, at most a second apart. It
-	// is the members bucket's TTL when this worker creates the bucket; an
-	// existing bucket keeps its own, so give every worker the same value.
-	MemberTTL time.Duration
-	// FetchWait is the longest a pull request waits for messages (1s).
-	FetchWait time.Duration
+	// LeaseTTL is how long a partition lease and a member row last without
+	// renewal (2s): a dead or cut-off worker's partitions move after at
+	// most that long. Workers renew every LeaseTTL/4.
+	LeaseTTL time.Duration
+	// IdleWait is how long a partition waits for a message before it
+	// checks the log to move its checkpoint up to the head (1s).
+	IdleWait time.Duration
 	// MaxAttempts is how many times an event's handler may fail in a row
 	// before its partition parks (5).
 	MaxAttempts int
-	// GapRetries is how many times a partition refetches after seeing a gap
-	// before it parks (3).
-	GapRetries int
 	// ParkRetry is how long a parked partition waits before trying its
 	// event again (1m).
 	ParkRetry time.Duration
@@ -90,33 +73,24 @@ type hooks struct {
 	beforeTx func(partition int)
 	// beforeCommit runs before a batch transaction commits; it may block.
 	beforeCommit func(partition int)
-	// afterCommit runs after a batch committed, before its acks; a non-nil
-	// error makes the worker stop there as if killed.
+	// afterCommit runs after a batch committed; a non-nil error makes the
+	// worker stop there as if killed.
 	afterCommit func(partition int, last int64) error
-	// beforeHeartbeat runs before each membership heartbeat; it may block.
+	// beforeHeartbeat runs before each heartbeat; it may block.
 	beforeHeartbeat func()
 }
 
-var workerIDRe = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+var idRe = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 
-// heartbeatInterval is how often a worker beats and reads the members:
-// MemberTTL/3, but at least every second, because a partition that moves
-// is unowned from the moment its old owner sees the new membership until
-// the new owner sees it too.
-func (c *Config) heartbeatInterval() time.Duration { return min(c.MemberTTL/3, time.Second) }
+// heartbeatInterval is how often a worker renews its member row and leases.
+func (c *Config) heartbeatInterval() time.Duration { return c.LeaseTTL / 4 }
 
 func (c *Config) setDefaults() {
 	if c.Projection == "" {
 		c.Projection = DefaultProjection
 	}
-	if c.Partitions == 0 {
-		c.Partitions = DefaultPartitions
-	}
 	if c.Stream == "" {
 		c.Stream = DefaultStream
-	}
-	if c.MembersBucket == "" {
-		c.MembersBucket = DefaultMembersBucket
 	}
 	if c.WorkerID == "" {
 		host, _ := os.Hostname()
@@ -124,32 +98,20 @@ func (c *Config) setDefaults() {
 		_, _ = rand.Read(b)
 		c.WorkerID = regexp.MustCompile(`[^A-Za-z0-9_-]`).ReplaceAllString(fmt.Sprintf("%.30s-%d-%s", host, os.Getpid(), hex.EncodeToString(b)), "_")
 	}
+	def := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&c.LeaseTTL, DefaultLeaseTTL)
+	def(&c.IdleWait, DefaultIdleWait)
+	def(&c.ParkRetry, DefaultParkRetry)
+	def(&c.ShutdownTimeout, DefaultShutdownTimeout)
 	if c.BatchSize == 0 {
 		c.BatchSize = DefaultBatchSize
 	}
-	if c.AckWait == 0 {
-		c.AckWait = DefaultAckWait
-	}
-	if c.PinnedTTL == 0 {
-		c.PinnedTTL = DefaultPinnedTTL
-	}
-	if c.MemberTTL == 0 {
-		c.MemberTTL = DefaultMemberTTL
-	}
-	if c.FetchWait == 0 {
-		c.FetchWait = DefaultFetchWait
-	}
 	if c.MaxAttempts == 0 {
 		c.MaxAttempts = DefaultMaxAttempts
-	}
-	if c.GapRetries == 0 {
-		c.GapRetries = DefaultGapRetries
-	}
-	if c.ParkRetry == 0 {
-		c.ParkRetry = DefaultParkRetry
-	}
-	if c.ShutdownTimeout == 0 {
-		c.ShutdownTimeout = DefaultShutdownTimeout
 	}
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
@@ -162,30 +124,22 @@ func (c *Config) setDefaults() {
 func (c *Config) validate() error {
 	bad := func(field, why string) error { return fmt.Errorf("%w: %s %s", ErrConfig, field, why) }
 	switch {
-	case !store.ValidToken(c.Projection) || !workerIDRe.MatchString(c.Projection):
+	case !store.ValidToken(c.Projection) || !idRe.MatchString(c.Projection):
 		return bad("Projection", "must be 1-64 letters, digits, '-' or '_'")
-	case c.Partitions < 1 || c.Partitions > 1024:
-		return bad("Partitions", "must be 1..1024")
-	case !workerIDRe.MatchString(c.Stream):
+	case c.Partitions < 0 || c.Partitions > wire.MaxPartitions:
+		return bad("Partitions", fmt.Sprintf("must be 0 (the log's) or 1..%d", wire.MaxPartitions))
+	case !idRe.MatchString(c.Stream):
 		return bad("Stream", "must be a stream name (letters, digits, '-', '_')")
-	case !workerIDRe.MatchString(c.MembersBucket):
-		return bad("MembersBucket", "must be a bucket name (letters, digits, '-', '_')")
-	case !workerIDRe.MatchString(c.WorkerID):
+	case !idRe.MatchString(c.WorkerID):
 		return bad("WorkerID", "must be 1-64 letters, digits, '-' or '_'")
 	case c.BatchSize < 1 || c.BatchSize > 10000:
 		return bad("BatchSize", "must be 1..10000")
-	case c.AckWait < 100*time.Millisecond:
-		return bad("AckWait", "must be at least 100ms")
-	case c.PinnedTTL < 100*time.Millisecond || c.PinnedTTL <= c.FetchWait:
-		return bad("PinnedTTL", "must be at least 100ms and longer than FetchWait (a pull at most every FetchWait keeps the pin)")
-	case c.MemberTTL < 300*time.Millisecond:
-		return bad("MemberTTL", "must be at least 300ms")
-	case c.FetchWait < 10*time.Millisecond:
-		return bad("FetchWait", "must be at least 10ms")
+	case c.LeaseTTL < 200*time.Millisecond:
+		return bad("LeaseTTL", "must be at least 200ms")
+	case c.IdleWait < 10*time.Millisecond:
+		return bad("IdleWait", "must be at least 10ms")
 	case c.MaxAttempts < 1:
 		return bad("MaxAttempts", "must be at least 1")
-	case c.GapRetries < 0:
-		return bad("GapRetries", "must not be negative")
 	case c.ParkRetry <= 0 || c.ShutdownTimeout <= 0:
 		return bad("ParkRetry/ShutdownTimeout", "must be positive")
 	}

@@ -3,115 +3,76 @@
 // partitioned by subject, idempotent by sequence, horizontally scaled, and
 // byte-identical to a replay of the log.
 //
-// # Topology
+// # One stream, read per partition
 //
-// The public stream's subjects never change. Each worker creates (or
-// checks) a derived stream that sources the public one through a subject
-// transform putting a partition number in front:
+// The relay publishes every event once, to
+// artifactstore.events.<event_type>.<subject_id>.<p> where p is
+// FNV-1a-32(subject id) mod P and P is the log's partition count, recorded
+// when the log was first migrated (internal/wire). A worker reads each
+// partition it holds straight from ARTIFACTSTORE_EVENTS with an ordered
+// consumer filtered to artifactstore.events.*.*.*.*.<p>: no acks, no
+// durable consumer, nothing written on the server per message, and no
+// second stored copy of the events. The consumer starts at the stream's
+// first message of the partition above the checkpoint (a binary search
+// over the stream, which holds events in log order).
 //
-//	ARTIFACTSTORE_EVENTS                        ARTIFACTSTORE_EVENTS_P<N>
-//	artifactstore.events.<t1>.<t2>.<t3>.<id> ──▶ artifactstore.partitioned.{{partition(N,4)}}.<t1>.<t2>.<t3>.<id>
-//	                                              │ consumer registry-p0 (filter artifactstore.partitioned.0.>)
-//	                                              │ consumer registry-p1  …                      priority group
-//	                                              └ consumer registry-p<N-1>                    "projector", pinned
+//	ARTIFACTSTORE_EVENTS ──filter …​.0──▶ worker a: partition 0 ─┐
+//	                     ──filter …​.1──▶ worker b: partition 1 ─┼─▶ BEGIN; CAS checkpoint; views; COMMIT
+//	                     ──filter …​.k──▶ …                      ─┘
 //
-// The partition is FNV-1a-32(subject id) mod N, computed by the server; the
-// projector computes the same function ([Partition]) to place log events it
-// reads from PostgreSQL. Every event of one subject is in one partition, so
-// per-subject order is partition order.
+// # Never past an unapplied event
 //
-// Each partition has one durable pull consumer (explicit acks) in a pinned
-// priority group: whatever happens to membership, at most one client at a
-// time receives a partition's messages, and a client that stops pulling
-// loses the pin after PinnedTTL.
+// A checkpoint means "every event of this partition up to here is
+// applied". Each message names the log sequence of its partition's
+// previous event (Artifactstore-Partition-Previous). When it is above what
+// the worker has applied, the stream lacks events of the partition (limits
+// removed them, or they were lost): the worker applies them from the log
+// (store.DB.Fetch) before the message, never skipping one. An idle
+// partition moves its checkpoint only up to just below its first event in
+// the log above the checkpoint, and when that event is older than anything
+// the stream still holds it is applied from the log. Nothing is kept in
+// memory about the log, so no backlog, however large, can make a
+// checkpoint pass an event (DESIGN.md, guarantee 7).
 //
-// # Membership and assignment
+// # Ownership: leases in PostgreSQL
 //
-// Workers heartbeat into a KV bucket (ARTIFACTSTORE_PROJECTORS, TTL =
-// MemberTTL) under <projection>.<worker id> every MemberTTL/3 (at most a
-// second apart: a moving partition is unowned between the moments its old
-// and its new owner see the change) and list the
-// live members each time. The bucket has file storage, so a nats-server
-// restart keeps it; a heartbeat that fails (the bucket lost anyway, say
-// a memory-storage one older workers created, or deleted) creates it
-// again and beats once more, so partitions released while the members
-// lapsed are taken back as soon as NATS is back. Partitions are spread
-// round-robin over the sorted member ids, so every worker computes the
-// same assignment: a worker that joins takes its share within one
-// heartbeat, a worker that dies (its key expires) has its partitions taken
-// over by the survivors. A member counts until two listings in a row miss
-// it: a listing can miss a live member whose heartbeat replaced its value
-// while the listing ran, and each such flap moved partitions away and back.
+// Workers renew a member row (projector_members) and leases on their share
+// of the partitions (projector_leases) every LeaseTTL/4; a lease lasts
+// LeaseTTL (2 s) by the database's clock. Partitions are spread round-robin
+// over the sorted live members, so every worker computes the same
+// assignment: a joining worker is seen within a heartbeat, the others stop
+// the partitions it should have (finishing the transaction in flight) and
+// give their leases back, and it claims them; a dead worker's leases expire
+// and the survivors claim them. Failover and joins take at most LeaseTTL
+// plus a heartbeat.
 //
-// A worker that releases a partition (a rebalance, or its own shutdown)
-// pulls no more, finishes the fetch it has in flight — applying and acking
-// every message delivered to it — and unpins the consumer, so the new
-// owner starts right after the last ack. Cutting the fetch short would
-// drop messages the server had already sent, which come back only after
-// AckWait and hold the partition back that long
-// (TestHandOverWithoutAckWait). For the same reason a pull request expires
-// on the server (FetchMaxWait), which says so after its last message, not
-// on a client deadline that can end the fetch while messages are on their
-// way (TestFetchKeepsWhatTheServerSent).
-//
-// Why not orbit.go pcgroups: its static groups have a fixed member list
-// (partitions only fail over between instances of the same member name,
-// never to the other members), and its elastic groups change membership
-// only by administrative calls; neither rebalances on a worker's death or
-// arrival, which the projector must do by itself. The building blocks are
-// the same (a partition token added by a subject transform, one pinned
-// consumer per partition); the projector adds liveness-driven assignment
-// and keeps correctness in PostgreSQL rather than in the consumer's state.
+// Why PostgreSQL and not a NATS KV bucket: a projector's work is
+// transactions on PostgreSQL, so the liveness that matters is being able to
+// reach it. A worker cut off from PostgreSQL (even by a partition that
+// keeps its connections open and silent) cannot renew; it stops its
+// partitions as soon as its leases may have expired (it measures LeaseTTL
+// from the start of its last successful renewal, which is before the
+// database's), and the others take them. With KV heartbeats such a worker
+// kept its partitions for good while the views stood still. Projector
+// sessions should set idle_in_transaction_session_timeout (cmd sets it),
+// so that a transaction left open by a cut-off worker does not hold the
+// checkpoint row's lock for long.
 //
 // # Correctness lives in the database
 //
-// Membership and pinning only make double work rare; they are never relied
-// on. Each batch is one transaction that first compare-and-sets the
-// partition's checkpoint from the value the worker last saw to the batch's
-// last sequence, then applies the events through store.BufferedViews and
-// flushes them:
+// Leases only make double work rare; they are never relied on. Each batch
+// is one transaction that first compare-and-sets the partition's
+// checkpoint from the value the worker last saw to the batch's last
+// sequence, then applies the events through store.BufferedViews:
 //
 //	BEGIN; UPDATE checkpoints SET sequence = last WHERE … AND sequence = cp;  -- 0 rows: ErrCheckpointMoved
-//	       handlers(events) ; bulk upserts ; COMMIT ; then ack
+//	       handlers(events) ; bulk upserts ; COMMIT
 //
-// On PostgreSQL that is two round trips (store.BatchReader): the
-// compare-and-set travels with BEGIN and a primary-key lookup of every row
-// the batch reads, the handlers run on those rows in memory, and the
-// upserts travel with COMMIT.
-//
-// A stale worker (paused past its pin, or finishing after a rebalance)
-// fails the compare-and-set, re-reads the checkpoint and acks what is at
-// or below it. An event at or below the checkpoint changes nothing.
-// A crash between commit and ack leads to redeliveries that are skipped.
-//
-// # Gaps
-//
-// Before applying a batch the worker reads the log's keys (sequence,
-// subject id, payload digest; cached per worker) between the checkpoint and
-// the batch's last sequence and checks that the partition's events there
-// are exactly the ones delivered, with the same payload digests. A
-// predecessor that is missing is first looked for in the database (another
-// worker may just have applied it), then waited for (it may be out with a
-// dead worker until its ack wait expires); a predecessor the stream no
-// longer holds (retention) is caught up from PostgreSQL; a predecessor the
-// stream should hold but never delivers parks the partition with reason
-// "gap". Nothing is skipped.
-//
-// Redeliveries do not come in sequence order (messages nakked at different
-// times, some with a delay), so a group waiting for a predecessor is held,
-// neither acked nor nakked, and handled again with the rest of the same
-// fetch; only what is still waiting when the fetch ends counts as a gap.
-// The gap's clock restarts whenever the predecessor is delivered (a
-// database failure after its delivery sent it back), and a parked gap's
-// retry gets the full window again.
-//
-// # Catch-up
-//
-// When a worker takes a partition whose checkpoint is below the first
-// event the derived stream still holds (a fresh projection over a stream
-// whose retention is shorter than the log), it applies the partition's
-// events from PostgreSQL (store.DB.Fetch) up to that point, in batches,
-// then follows the stream.
+// On PostgreSQL that is two round trips (store.BatchReader). Two workers
+// that both believe they hold a partition cannot both commit the same
+// range: the second fails the compare-and-set, re-reads the checkpoint and
+// applies only what is above it. A worker that resumes after a pause
+// longer than its lease refuses to commit at all.
 //
 // # Poison events
 //
@@ -120,33 +81,25 @@
 // MaxAttempts times, then parks the partition: a row in projector_parked
 // (what [Inspect] and status show), an error log and the
 // artifactstore_projector_parked gauge. Other partitions go on. The parked
-// partition retries after ParkRetry and at every (re)start of a worker
-// that takes it; the transaction that finally applies the event deletes
-// the parked row.
+// partition retries after ParkRetry and whenever a worker takes it; the
+// transaction that finally applies the event deletes the parked row. A
+// message that does not decode, or belongs to another log or partition,
+// parks the partition the same way.
 //
 // # Replay equivalence
 //
 // View rows hold only event-determined values, and every path applies the
 // same handlers in sequence order per subject, so the views equal a replay.
-// store.Replay writes every partition's checkpoint (ReplayOptions.Partitions,
-// by default the projection's current partition count), so workers resume
-// right after a replay --reset; a projection with only an unpartitioned
-// checkpoint (a replay before any worker ran) has it copied to every
-// partition when a worker starts. Changing the partition count needs a
-// replay --reset (Run refuses with ErrPartitionsChanged).
+// store.Replay writes every partition's checkpoint, so workers resume right
+// after a replay --reset.
 //
 // # Limits
 //
 //   - A worker stopped (SIGSTOP) inside a batch transaction keeps the
-//     partition's checkpoint row locked until it resumes or PostgreSQL
-//     ends the session (set idle_in_transaction_session_timeout); a worker
-//     stopped between transactions is simply outrun (compare-and-set).
-//   - The derived stream is created, never updated: a change of the public
-//     stream's limits is not copied to it (delete it to have it recreated).
-//   - The server starts sourcing into a new derived stream a few hundred
-//     milliseconds after creating it; the first events wait that long.
+//     partition's checkpoint row locked until PostgreSQL ends the session
+//     (idle_in_transaction_session_timeout); the new owner waits that long.
+//   - The partition count is the log's for its life. Changing it means a
+//     new stream built from the log and replay --reset.
 //   - Rebalancing is round-robin over the sorted member ids: a join or a
-//     death moves several partitions, and a partition whose previous owner
-//     died (rather than handing it over) resumes after the dead owner's
-//     messages' AckWait.
+//     death moves several partitions.
 package projector

@@ -3,6 +3,8 @@ package projector
 import (
 	"context"
 	"errors"
+	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -17,6 +19,7 @@ import (
 	"github.com/artifactstore/artifactstore/internal/testenv"
 	"github.com/artifactstore/artifactstore/internal/wire"
 	"github.com/artifactstore/artifactstore/store"
+	"github.com/artifactstore/artifactstore/store/postgres"
 	"github.com/artifactstore/artifactstore/store/storetest"
 )
 
@@ -32,15 +35,23 @@ type env struct {
 	open  func(t testing.TB) store.DB
 	js    jetstream.JetStream
 	logID string
+	// pg is the PostgreSQL database's configuration (setup only).
+	pg postgres.Config
 
 	mu        sync.Mutex
 	published int64
+	// prev is each partition's last event published (or skipped).
+	prev map[int]int64
+	// parts is the log's partition count.
+	parts int
 }
 
 func setup(t testing.TB) *env {
 	t.Helper()
 	url, schema := testenv.Schema(t)
-	return setupWith(t, testenv.OpenPostgres(t, url, schema), func(t testing.TB) store.DB { return testenv.OpenPostgres(t, url, schema) })
+	e := setupWith(t, testenv.OpenPostgres(t, url, schema), func(t testing.TB) store.DB { return testenv.OpenPostgres(t, url, schema) })
+	e.pg = postgres.Config{URL: url, Schema: schema}
+	return e
 }
 
 func setupSQLite(t testing.TB) *env {
@@ -56,14 +67,16 @@ func setupWith(t testing.TB, db store.DB, open func(t testing.TB) store.DB) *env
 	ctx := context.Background()
 	logID, err := db.LogID(ctx)
 	require.NoError(t, err)
+	parts, err := db.Partitions(ctx)
+	require.NoError(t, err)
 	_, err = js.CreateStream(ctx, jetstream.StreamConfig{
 		Name:       DefaultStream,
-		Subjects:   []string{"artifactstore.events.>"},
+		Subjects:   []string{wire.Subjects},
 		Storage:    jetstream.FileStorage,
 		Duplicates: 2 * time.Minute,
 	})
 	require.NoError(t, err)
-	return &env{db: db, open: open, srv: srv, js: js, logID: logID}
+	return &env{db: db, open: open, srv: srv, js: js, logID: logID, parts: parts, prev: map[int]int64{}}
 }
 
 // relay publishes every event after the last published one.
@@ -87,10 +100,13 @@ func (e *env) relayExcept(t testing.TB, skip int64) int64 {
 		}
 		futures := make([]jetstream.PubAckFuture, 0, len(batch))
 		for _, ev := range batch {
+			p := Partition(ev.SubjectID, e.parts)
+			m := wire.Encode(wire.Message{Event: ev, LogID: e.logID, Partition: p, Previous: e.prev[p]}, 0)
+			e.prev[p] = ev.Sequence
 			if ev.Sequence == skip {
 				continue
 			}
-			f, err := e.js.PublishMsgAsync(eventMsg(ev, e.logID), jetstream.WithMsgID(store.MsgID(e.logID, ev.Sequence)))
+			f, err := e.js.PublishMsgAsync(m)
 			require.NoError(t, err)
 			futures = append(futures, f)
 		}
@@ -106,8 +122,6 @@ func (e *env) relayExcept(t testing.TB, skip int64) int64 {
 		e.published = batch[len(batch)-1].Sequence
 	}
 }
-
-func eventMsg(ev store.Event, logID string) *nats.Msg { return wire.Encode(logID, ev, 0) }
 
 // appendPackages appends, for packages [from, to), a created event each,
 // then a finalized event for every other one, in transactions of 250.
@@ -160,13 +174,15 @@ func caughtUp(t testing.TB, db store.DB, projection string, want []int64) bool {
 
 // requireReplayEqual checks the projected views against a replay --reset
 // of the same log, byte for byte, and that nothing is parked.
-func requireReplayEqual(t testing.TB, db store.DB, partitions int) {
+func requireReplayEqual(t testing.TB, db store.DB) {
 	t.Helper()
 	ctx := context.Background()
 	parked, err := db.Parked(ctx)
 	require.NoError(t, err)
 	require.Empty(t, parked, "parked partitions (a double application fails its handler)")
 	projected, err := db.DumpViews(ctx)
+	require.NoError(t, err)
+	partitions, err := db.Partitions(ctx)
 	require.NoError(t, err)
 	_, err = store.Replay(ctx, db, store.RegistryViews{}, store.ReplayOptions{Reset: true, Partitions: partitions})
 	require.NoError(t, err)
@@ -189,34 +205,34 @@ func requireReplayEqual(t testing.TB, db store.DB, partitions int) {
 	}
 }
 
-// running is a worker running in its own goroutine with its own NATS
+// worker is a worker running in its own goroutine with its own NATS
 // connection and database pool, so that it can be killed alone.
-type running struct {
+type worker struct {
 	w      *Worker
 	reg    *prometheus.Registry
 	nc     *nats.Conn
+	db     store.DB
 	cancel context.CancelFunc
 	done   chan error
 	killed atomic.Bool
 }
 
-func (e *env) start(t testing.TB, cfg Config) *running {
+func (e *env) start(t testing.TB, cfg Config) *worker {
 	t.Helper()
-	return e.startConn(t, cfg, e.srv.Connect(t))
+	return e.startWith(t, cfg, e.srv.Connect(t), e.open(t))
 }
 
-// startConn is start on a NATS connection of the caller's.
-func (e *env) startConn(t testing.TB, cfg Config, nc *nats.Conn) *running {
+// startWith is start on a NATS connection and database of the caller's.
+func (e *env) startWith(t testing.TB, cfg Config, nc *nats.Conn, db store.DB) *worker {
 	t.Helper()
 	js, err := jetstream.New(nc)
 	require.NoError(t, err)
-	db := e.open(t)
 	reg := prometheus.NewRegistry()
 	cfg.Registerer = reg
 	if cfg.Logger == nil {
 		cfg.Logger = testenv.Logger(t)
 	}
-	r := &running{reg: reg, nc: nc, done: make(chan error, 1)}
+	r := &worker{reg: reg, nc: nc, db: db, done: make(chan error, 1)}
 	prev := cfg.hooks.afterCommit
 	cfg.hooks.afterCommit = func(p int, last int64) error {
 		if r.killed.Load() {
@@ -237,7 +253,10 @@ func (e *env) startConn(t testing.TB, cfg Config, nc *nats.Conn) *running {
 }
 
 // stop cancels the worker and returns what Run returned.
-func (r *running) stop() error {
+func (r *worker) stop() error {
+	if r.killed.Load() {
+		return nil
+	}
 	r.cancel()
 	select {
 	case err, ok := <-r.done:
@@ -251,23 +270,27 @@ func (r *running) stop() error {
 }
 
 // kill stops the worker abruptly, as close to SIGKILL as one process
-// allows: no ack after its next commit, connection closed under it.
-func (r *running) kill() error {
+// allows: no commit after its next one, its NATS connection and database
+// pool closed under it, so it cannot give its leases back; they expire.
+func (r *worker) kill() {
 	r.killed.Store(true)
 	r.nc.Close()
+	r.db.Close()
+	r.cancel()
 	select {
-	case err := <-r.done:
+	case <-r.done:
 		close(r.done)
-		r.cancel()
-		return err
-	case <-time.After(10 * time.Second):
-		return r.stop()
+	case <-time.After(30 * time.Second):
+		panic("killed worker did not stop")
 	}
 }
 
 // metric sums the samples of the named metric whose labels include want.
-func (r *running) metric(t testing.TB, name string, want map[string]string) float64 {
+// A name the worker does not define fails the test (a misspelt name must
+// not read as zero).
+func (r *worker) metric(t testing.TB, name string, want map[string]string) float64 {
 	t.Helper()
+	testenv.RequireMetricDefined(t, name, r.w.m.collectors()...)
 	fams, err := r.reg.Gather()
 	require.NoError(t, err)
 	var sum float64
@@ -299,19 +322,33 @@ func (r *running) metric(t testing.TB, name string, want map[string]string) floa
 	return sum
 }
 
-// fastConfig is a configuration with short timeouts for tests.
-func fastConfig(id string, partitions int) Config {
+// fastConfig is a configuration with short timeouts for tests. Its lease
+// TTL is the default; tests that time failover shorten it.
+func fastConfig(id string) Config {
 	return Config{
 		WorkerID:        id,
-		Partitions:      partitions,
 		BatchSize:       100,
-		AckWait:         2 * time.Second,
-		PinnedTTL:       time.Second,
-		MemberTTL:       time.Second,
-		FetchWait:       200 * time.Millisecond,
+		LeaseTTL:        DefaultLeaseTTL,
+		IdleWait:        200 * time.Millisecond,
 		MaxAttempts:     2,
-		GapRetries:      3,
 		ParkRetry:       time.Hour,
 		ShutdownTimeout: 5 * time.Second,
 	}
 }
+
+// owned returns the partitions whose unexpired lease worker holds.
+func owned(t testing.TB, db store.DB, worker string) []int {
+	t.Helper()
+	hs, err := db.LeaseHolders(context.Background(), DefaultProjection)
+	require.NoError(t, err)
+	var out []int
+	for p, w := range hs {
+		if w == worker {
+			out = append(out, p)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func runtimeGoexit() { runtime.Goexit() }

@@ -9,10 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/artifactstore/artifactstore/internal/testenv"
+	"github.com/artifactstore/artifactstore/internal/wire"
 	"github.com/artifactstore/artifactstore/store"
 	"github.com/artifactstore/artifactstore/store/storetest"
 )
@@ -33,14 +33,13 @@ func TestPostgresRestarts(t *testing.T) {
 	require.NoError(t, c.Start())
 	open := func(t testing.TB) store.DB { return testenv.OpenPostgres(t, c.URL(), "") }
 	e := setupWith(t, open(t), open)
-	const n = 8
+	n := e.parts
 	cfg := func(id string) Config {
-		c := fastConfig(id, n)
+		c := fastConfig(id)
 		c.BatchSize = 500
-		c.AckWait = 3 * time.Second
 		return c
 	}
-	ws := []*running{e.start(t, cfg("w1")), e.start(t, cfg("w2")), e.start(t, cfg("w3"))}
+	ws := []*worker{e.start(t, cfg("w1")), e.start(t, cfg("w2")), e.start(t, cfg("w3"))}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -116,7 +115,7 @@ func TestPostgresRestarts(t *testing.T) {
 	for _, w := range ws {
 		require.NoError(t, w.stop())
 	}
-	requireReplayEqual(t, e.db, n)
+	requireReplayEqual(t, e.db)
 }
 
 // waitCtx waits d or until ctx ends; it reports whether ctx is still live.
@@ -139,10 +138,12 @@ func (e *env) relayOnce(ctx context.Context) error {
 			return err
 		}
 		for _, ev := range batch {
-			if _, err := e.js.PublishMsg(ctx, eventMsg(ev, e.logID), jetstream.WithMsgID(store.MsgID(e.logID, ev.Sequence))); err != nil {
+			p := Partition(ev.SubjectID, e.parts)
+			m := wire.Encode(wire.Message{Event: ev, LogID: e.logID, Partition: p, Previous: e.prev[p]}, 0)
+			if _, err := e.js.PublishMsg(ctx, m); err != nil {
 				return err
 			}
-			e.published = ev.Sequence
+			e.published, e.prev[p] = ev.Sequence, ev.Sequence
 		}
 	}
 }

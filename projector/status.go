@@ -10,6 +10,8 @@ import (
 // PartitionStatus is one partition of a projection as status shows it.
 type PartitionStatus struct {
 	Partition int `json:"partition"`
+	// Worker holds the partition's lease (empty when nobody does).
+	Worker string `json:"worker,omitempty"`
 	// Checkpoint is the sequence up to which every event of the partition
 	// is applied.
 	Checkpoint int64 `json:"checkpoint"`
@@ -21,6 +23,8 @@ type PartitionStatus struct {
 // process can call it; no NATS needed).
 type Status struct {
 	Projection string `json:"projection"`
+	// LogPartitions is the log's partition count P.
+	LogPartitions int `json:"log_partitions"`
 	// Head is the log's highest sequence.
 	Head int64 `json:"head"`
 	// Applied is the lowest partition checkpoint: every event up to it is
@@ -53,6 +57,14 @@ func Inspect(ctx context.Context, db store.DB, projection string) (Status, error
 	if err != nil {
 		return Status{}, fmt.Errorf("projector: status: %w", err)
 	}
+	parts, err := db.Partitions(ctx)
+	if err != nil {
+		return Status{}, fmt.Errorf("projector: status: %w", err)
+	}
+	holders, err := db.LeaseHolders(ctx, projection)
+	if err != nil {
+		return Status{}, fmt.Errorf("projector: status: %w", err)
+	}
 	n := 0
 	for _, c := range cps {
 		if c.Projection == projection {
@@ -64,9 +76,10 @@ func Inspect(ctx context.Context, db store.DB, projection string) (Status, error
 			n = max(n, p.Partition+1)
 		}
 	}
-	s := Status{Projection: projection, Head: head, Partitions: make([]PartitionStatus, n)}
+	s := Status{Projection: projection, LogPartitions: parts, Head: head, Partitions: make([]PartitionStatus, n)}
 	for i := range s.Partitions {
 		s.Partitions[i].Partition = i
+		s.Partitions[i].Worker = holders[i]
 	}
 	for _, c := range cps {
 		if c.Projection == projection {

@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/artifactstore/artifactstore/internal/testenv"
+	"github.com/artifactstore/artifactstore/internal/wire"
 	"github.com/artifactstore/artifactstore/relay"
 	"github.com/artifactstore/artifactstore/store"
 	"github.com/artifactstore/artifactstore/store/storetest"
@@ -56,7 +57,7 @@ func BenchmarkCatchUp(b *testing.B) {
 			break
 		}
 		for _, e := range evs {
-			msgs = append(msgs, relay.Encode(logID, e))
+			msgs = append(msgs, relay.Encode(logID, e, wire.DefaultPartitions, 0))
 		}
 		after = evs[len(evs)-1].Sequence
 	}
@@ -152,7 +153,7 @@ func BenchmarkCommitToVisible(b *testing.B) {
 	require.NoError(b, err)
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		now := time.Now()
-		seq, _ := strconv.ParseInt(m.Headers().Get(relay.HeaderSequence), 10, 64)
+		seq, _ := strconv.ParseInt(m.Headers().Get(wire.HeaderSequence), 10, 64)
 		mu.Lock()
 		received[seq] = now
 		mu.Unlock()

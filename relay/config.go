@@ -7,6 +7,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+
+	"github.com/artifactstore/artifactstore/internal/wire"
 )
 
 // Defaults of Config; a zero field takes its default.
@@ -37,7 +39,7 @@ const (
 )
 
 // Subjects is the stream's subject filter; every event subject is below it.
-const Subjects = "artifactstore.events.>"
+const Subjects = wire.Subjects
 
 // Config configures a Relay and the stream it writes.
 type Config struct {

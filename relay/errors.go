@@ -25,8 +25,12 @@ var (
 	// event is not the log's event at that sequence (the log lost commits
 	// the stream holds, and may have new ones in their place).
 	ErrDivergedHistory = errors.New("relay: stream and log hold different histories")
-	// ErrInvalidMessage is wrapped by every error of Decode.
+	// ErrInvalidMessage is wrapped when a stream message does not decode.
 	ErrInvalidMessage = wire.ErrInvalidMessage
+	// ErrStreamUnpartitioned is returned when the stream's last message has
+	// no partition token: it was written before subjects had one, and the
+	// stream must be built again from the log.
+	ErrStreamUnpartitioned = errors.New("relay: stream holds messages without the partition token")
 	// ErrFenced is wrapped when JetStream refused a publish because the
 	// stream did not end where the relay expected: another (or a stale)
 	// relay published in between.
@@ -114,5 +118,5 @@ func (e *DivergedError) Unwrap() error { return ErrDivergedHistory }
 func permanent(err error) bool {
 	return errors.Is(err, ErrStreamConflict) || errors.Is(err, ErrForeignStream) ||
 		errors.Is(err, ErrStreamTruncated) || errors.Is(err, ErrStreamAhead) || errors.Is(err, ErrDivergedHistory) ||
-		errors.Is(err, ErrInvalidMessage)
+		errors.Is(err, ErrInvalidMessage) || errors.Is(err, ErrStreamUnpartitioned)
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/artifactstore/artifactstore/internal/wire"
 	"github.com/artifactstore/artifactstore/relay"
 	"github.com/artifactstore/artifactstore/store"
 )
@@ -24,7 +25,7 @@ func ExampleEncode() {
 	}
 	e.Sequence = 17
 	e.CreatedAt = time.Date(2026, 11, 27, 7, 0, 0, 5000, time.UTC)
-	m := relay.Encode("log-a", e)
+	m := relay.Encode("log-a", e, 16, 9)
 	fmt.Println(m.Subject)
 	keys := make([]string, 0, len(m.Header))
 	for k := range m.Header {
@@ -32,16 +33,18 @@ func ExampleEncode() {
 	}
 	slices.Sort(keys)
 	for _, k := range keys {
-		if k != relay.HeaderPayloadDigest {
+		if k != wire.HeaderPayloadDigest {
 			fmt.Printf("%s: %s\n", k, m.Header.Get(k))
 		}
 	}
 	// Output:
-	// artifactstore.events.v1.package.created.pkg-1
+	// artifactstore.events.v1.package.created.pkg-1.15
 	// Artifactstore-Actor: ci-bot
 	// Artifactstore-Created-At: 2026-11-27T07:00:00.000005000Z
 	// Artifactstore-Event-Type: v1.package.created
 	// Artifactstore-Log-Id: log-a
+	// Artifactstore-Partition: 15
+	// Artifactstore-Partition-Previous: 9
 	// Artifactstore-Sequence: 17
 	// Artifactstore-Subject-Id: pkg-1
 	// Artifactstore-Subject-Kind: package

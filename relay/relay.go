@@ -239,6 +239,14 @@ func (r *Relay) session(ctx context.Context) (progressed bool, err error) {
 	if err := r.checkHistory(ctx, last); err != nil {
 		return false, err
 	}
+	parts, err := r.db.Partitions(ctx)
+	if err != nil {
+		return false, kindErr(errKindDatabase, fmt.Errorf("relay: reading the log's partition count: %w", err))
+	}
+	heads, err := partitionHeads(ctx, s, r.db, pos, parts)
+	if err != nil {
+		return false, kindErr(errKindNATS, err)
+	}
 	r.m.position.Store(pos.Sequence)
 	r.m.setHead(head)
 	r.log.Debug("synchronised with the stream", zap.Int64("sequence", pos.Sequence),
@@ -254,7 +262,7 @@ func (r *Relay) session(ctx context.Context) (progressed bool, err error) {
 		fcancel()
 		wg.Wait()
 	}()
-	return r.publish(ctx, logID, pos, batches)
+	return r.publish(ctx, logID, pos, heads, batches)
 }
 
 type fetched struct {
@@ -347,7 +355,10 @@ func (w *window) pop() inflight {
 // header, keeps at most MaxInFlight unacknowledged and consumes acks in
 // order. It returns at the first error (after a bounded wait for what is in
 // flight) or, when ctx is done, after waiting for the in-flight acks.
-func (r *Relay) publish(ctx context.Context, logID string, pos Position, batches <-chan fetched) (progressed bool, err error) {
+//
+// heads holds each partition's last event sent, which the next event of the
+// partition names as its predecessor.
+func (r *Relay) publish(ctx context.Context, logID string, pos Position, heads []int64, batches <-chan fetched) (progressed bool, err error) {
 	w := &window{buf: make([]inflight, r.cfg.MaxInFlight)}
 	last := pos.StreamSequence // stream sequence of the last message sent
 	var pending []store.Event
@@ -358,7 +369,9 @@ func (r *Relay) publish(ctx context.Context, logID string, pos Position, batches
 	for {
 		for len(pending) > 0 && w.n < len(w.buf) && ctx.Err() == nil {
 			e := pending[0]
-			m := wire.Encode(logID, e, 1)
+			p := wire.Partition(e.SubjectID, len(heads))
+			m := wire.Encode(wire.Message{Event: e, LogID: logID, Partition: p, Previous: heads[p]}, 1)
+			heads[p] = e.Sequence
 			m.Header[jetstream.ExpectedLastSeqHeader] = []string{strconv.FormatUint(last, 10)}
 			r.stage("publish", e.Sequence)
 			paf, err := r.js.PublishMsgAsync(m)

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/artifactstore/artifactstore/internal/testenv"
+	"github.com/artifactstore/artifactstore/internal/wire"
 	"github.com/artifactstore/artifactstore/relay"
 	"github.com/artifactstore/artifactstore/store"
 	"github.com/artifactstore/artifactstore/store/storetest"
@@ -190,6 +191,7 @@ func (e *env) requireStreamEqualsLog(t *testing.T) {
 	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
 	require.NoError(t, err)
 	i := 0
+	prev := map[int]int64{} // each partition's previous event
 	for i < len(events) {
 		batch, err := cons.Fetch(min(500, len(events)-i), jetstream.FetchMaxWait(5*time.Second))
 		require.NoError(t, err)
@@ -199,28 +201,31 @@ func (e *env) requireStreamEqualsLog(t *testing.T) {
 			meta, err := m.Metadata()
 			require.NoError(t, err)
 			require.Equal(t, uint64(i+1), meta.Sequence.Stream)
-			require.Equal(t, want.Subject(), m.Subject(), "event %d subject", want.Sequence)
+			part := wire.Partition(want.SubjectID, wire.DefaultPartitions)
+			require.Equal(t, wire.Subject(want, part), m.Subject(), "event %d subject", want.Sequence)
 			require.Equal(t, want.Payload, m.Data(), "event %d body", want.Sequence)
 			h := m.Headers()
 			for name, value := range map[string]string{
-				"Nats-Msg-Id":                  store.MsgID(logID, want.Sequence),
-				"Artifactstore-Sequence":       strconv.FormatInt(want.Sequence, 10),
-				"Artifactstore-Event-Type":     want.Type,
-				"Artifactstore-Subject-Kind":   want.SubjectKind,
-				"Artifactstore-Subject-Id":     want.SubjectID,
-				"Artifactstore-Actor":          want.Actor,
-				"Artifactstore-Payload-Digest": store.DigestOf(m.Data()).String(),
-				"Artifactstore-Created-At":     want.CreatedAt.UTC().Format("2006-01-02T15:04:05.000000000Z07:00"),
-				"Artifactstore-Log-Id":         logID,
+				"Nats-Msg-Id":                      store.MsgID(logID, want.Sequence),
+				"Artifactstore-Sequence":           strconv.FormatInt(want.Sequence, 10),
+				"Artifactstore-Event-Type":         want.Type,
+				"Artifactstore-Subject-Kind":       want.SubjectKind,
+				"Artifactstore-Subject-Id":         want.SubjectID,
+				"Artifactstore-Actor":              want.Actor,
+				"Artifactstore-Payload-Digest":     store.DigestOf(m.Data()).String(),
+				"Artifactstore-Created-At":         want.CreatedAt.UTC().Format("2006-01-02T15:04:05.000000000Z07:00"),
+				"Artifactstore-Log-Id":             logID,
+				"Artifactstore-Partition":          strconv.Itoa(part),
+				"Artifactstore-Partition-Previous": strconv.FormatInt(prev[part], 10),
 			} {
 				require.Equal(t, []string{value}, h.Values(name), "event %d header %s", want.Sequence, name)
 			}
 			require.Equal(t, want.PayloadDigest.String(), h.Get("Artifactstore-Payload-Digest"))
 			require.Equal(t, strconv.Itoa(i), h.Get("Nats-Expected-Last-Sequence"), "event %d was fenced", want.Sequence)
-			got, gotLog, err := relay.Decode(m.Subject(), h, m.Data())
+			got, err := wire.Decode(m.Subject(), h, m.Data())
 			require.NoError(t, err)
-			require.Equal(t, logID, gotLog)
-			require.Equal(t, want, got)
+			require.Equal(t, wire.Message{Event: want, LogID: logID, Partition: part, Previous: prev[part]}, got)
+			prev[part] = want.Sequence
 			i++
 		}
 		require.NoError(t, batch.Error())

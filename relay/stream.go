@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/artifactstore/artifactstore/internal/wire"
 	"github.com/artifactstore/artifactstore/store"
 )
 
@@ -171,12 +172,84 @@ func lastEvent(ctx context.Context, s jetstream.Stream) (Position, store.Event, 
 	if err != nil {
 		return pos, store.Event{}, fmt.Errorf("relay: reading the last message of %s: %w", pos.Stream, err)
 	}
-	e, logID, err := Decode(m.Subject, m.Header, m.Data)
+	if unpartitioned(m.Subject, m.Header) {
+		return pos, store.Event{}, fmt.Errorf("%w: stream %s, message %d, subject %s; build a new stream from the log: stop the relays, remove the stream (nats stream rm %s), start a relay (it republishes the whole log) and tell downstream consumers to read it again",
+			ErrStreamUnpartitioned, pos.Stream, last, m.Subject, pos.Stream)
+	}
+	wm, err := wire.Decode(m.Subject, m.Header, m.Data)
 	if err != nil {
 		return pos, store.Event{}, fmt.Errorf("stream %s, message %d: %w", pos.Stream, last, err)
 	}
-	pos.LogID, pos.Sequence, pos.StreamSequence = logID, e.Sequence, m.Sequence
-	return pos, e, nil
+	pos.LogID, pos.Sequence, pos.StreamSequence = wm.LogID, wm.Event.Sequence, m.Sequence
+	return pos, wm.Event, nil
+}
+
+// unpartitioned reports whether a message is an event in the format before
+// partition tokens: subject artifactstore.events.<type>.<subject id>.
+func unpartitioned(subject string, h nats.Header) bool {
+	return subject == wire.SubjectPrefix+h.Get(wire.HeaderEventType)+"."+h.Get(wire.HeaderSubjectID)
+}
+
+// partitionHeads returns, for each of parts partitions, the sequence of the
+// partition's last event up to pos (what the next event's
+// Artifactstore-Partition-Previous header says). It asks the stream for
+// each partition's last message; a partition with none in the stream is
+// looked up in the log, which is read up to the stream's first event only
+// when the stream does not start at the log's first event.
+func partitionHeads(ctx context.Context, s jetstream.Stream, db store.DB, pos Position, parts int) ([]int64, error) {
+	heads := make([]int64, parts)
+	if pos.Sequence == 0 {
+		return heads, nil
+	}
+	var missing []int
+	for p := range parts {
+		m, err := s.GetLastMsgForSubject(ctx, wire.PartitionFilter(p))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			missing = append(missing, p)
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("relay: last message of partition %d: %w", p, err)
+		}
+		wm, err := wire.Decode(m.Subject, m.Header, m.Data)
+		if err != nil {
+			return nil, fmt.Errorf("relay: last message of partition %d: %w", p, err)
+		}
+		heads[p] = wm.Event.Sequence
+	}
+	if len(missing) == 0 {
+		return heads, nil
+	}
+	return heads, logPartitionHeads(ctx, s, db, parts, missing, heads)
+}
+
+// logPartitionHeads fills heads[p] for the partitions in missing from the
+// log's events below the stream's first one.
+func logPartitionHeads(ctx context.Context, s jetstream.Stream, db store.DB, parts int, missing []int, heads []int64) error {
+	first, err := s.GetMsg(ctx, s.CachedInfo().State.FirstSeq, jetstream.WithGetMsgSubject(wire.Subjects))
+	if err != nil {
+		return fmt.Errorf("relay: first message of the stream: %w", err)
+	}
+	fm, err := wire.Decode(first.Subject, first.Header, first.Data)
+	if err != nil {
+		return fmt.Errorf("relay: first message of the stream: %w", err)
+	}
+	for after, upTo := int64(0), fm.Event.Sequence-1; after < upTo; {
+		keys, err := db.FetchKeys(ctx, after, upTo, 5000)
+		if err != nil {
+			return fmt.Errorf("relay: reading the log's keys: %w", err)
+		}
+		if len(keys) == 0 {
+			break
+		}
+		for _, k := range keys {
+			if p := wire.Partition(k.SubjectID, parts); slices.Contains(missing, p) {
+				heads[p] = k.Sequence
+			}
+		}
+		after = keys[len(keys)-1].Sequence
+	}
+	return nil
 }
 
 // Status is the relay's progress measured against the log.

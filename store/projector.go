@@ -57,3 +57,26 @@ type Parked struct {
 	// value: replay never writes it).
 	ParkedAt time.Time `json:"parked_at"`
 }
+
+// Leases is how projector workers share a projection's partitions: each
+// live worker renews a member row, and each partition is leased to one
+// worker at a time. Expiry is decided by the database's clock, so worker
+// clocks do not matter; a worker that cannot renew loses its leases when
+// they expire, whatever state it is in.
+type Leases interface {
+	// Heartbeat records worker as a live member of projection for ttl and
+	// returns the projection's live members (worker included), sorted.
+	Heartbeat(ctx context.Context, projection, worker string, ttl time.Duration) ([]string, error)
+	// ClaimLeases renews worker's leases on the partitions of want it holds
+	// and takes those that are free or expired, each for ttl; it returns
+	// the partitions of want that worker holds afterwards, sorted. Leases
+	// outside want are left alone (ReleaseLeases gives them back).
+	ClaimLeases(ctx context.Context, projection, worker string, want []int, ttl time.Duration) ([]int, error)
+	// ReleaseLeases gives back worker's leases on partitions.
+	ReleaseLeases(ctx context.Context, projection, worker string, partitions []int) error
+	// Leave removes worker's member row and every lease it holds.
+	Leave(ctx context.Context, projection, worker string) error
+	// LeaseHolders returns the unexpired lease holder of each partition of
+	// projection that has one.
+	LeaseHolders(ctx context.Context, projection string) (map[int]string, error)
+}

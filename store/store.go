@@ -51,6 +51,10 @@ type DB interface {
 	// Parked returns every parked projector partition, ordered by
 	// projection and partition.
 	Parked(ctx context.Context) ([]Parked, error)
+	// Partitions returns the log's partition count P, fixed when the log
+	// was first migrated.
+	Partitions(ctx context.Context) (int, error)
+	Leases
 	// Dialect names the dialect ("postgres" or "sqlite").
 	Dialect() string
 	// Close releases the database's resources.

@@ -12,7 +12,6 @@ import (
 	"runtime/debug"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -22,7 +21,6 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/artifactstore/artifactstore/internal/testenv"
-	"github.com/artifactstore/artifactstore/projector"
 	"github.com/artifactstore/artifactstore/store/postgres"
 )
 
@@ -288,7 +286,6 @@ func TestComposeStructure(t *testing.T) {
 			case "relay":
 				require.Equal(t, "3", env["ARTIFACTSTORE_STREAM_REPLICAS"], "%s: R3 stream", n)
 			case "projector":
-				require.Equal(t, "8", env["ARTIFACTSTORE_PARTITIONS"], n)
 				require.False(t, workerIDs[env["ARTIFACTSTORE_WORKER_ID"]], "%s: distinct worker ids", n)
 				workerIDs[env["ARTIFACTSTORE_WORKER_ID"]] = true
 			}
@@ -360,15 +357,6 @@ func TestComposeNATSConfig(t *testing.T) {
 		for sname, s := range p.Services {
 			if u := s.Environment["ARTIFACTSTORE_NATS_USER"]; u != "" {
 				require.Contains(t, users, u, "%s: %s logs in as %s", name, sname, u)
-			}
-			// The projector's permissions name its derived stream, which
-			// follows the partition count.
-			if parts := s.Environment["ARTIFACTSTORE_PARTITIONS"]; parts != "" {
-				n, err := strconv.Atoi(parts)
-				require.NoError(t, err)
-				derived := projector.DerivedStream("ARTIFACTSTORE_EVENTS", n)
-				require.True(t, permits(users["projector"].Permissions.Publish, "$JS.API.STREAM.CREATE."+derived),
-					"%s: %s runs %d partitions: the projector user must be allowed to create %s", name, sname, n, derived)
 			}
 		}
 		// Who may publish and subscribe where, evaluated as the server

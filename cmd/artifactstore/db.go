@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -23,6 +24,9 @@ type migratingDB interface {
 	Fresh(ctx context.Context) error
 }
 
+// projectorAppName is the projector's application_name.
+const projectorAppName = "artifactstore-projector"
+
 func isPostgresURL(u string) bool {
 	return strings.HasPrefix(u, "postgres://") || strings.HasPrefix(u, "postgresql://")
 }
@@ -36,7 +40,13 @@ func openDB(ctx context.Context, dbURL, name string, log *zap.Logger) (migrating
 		// A search_path in the URL names the schema: the store then also keys
 		// its advisory locks and NOTIFY channel by it, so deployments in
 		// different schemas of one database never share a relay lock.
-		db, err := postgres.Open(ctx, postgres.Config{URL: dbURL, Schema: schemaOf(dbURL), ApplicationName: name, Logger: log})
+		cfg := postgres.Config{URL: dbURL, Schema: schemaOf(dbURL), ApplicationName: name, Logger: log}
+		if name == projectorAppName {
+			// A projector cut off mid-batch must not hold its partition's
+			// checkpoint row locked past the lease's expiry.
+			cfg.IdleInTransactionTimeout = 2 * time.Second
+		}
+		db, err := postgres.Open(ctx, cfg)
 		if err != nil {
 			return nil, fmt.Errorf("opening %s: %w", redactURL(dbURL), err)
 		}

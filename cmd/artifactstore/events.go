@@ -10,7 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/artifactstore/artifactstore/relay"
+	"github.com/artifactstore/artifactstore/internal/wire"
 )
 
 type eventsCmd struct {
@@ -82,7 +82,8 @@ func (c eventsTailCmd) Run(ctx context.Context, g *globals) error {
 			}
 			return err
 		}
-		e, _, err := relay.Decode(m.Subject(), m.Headers(), m.Data())
+		wm, err := wire.Decode(m.Subject(), m.Headers(), m.Data())
+		e := wm.Event
 		if err != nil {
 			// Digest mismatches and malformed messages are reported, not hidden.
 			return failf(exitError, "invalid message on %s: %v", m.Subject(), err)
@@ -120,8 +121,8 @@ func (c eventsTailCmd) startSequence(ctx context.Context, s jetstream.Stream) ui
 	if err != nil {
 		return 1
 	}
-	e, _, err := relay.Decode(m.Subject, m.Header, m.Data)
-	if err != nil || e.Sequence != c.Since {
+	wm, err := wire.Decode(m.Subject, m.Header, m.Data)
+	if err != nil || wm.Event.Sequence != c.Since {
 		return 1
 	}
 	return uint64(c.Since) + 1

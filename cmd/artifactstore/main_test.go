@@ -182,6 +182,15 @@ func TestDevProcessEndToEnd(t *testing.T) {
 		}
 		return st.Relay != nil && st.Relay.Lag == 0 && st.Head == 2 && len(st.Projections) == 1 && st.Projections[0].Lag == 0
 	}, "status to report zero lag at every stage: %s %s", r.stdout, r.stderr)
+	require.Equal(t, 16, st.Partitions, "status shows the log's partition count")
+	require.Equal(t, 16, st.Projections[0].LogPartitions)
+	require.Len(t, st.Projections[0].Partitions, 16)
+	for _, p := range st.Projections[0].Partitions {
+		require.NotEmpty(t, p.Worker, "partition %d is leased by dev's projector", p.Partition)
+	}
+	r = runCLI(t, dbEnv, "status")
+	require.Equal(t, 0, r.code, r.stderr)
+	require.Contains(t, r.stdout, "partitions 16")
 
 	// The view was updated by the projector running inside dev.
 	r = runCLI(t, env, "package", "get", created.PackageID, "--json")

@@ -13,15 +13,15 @@ import (
 // projectorFlags configure a projector worker (dev and projector).
 type projectorFlags struct {
 	Projection string        `env:"ARTIFACTSTORE_PROJECTION" default:"registry" help:"Projection name (checkpoints and consumers)."`
-	Partitions int           `env:"ARTIFACTSTORE_PARTITIONS" default:"8" help:"Partitions; every worker of a projection must use the same number."`
+	Partitions int           `env:"ARTIFACTSTORE_PARTITIONS" default:"0" help:"Expected partition count; refuses to run if the log's differs (0: the log's)."`
 	WorkerID   string        `name:"worker-id" env:"ARTIFACTSTORE_WORKER_ID" help:"This worker's id (default: host-pid-random)."`
 	BatchSize  int           `name:"batch-size" env:"ARTIFACTSTORE_BATCH_SIZE" default:"500" help:"Most events applied per transaction."`
-	AckWait    time.Duration `name:"ack-wait" env:"ARTIFACTSTORE_ACK_WAIT" default:"30s" help:"Partition consumers' ack wait."`
+	LeaseTTL   time.Duration `name:"lease-ttl" env:"ARTIFACTSTORE_LEASE_TTL" default:"2s" help:"How long a partition lease lasts unrenewed: a dead worker's partitions move after at most this long."`
 }
 
 func (f projectorFlags) config(stream string, log *zap.Logger, srv *ops.Server) projector.Config {
 	return projector.Config{Projection: f.Projection, Partitions: f.Partitions, Stream: stream, WorkerID: f.WorkerID,
-		BatchSize: f.BatchSize, AckWait: f.AckWait, Logger: log, Registerer: srv.Registerer()}
+		BatchSize: f.BatchSize, LeaseTTL: f.LeaseTTL, Logger: log, Registerer: srv.Registerer()}
 }
 
 type projectorCmd struct {
@@ -31,7 +31,7 @@ type projectorCmd struct {
 }
 
 func (c projectorCmd) Run(ctx context.Context, g *globals) error {
-	d, closeDeps, err := openDeps(ctx, g, g.databaseURL(), g.natsURL(), "artifactstore-projector", c.HTTPListen)
+	d, closeDeps, err := openDeps(ctx, g, g.databaseURL(), g.natsURL(), projectorAppName, c.HTTPListen)
 	if err != nil {
 		return err
 	}

@@ -16,7 +16,7 @@ type replayCmd struct {
 	Reset      bool   `env:"ARTIFACTSTORE_REPLAY_RESET" help:"Empty the views, the projection's checkpoints and parked partitions first (a full rebuild)."`
 	UpTo       int64  `name:"up-to" env:"ARTIFACTSTORE_REPLAY_UP_TO" help:"Stop after this sequence (default: the log head at start)."`
 	Projection string `env:"ARTIFACTSTORE_PROJECTION" default:"registry" help:"Projection whose checkpoints the replay advances."`
-	Partitions int    `env:"ARTIFACTSTORE_PARTITIONS" help:"Partition count to write checkpoints for (default: the projection's current count; with --reset, a new count for the projectors)."`
+	Partitions int    `env:"ARTIFACTSTORE_PARTITIONS" help:"Expected partition count; refuses to run if the log's differs (0: the log's)."`
 }
 
 func (c replayCmd) Run(ctx context.Context, g *globals) error {
@@ -25,25 +25,17 @@ func (c replayCmd) Run(ctx context.Context, g *globals) error {
 		return err
 	}
 	defer db.Close()
-	opts := store.ReplayOptions{Reset: c.Reset, UpTo: c.UpTo, Projection: c.Projection, Partitions: c.Partitions}
-	// Without --reset, partitions may stand at different checkpoints while
-	// projectors run: each event is then applied only above its own
-	// partition's checkpoint.
-	n := c.Partitions
-	if n == 0 {
-		cps, err := db.Checkpoints(ctx)
-		if err != nil {
-			return err
-		}
-		for _, cp := range cps {
-			if cp.Projection == c.Projection {
-				n = max(n, cp.Partition+1)
-			}
-		}
+	// Checkpoints are per partition of the log: each event is applied only
+	// above its own partition's checkpoint.
+	n, err := db.Partitions(ctx)
+	if err != nil {
+		return err
 	}
-	if n > 0 {
-		opts.PartitionOf = projector.Partitioner(n)
+	if c.Partitions != 0 && c.Partitions != n {
+		return failf(exitInvalid, "--partitions %d: the log has %d partitions (fixed when it was first migrated)", c.Partitions, n)
 	}
+	opts := store.ReplayOptions{Reset: c.Reset, UpTo: c.UpTo, Projection: c.Projection, Partitions: n,
+		PartitionOf: projector.Partitioner(n)}
 	var bar *progressbar.ProgressBar
 	if term.IsTerminal(int(os.Stderr.Fd())) {
 		opts.Progress = func(applied, target int64) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -86,6 +87,9 @@ func runComponents(ctx context.Context, log *zap.Logger, comps ...component) err
 			err := c.run(ctx)
 			if err != nil && !errors.Is(err, context.Canceled) {
 				log.Error("component failed", zap.String("component", c.name), zap.Error(err))
+				if strings.HasPrefix(err.Error(), c.name+":") {
+					return err // the package named itself already
+				}
 				return fmt.Errorf("%s: %w", c.name, err)
 			}
 			if ctx.Err() == nil {

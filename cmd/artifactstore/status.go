@@ -22,8 +22,10 @@ type statusCmd struct {
 
 // statusReport is what status prints.
 type statusReport struct {
-	LogID       string             `json:"log_id"`
-	Head        int64              `json:"head"`
+	LogID string `json:"log_id"`
+	Head  int64  `json:"head"`
+	// Partitions is the log's partition count P.
+	Partitions  int                `json:"partitions"`
 	Relay       *relayStatus       `json:"relay,omitempty"`
 	RelayError  string             `json:"relay_error,omitempty"`
 	Projections []projector.Status `json:"projections"`
@@ -64,7 +66,7 @@ func (c statusCmd) Run(ctx context.Context, g *globals) error {
 		return enc.Encode(rep)
 	}
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(w, "log\t%s\thead %d\n", rep.LogID, rep.Head)
+	fmt.Fprintf(w, "log\t%s\thead %d\tpartitions %d\n", rep.LogID, rep.Head, rep.Partitions)
 	if rep.Relay != nil {
 		fmt.Fprintf(w, "relay\t%s\tposition %d\tlag %d\n", rep.Relay.Stream, rep.Relay.Position, rep.Relay.Lag)
 	} else {
@@ -77,7 +79,11 @@ func (c statusCmd) Run(ctx context.Context, g *globals) error {
 			if part.Parked != nil {
 				state = fmt.Sprintf("PARKED at sequence %d: %s", part.Parked.Sequence, part.Parked.Reason)
 			}
-			fmt.Fprintf(w, "  partition %d\tcheckpoint %d\t%s\n", part.Partition, part.Checkpoint, state)
+			worker := part.Worker
+			if worker == "" {
+				worker = "-"
+			}
+			fmt.Fprintf(w, "  partition %d\tcheckpoint %d\tworker %s\t%s\n", part.Partition, part.Checkpoint, worker, state)
 		}
 	}
 	return w.Flush()
@@ -92,6 +98,9 @@ func collectStatus(ctx context.Context, db store.DB, js relay.StreamLookup, stre
 		return rep, failf(exitUnavailble, "reading the log: %v", err)
 	}
 	if rep.Head, err = db.Head(ctx); err != nil {
+		return rep, failf(exitUnavailble, "reading the log: %v", err)
+	}
+	if rep.Partitions, err = db.Partitions(ctx); err != nil {
 		return rep, failf(exitUnavailble, "reading the log: %v", err)
 	}
 	if js != nil {

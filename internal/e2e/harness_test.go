@@ -5,10 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -262,10 +264,11 @@ type envOptions struct {
 	projectors int
 	// dupWindow is the relay's --duplicate-window.
 	dupWindow string
-	// ackWait is the projectors' --ack-wait.
-	ackWait string
-	// partitions is the projectors' --partitions.
-	partitions int
+	// leaseTTL is the projectors' --lease-ttl ("": the binary's default, 2s).
+	leaseTTL string
+	// natsSyncAlways makes JetStream sync every write to disk
+	// (sync_interval: always, as the shipped deployment runs it).
+	natsSyncAlways bool
 	// binary overrides the artifactstore binary.
 	binary   string
 	logLevel string
@@ -287,12 +290,6 @@ func (o *envOptions) defaults() {
 	if o.dupWindow == "" {
 		o.dupWindow = "1s"
 	}
-	if o.ackWait == "" {
-		o.ackWait = "3s"
-	}
-	if o.partitions == 0 {
-		o.partitions = 8
-	}
 	if o.binary == "" {
 		o.binary = binary
 	}
@@ -306,12 +303,15 @@ type pgServer struct {
 	c *testenv.Cluster
 }
 
-func newPG(t testing.TB) *pgServer {
+// newPG starts a throwaway cluster (fsync off, as every test cluster runs;
+// options such as "fsync=on" are added after and take precedence).
+func newPG(t testing.TB, options ...string) *pgServer {
 	t.Helper()
 	c, err := testenv.NewCluster()
 	if err != nil {
 		t.Fatalf("e2e: PostgreSQL cluster: %v", err)
 	}
+	c.Options = options
 	t.Cleanup(c.Remove)
 	if err := c.Start(); err != nil {
 		t.Fatalf("e2e: starting PostgreSQL: %v", err)
@@ -356,10 +356,17 @@ type env struct {
 	db      *postgres.DB
 	nats    []*natsNode
 	natsURL string
+	// parts is the log's partition count (recorded at migration).
+	parts int
+	env   []string
 
 	ingest     []*proc
 	relays     []*proc
 	projectors []*proc
+
+	// procsMu guards the process lists (a projector may join while the
+	// supervisor walks them).
+	procsMu sync.Mutex
 
 	stopSupervisor context.CancelFunc
 	supervisorDone chan struct{}
@@ -369,6 +376,8 @@ type env struct {
 
 // services returns every artifactstore process.
 func (e *env) services() []*proc {
+	e.procsMu.Lock()
+	defer e.procsMu.Unlock()
 	var ps []*proc
 	ps = append(ps, e.ingest...)
 	ps = append(ps, e.relays...)
@@ -404,37 +413,24 @@ func startEnv(t testing.TB, pg *pgServer, dbName string, opts envOptions) *env {
 	}
 	e.db = db
 
+	if e.parts, err = db.Partitions(ctx); err != nil {
+		t.Fatalf("e2e: reading the partition count: %v", err)
+	}
+
 	e.startNATS(t)
-	common := []string{
+	e.env = []string{
 		"ARTIFACTSTORE_DATABASE_URL=" + e.dbURL,
 		"ARTIFACTSTORE_NATS_URL=" + e.natsURL,
 	}
-	projBin := projectorBinary(opts.binary)
-	if projBin != opts.binary {
-		t.Logf("e2e: %s has no projector subcommand; projectors run %s", opts.binary, projBin)
-	}
-	svc := func(kind string, i int, extra ...string) *proc {
-		port := testenv.FreePort()
-		name := fmt.Sprintf("%s-%d", kind, i)
-		args := append([]string{"--log-format", "json", "--log-level", opts.logLevel, kind,
-			"--http-listen", fmt.Sprintf("127.0.0.1:%d", port)}, extra...)
-		bin := opts.binary
-		if kind == "projector" {
-			bin = projBin
-		}
-		return &proc{name: name, path: bin, args: args, env: common,
-			logPath: filepath.Join(e.dir, name+".log"), health: fmt.Sprintf("http://127.0.0.1:%d/readyz", port)}
-	}
 	for i := range opts.ingest {
-		e.ingest = append(e.ingest, svc("ingest", i+1))
+		e.ingest = append(e.ingest, e.service("ingest", i+1))
 	}
 	for i := range opts.relays {
-		e.relays = append(e.relays, svc("relay", i+1, "--replicas", fmt.Sprint(opts.natsNodes),
+		e.relays = append(e.relays, e.service("relay", i+1, "--replicas", fmt.Sprint(opts.natsNodes),
 			"--duplicate-window", opts.dupWindow))
 	}
 	for i := range opts.projectors {
-		e.projectors = append(e.projectors, svc("projector", i+1, "--partitions", fmt.Sprint(opts.partitions),
-			"--ack-wait", opts.ackWait, "--worker-id", fmt.Sprintf("projector-%d", i+1)))
+		e.projectors = append(e.projectors, e.newProjector(i+1))
 	}
 	// Relays first (they create the stream), then projectors, then ingest.
 	for _, group := range [][]*proc{e.relays, e.projectors, e.ingest} {
@@ -457,6 +453,75 @@ func startEnv(t testing.TB, pg *pgServer, dbName string, opts envOptions) *env {
 	return e
 }
 
+// service returns the (not started) process of an artifactstore service.
+func (e *env) service(kind string, i int, extra ...string) *proc {
+	port := testenv.FreePort()
+	name := fmt.Sprintf("%s-%d", kind, i)
+	args := append([]string{"--log-format", "json", "--log-level", e.opts.logLevel, kind,
+		"--http-listen", fmt.Sprintf("127.0.0.1:%d", port)}, extra...)
+	return &proc{name: name, path: e.opts.binary, args: args, env: e.env,
+		logPath: filepath.Join(e.dir, name+".log"), health: fmt.Sprintf("http://127.0.0.1:%d/readyz", port)}
+}
+
+// newProjector returns projector i (not started). --partitions states the
+// log's count, so a projector started against another log refuses to run.
+func (e *env) newProjector(i int) *proc {
+	args := []string{"--partitions", fmt.Sprint(e.parts), "--worker-id", fmt.Sprintf("projector-%d", i)}
+	if e.opts.leaseTTL != "" {
+		args = append(args, "--lease-ttl", e.opts.leaseTTL)
+	}
+	return e.service("projector", i, args...)
+}
+
+// joinProjector adds one more projector to the deployment, not started
+// (the caller starts it and times what follows).
+func (e *env) joinProjector() *proc {
+	e.procsMu.Lock()
+	defer e.procsMu.Unlock()
+	p := e.newProjector(len(e.projectors) + 1)
+	e.projectors = append(e.projectors, p)
+	return p
+}
+
+// metric returns the sum of a service's /metrics samples named name
+// whose labels contain every one of labels ("key=\"value\"" pieces).
+// An unknown metric is an error, never zero.
+func (p *proc) metric(name string, labels ...string) (float64, error) {
+	client := &http.Client{Timeout: 2 * time.Second}
+	resp, err := client.Get(strings.TrimSuffix(p.health, "/readyz") + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	var sum float64
+	found := false
+lines:
+	for _, line := range strings.Split(string(body), "\n") {
+		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
+			continue
+		}
+		for _, l := range labels {
+			if !strings.Contains(line, l) {
+				continue lines
+			}
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %q: %w", p.name, line, err)
+		}
+		sum, found = sum+v, true
+	}
+	if !found {
+		return 0, fmt.Errorf("%s: no metric %s%v", p.name, name, labels)
+	}
+	return sum, nil
+}
+
 // startNATS starts one nats-server or a 3-node cluster.
 func (e *env) startNATS(t testing.TB) {
 	t.Helper()
@@ -470,8 +535,12 @@ func (e *env) startNATS(t testing.TB) {
 		name := fmt.Sprintf("nats-%d", i+1)
 		var conf bytes.Buffer
 		fmt.Fprintf(&conf, "server_name: %s\nlisten: 127.0.0.1:%d\nhttp: 127.0.0.1:%d\nmax_payload: 1MB\n", name, ports[i], mon[i])
-		fmt.Fprintf(&conf, "jetstream {\n  store_dir: %q\n  max_memory_store: 256MB\n  max_file_store: 4GB\n}\n",
-			filepath.Join(e.dir, name+"-store"))
+		sync := ""
+		if e.opts.natsSyncAlways {
+			sync = "  sync_interval: always\n"
+		}
+		fmt.Fprintf(&conf, "jetstream {\n  store_dir: %q\n  max_memory_store: 256MB\n  max_file_store: 8GB\n%s}\n",
+			filepath.Join(e.dir, name+"-store"), sync)
 		if n > 1 {
 			var rs []string
 			for j := range n {

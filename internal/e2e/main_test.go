@@ -17,9 +17,6 @@ var (
 	natsBinary string
 	// moduleRoot is the module's directory (for builds of patched copies).
 	moduleRoot string
-	// shimProjector is internal/e2e/projectord, used for projector
-	// processes when the binary has no projector subcommand.
-	shimProjector string
 )
 
 // EnvBinary names an artifactstore binary to test instead of building one.
@@ -45,11 +42,6 @@ func TestMain(m *testing.M) {
 				return 1
 			}
 		}
-		shimProjector = filepath.Join(dir, "projectord")
-		if err := goBuild(moduleRoot, shimProjector, "./internal/e2e/projectord"); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
 		natsBinary = filepath.Join(dir, "nats-server")
 		if err := goBuild(moduleRoot, natsBinary, "github.com/nats-io/nats-server/v2"); err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -69,13 +61,4 @@ func goBuild(dir, out, pkg string) error {
 		return fmt.Errorf("building %s: %v\n%s", pkg, err, b)
 	}
 	return nil
-}
-
-// projectorBinary returns bin when it offers the projector subcommand and
-// the stand-in projectord otherwise (see projectord's package comment).
-func projectorBinary(bin string) string {
-	if exec.Command(bin, "projector", "--help").Run() == nil {
-		return bin
-	}
-	return shimProjector
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/artifactstore/artifactstore/internal/wire"
 	"github.com/artifactstore/artifactstore/projector"
 	"github.com/artifactstore/artifactstore/relay"
 	"github.com/artifactstore/artifactstore/store"
@@ -45,7 +46,7 @@ func (v verdict) String() string {
 	case "O2": // rows: Acknowledged = built by the projectors, Committed = built by the replay
 		s = fmt.Sprintf("O2   projector rows=%d replay rows=%d lost=%d duplicated=%d unexpected=%d",
 			v.Acknowledged, v.Committed, v.Lost, v.Duplicated, v.Unexpected)
-	case "O1", "P8": // events: Committed = in the log
+	case "O1": // events: Committed = in the log
 		s = fmt.Sprintf("O1   committed=%d stream messages=%d lost=%d duplicated=%d unexpected=%d",
 			v.Committed, v.Attempted, v.Lost, v.Duplicated, v.Unexpected)
 	default:
@@ -206,25 +207,31 @@ func readStream(ctx context.Context, js jetstream.JetStream, stream string) ([]s
 }
 
 // checkStream is O1: the stream holds every committed event exactly once,
-// in sequence order, with correct headers and digests.
-func checkStream(msgs []streamMsg, log []store.Event, logID string) verdict {
+// in sequence order, with correct headers and digests, each in its
+// partition (Artifactstore-Partition = wire.Partition(subject id, parts),
+// also the subject's last token) and naming its partition's previous event
+// in the log (Artifactstore-Partition-Previous). A message that decodes
+// but differs from the log in any of these is unexpected, not seen.
+func checkStream(msgs []streamMsg, log []store.Event, logID string, parts int) verdict {
 	v := verdict{Check: "O1", Committed: len(log), Attempted: len(msgs)}
 	bySeq := make(map[int64]store.Event, len(log))
 	for _, e := range log {
 		bySeq[e.Sequence] = e
 	}
+	previous := partitionPrevious(log, parts)
 	seen := map[int64]int{}
 	var prev int64
 	for _, m := range msgs {
-		e, id, err := relay.Decode(m.subject, m.header, m.data)
+		wm, err := wire.Decode(m.subject, m.header, m.data)
 		if err != nil {
 			v.Unexpected++
 			v.note("stream message %d: %v", m.seq, err)
 			continue
 		}
-		if id != logID {
+		e := wm.Event
+		if wm.LogID != logID {
 			v.Unexpected++
-			v.note("stream message %d: log id %s, want %s", m.seq, id, logID)
+			v.note("stream message %d: log id %s, want %s", m.seq, wm.LogID, logID)
 			continue
 		}
 		want, ok := bySeq[e.Sequence]
@@ -236,6 +243,17 @@ func checkStream(msgs []streamMsg, log []store.Event, logID string) verdict {
 		if diff := eventDiff(want, e); diff != "" {
 			v.Unexpected++
 			v.note("stream message %d: event %d differs from the log: %s", m.seq, e.Sequence, diff)
+			continue
+		}
+		if p := wire.Partition(e.SubjectID, parts); wm.Partition != p {
+			v.Unexpected++
+			v.note("stream message %d: event %d in partition %d, its subject id's is %d of %d", m.seq, e.Sequence, wm.Partition, p, parts)
+			continue
+		}
+		if wm.Previous != previous[e.Sequence] {
+			v.Unexpected++
+			v.note("stream message %d: event %d names %d as its partition's previous event, the log's is %d",
+				m.seq, e.Sequence, wm.Previous, previous[e.Sequence])
 			continue
 		}
 		seen[e.Sequence]++
@@ -258,6 +276,18 @@ func checkStream(msgs []streamMsg, log []store.Event, logID string) verdict {
 	}
 	v.Acknowledged = len(log)
 	return v
+}
+
+// partitionPrevious maps each event of log to the previous event of its
+// partition among parts (0 for a partition's first).
+func partitionPrevious(log []store.Event, parts int) map[int64]int64 {
+	out := make(map[int64]int64, len(log))
+	last := map[int]int64{}
+	for _, e := range log {
+		p := wire.Partition(e.SubjectID, parts)
+		out[e.Sequence], last[p] = last[p], e.Sequence
+	}
+	return out
 }
 
 // eventDiff names the first field in which got differs from want.
@@ -313,7 +343,7 @@ func caughtUp(ctx context.Context, e *env, js jetstream.JetStream) (bool, string
 	if st.Lag != 0 {
 		return false, fmt.Sprintf("relay lag %d (stream at %d, head %d)", st.Lag, st.Sequence, st.Head), nil
 	}
-	need, err := partitionHeads(qctx, e.db, e.opts.partitions, st.Head)
+	need, err := partitionHeads(qctx, e.db, e.parts, st.Head)
 	if err != nil {
 		return false, "", err
 	}
@@ -349,7 +379,7 @@ func partitionHeads(ctx context.Context, db store.DB, partitions int, head int64
 			break
 		}
 		for _, k := range keys {
-			out[projector.Partition(k.SubjectID, partitions)] = k.Sequence
+			out[wire.Partition(k.SubjectID, partitions)] = k.Sequence
 		}
 		after = keys[len(keys)-1].Sequence
 	}
@@ -411,23 +441,33 @@ func splitLines(s string) []string {
 	return strings.Split(s, "\n")
 }
 
-// checkDerived is a diagnostic, not an oracle: the projectors' partitioned
-// stream (internal, derived from the public one by sourcing) should hold
-// every committed event exactly once too. It tells a projector that never
-// received an event from one that received it and did not apply it.
-func checkDerived(ctx context.Context, js jetstream.JetStream, partitions int, log []store.Event, logID string) (verdict, error) {
-	name := fmt.Sprintf("%s_P%d", relay.DefaultStream, partitions)
-	msgs, err := readStream(ctx, js, name)
+// projectionState describes, for a failure report, each partition's
+// checkpoint against its last event in the log, parked records and lease
+// holders.
+func projectionState(ctx context.Context, e *env) string {
+	head, err := e.db.Head(ctx)
 	if err != nil {
-		return verdict{}, fmt.Errorf("reading %s: %w", name, err)
+		return err.Error()
 	}
-	for i, m := range msgs {
-		// artifactstore.partitioned.<n>.<t1>.<t2>.<t3>.<id> → the public subject.
-		if parts := strings.SplitN(m.subject, ".", 4); len(parts) == 4 {
-			msgs[i].subject = relay.SubjectPrefix + parts[3]
+	need, err := partitionHeads(ctx, e.db, e.parts, head)
+	if err != nil {
+		return err.Error()
+	}
+	ps, err := projector.Inspect(ctx, e.db, projector.DefaultProjection)
+	if err != nil {
+		return err.Error()
+	}
+	holders, err := e.db.LeaseHolders(ctx, projector.DefaultProjection)
+	if err != nil {
+		return err.Error()
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "head %d, %d partitions parked", head, ps.ParkedPartitions)
+	for _, p := range ps.Partitions {
+		fmt.Fprintf(&b, "\n  partition %2d: checkpoint %d, last event %d, lease %q", p.Partition, p.Checkpoint, need[p.Partition], holders[p.Partition])
+		if p.Parked != nil {
+			fmt.Fprintf(&b, ", parked on %d (%s: %s)", p.Parked.Sequence, p.Parked.Reason, p.Parked.Error)
 		}
 	}
-	v := checkStream(msgs, log, logID)
-	v.Check = "P" + fmt.Sprint(partitions)
-	return v, nil
+	return b.String()
 }

@@ -22,6 +22,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -32,6 +34,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
@@ -376,8 +379,16 @@ func Postgres(t testing.TB) *postgres.DB {
 // at cleanup.
 func OpenPostgres(t testing.TB, url, schema string) *postgres.DB {
 	t.Helper()
+	return OpenPostgresConfig(t, postgres.Config{URL: url, Schema: schema})
+}
+
+// OpenPostgresConfig is OpenPostgres with a configuration of the caller's
+// (its logger is the test's).
+func OpenPostgresConfig(t testing.TB, cfg postgres.Config) *postgres.DB {
+	t.Helper()
 	ctx := context.Background()
-	db, err := postgres.Open(ctx, postgres.Config{URL: url, Schema: schema, Logger: Logger(t)})
+	cfg.Logger = Logger(t)
+	db, err := postgres.Open(ctx, cfg)
 	if err != nil {
 		t.Fatalf("testenv: opening postgres: %v", err)
 	}
@@ -523,5 +534,27 @@ func Eventually(t testing.TB, timeout time.Duration, cond func() bool, msg strin
 			t.Fatalf("testenv: timed out after %s waiting for: %s", timeout, fmt.Sprintf(msg, args...))
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+var fqNameRe = regexp.MustCompile(`fqName: "([^"]+)"`)
+
+// RequireMetricDefined fails the test unless one of cs describes a metric
+// named name: a test that reads a misspelt metric name must fail, not read
+// zero.
+func RequireMetricDefined(t testing.TB, name string, cs ...prometheus.Collector) {
+	t.Helper()
+	var names []string
+	for _, c := range cs {
+		ch := make(chan *prometheus.Desc, 16)
+		go func() { c.Describe(ch); close(ch) }()
+		for d := range ch {
+			if m := fqNameRe.FindStringSubmatch(d.String()); m != nil {
+				names = append(names, m[1])
+			}
+		}
+	}
+	if !slices.Contains(names, name) {
+		t.Fatalf("metric %q is not defined; defined: %v", name, names)
 	}
 }

@@ -3,6 +3,8 @@ package wire_test
 import (
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -25,22 +27,30 @@ func testEvent(t testing.TB, seq int64, typ, actor string, payload string) store
 	return e
 }
 
+// msgOf is e as the relay publishes it in a 16-partition log whose previous
+// event of the partition is e's predecessor.
+func msgOf(e store.Event) wire.Message {
+	return wire.Message{Event: e, LogID: testLogID, Partition: wire.Partition(e.SubjectID, 16), Previous: e.Sequence - 1}
+}
+
 func TestEncodeHeaders(t *testing.T) {
 	t.Parallel()
 	e := testEvent(t, 42, "v1.package.finalized", "ci-bot", `{"package_id":"pkg-000042"}`)
-	m := wire.Encode(testLogID, e, 0)
-	require.Equal(t, "artifactstore.events.v1.package.finalized.pkg-000042", m.Subject)
+	m := wire.Encode(msgOf(e), 0)
+	require.Equal(t, "artifactstore.events.v1.package.finalized.pkg-000042."+strconv.Itoa(wire.Partition("pkg-000042", 16)), m.Subject)
 	require.Equal(t, e.Payload, m.Data)
 	want := map[string]string{
-		"Nats-Msg-Id":                  testLogID + "-42",
-		"Artifactstore-Sequence":       "42",
-		"Artifactstore-Event-Type":     "v1.package.finalized",
-		"Artifactstore-Subject-Kind":   "package",
-		"Artifactstore-Subject-Id":     "pkg-000042",
-		"Artifactstore-Actor":          "ci-bot",
-		"Artifactstore-Payload-Digest": store.DigestOf(e.Payload).String(),
-		"Artifactstore-Created-At":     "2026-11-27T07:04:16.123456000Z",
-		"Artifactstore-Log-Id":         testLogID,
+		"Nats-Msg-Id":                      testLogID + "-42",
+		"Artifactstore-Sequence":           "42",
+		"Artifactstore-Event-Type":         "v1.package.finalized",
+		"Artifactstore-Subject-Kind":       "package",
+		"Artifactstore-Subject-Id":         "pkg-000042",
+		"Artifactstore-Actor":              "ci-bot",
+		"Artifactstore-Payload-Digest":     store.DigestOf(e.Payload).String(),
+		"Artifactstore-Created-At":         "2026-11-27T07:04:16.123456000Z",
+		"Artifactstore-Log-Id":             testLogID,
+		"Artifactstore-Partition":          strconv.Itoa(wire.Partition("pkg-000042", 16)),
+		"Artifactstore-Partition-Previous": "41",
 	}
 	require.Len(t, m.Header, len(want))
 	for k, v := range want {
@@ -61,14 +71,13 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := testEvent(t, 7, tc.typ, tc.actor, `{"x":1}`)
-			m := wire.Encode(testLogID, e, 0)
+			m := wire.Encode(msgOf(e), 0)
 			require.Equal(t, tc.wantActorHeader, m.Header.Get(wire.HeaderActor))
 			// Through the wire format and back, as a consumer sees it.
 			h := wireHeaders(t, m.Header)
-			got, logID, err := wire.Decode(m.Subject, h, m.Data)
+			got, err := wire.Decode(m.Subject, h, m.Data)
 			require.NoError(t, err)
-			require.Equal(t, testLogID, logID)
-			require.Equal(t, e, got)
+			require.Equal(t, msgOf(e), got)
 		})
 	}
 }
@@ -101,7 +110,14 @@ func TestDecodeRejects(t *testing.T) {
 		{"bad sequence", func(m *nats.Msg) { m.Header.Set(wire.HeaderSequence, "09") }},
 		{"zero sequence", func(m *nats.Msg) { m.Header.Set(wire.HeaderSequence, "0") }},
 		{"digest mismatch", func(m *nats.Msg) { m.Data = []byte(`{"a":2}`) }},
-		{"subject mismatch", func(m *nats.Msg) { m.Subject = "artifactstore.events.v1.package.created.other" }},
+		{"subject mismatch", func(m *nats.Msg) { m.Subject = "artifactstore.events.v1.package.created.other.3" }},
+		{"partition mismatch", func(m *nats.Msg) { m.Header.Set(wire.HeaderPartition, "99") }},
+		{"no partition token", func(m *nats.Msg) {
+			m.Subject = "artifactstore.events.v1.package.created." + m.Header.Get(wire.HeaderSubjectID)
+		}},
+		{"previous not below sequence", func(m *nats.Msg) { m.Header.Set(wire.HeaderPartitionPrevious, "9") }},
+		{"negative previous", func(m *nats.Msg) { m.Header.Set(wire.HeaderPartitionPrevious, "-1") }},
+		{"missing previous", func(m *nats.Msg) { m.Header.Del(wire.HeaderPartitionPrevious) }},
 		{"bad created at", func(m *nats.Msg) { m.Header.Set(wire.HeaderCreatedAt, "yesterday") }},
 		{"non-UTC created at", func(m *nats.Msg) { m.Header.Set(wire.HeaderCreatedAt, "2026-11-27T08:04:16.123456000+01:00") }},
 		{"repeated header", func(m *nats.Msg) { m.Header.Add(wire.HeaderActor, "x") }},
@@ -110,9 +126,9 @@ func TestDecodeRejects(t *testing.T) {
 		{"bad type", func(m *nats.Msg) { m.Header.Set(wire.HeaderEventType, "v1.created") }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			m := wire.Encode(testLogID, e, 0)
+			m := wire.Encode(msgOf(e), 0)
 			tc.mutate(m)
-			_, _, err := wire.Decode(m.Subject, m.Header, m.Data)
+			_, err := wire.Decode(m.Subject, m.Header, m.Data)
 			require.Error(t, err)
 			require.True(t, errors.Is(err, wire.ErrInvalidMessage), "%v", err)
 		})
@@ -124,27 +140,26 @@ func TestDecodeRejects(t *testing.T) {
 // message.
 func FuzzDecode(f *testing.F) {
 	e := testEvent(f, 3, "v1.package.created", "ci", `{"a":1}`)
-	m := wire.Encode(testLogID, e, 0)
+	m := wire.Encode(msgOf(e), 0)
 	f.Add(m.Subject, m.Header.Get(wire.HeaderSequence), m.Header.Get(wire.HeaderActor), m.Header.Get(wire.HeaderCreatedAt), m.Header.Get(wire.HeaderMsgID), m.Data)
 	f.Add("artifactstore.events.a.b.c.d", "1", "%41%", "2026-01-01T00:00:00.000000000Z", "x-1", []byte("x"))
 	f.Fuzz(func(t *testing.T, subject, seq, actor, createdAt, msgID string, data []byte) {
-		h := wire.Encode(testLogID, e, 0).Header
+		h := wire.Encode(msgOf(e), 0).Header
 		h.Set(wire.HeaderSequence, seq)
 		h.Set(wire.HeaderActor, actor)
 		h.Set(wire.HeaderCreatedAt, createdAt)
 		h.Set(wire.HeaderMsgID, msgID)
 		h.Set(wire.HeaderPayloadDigest, store.DigestOf(data).String())
-		got, logID, err := wire.Decode(subject, h, data)
+		got, err := wire.Decode(subject, h, data)
 		if err != nil {
 			require.ErrorIs(t, err, wire.ErrInvalidMessage)
 			return
 		}
-		back := wire.Encode(logID, got, 0)
+		back := wire.Encode(got, 0)
 		require.Equal(t, subject, back.Subject)
 		require.Equal(t, data, back.Data)
-		again, logID2, err := wire.Decode(back.Subject, back.Header, back.Data)
+		again, err := wire.Decode(back.Subject, back.Header, back.Data)
 		require.NoError(t, err)
-		require.Equal(t, logID, logID2)
 		require.Equal(t, got, again)
 	})
 }
@@ -158,15 +173,28 @@ func FuzzActorHeader(f *testing.F) {
 	f.Fuzz(func(t *testing.T, actor string) {
 		e := testEvent(t, 1, "v1.package.created", "ci", `{}`)
 		e.Actor = actor
-		m := wire.Encode(testLogID, e, 0)
+		m := wire.Encode(msgOf(e), 0)
 		if e.Validate(0) != nil {
 			// The store never writes such an actor; Decode must still not
 			// panic on whatever headers arrive.
-			_, _, _ = wire.Decode(m.Subject, m.Header, m.Data)
+			_, _ = wire.Decode(m.Subject, m.Header, m.Data)
 			return
 		}
-		got, _, err := wire.Decode(m.Subject, wireHeaders(t, m.Header), m.Data)
+		got, err := wire.Decode(m.Subject, wireHeaders(t, m.Header), m.Data)
 		require.NoError(t, err, "every actor the store accepts round-trips")
-		require.Equal(t, actor, got.Actor)
+		require.Equal(t, actor, got.Event.Actor)
 	})
+}
+
+// TestPartitionMatchesFNV1a pins Partition to FNV-1a-32 (hash/fnv) modulo n,
+// the function nats-server's partition() mapping computes.
+func TestPartitionMatchesFNV1a(t *testing.T) {
+	t.Parallel()
+	for _, id := range []string{"", "a", "pkg-000042", "0193f1c2-7a3b-7c4d-8e5f-0123456789ab", "ü"} {
+		h := fnv.New32a()
+		_, _ = h.Write([]byte(id))
+		for _, n := range []int{1, 2, 7, 16, 1024} {
+			require.Equal(t, int(h.Sum32()%uint32(n)), wire.Partition(id, n), "%q mod %d", id, n)
+		}
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -38,6 +39,11 @@ type Config struct {
 	// ApplicationName is the application_name the connections report
 	// (pg_stat_activity, the server's logs) unless the URL sets one.
 	ApplicationName string
+	// IdleInTransactionTimeout, when set, makes the server end a session
+	// that stays idle inside a transaction longer
+	// (idle_in_transaction_session_timeout) unless the URL sets it: a
+	// client cut off mid-transaction then releases its row locks.
+	IdleInTransactionTimeout time.Duration
 	// LockTTL is how long a leader lease taken with TryLock lasts without
 	// renewal (DefaultLockTTL when 0): the holder renews it every third of
 	// it and gives up when a renewal fails or is late, so another process
@@ -54,6 +60,9 @@ type DB struct {
 	log     *zap.Logger
 	channel string
 	signal  store.Signal
+
+	// leases is the dedicated connection of projector leases.
+	leases leaseConn
 
 	listenOnce sync.Once
 	stopMu     sync.Mutex
@@ -89,6 +98,9 @@ func Open(ctx context.Context, cfg Config) (*DB, error) {
 	if cfg.ApplicationName != "" && pc.ConnConfig.RuntimeParams["application_name"] == "" {
 		pc.ConnConfig.RuntimeParams["application_name"] = cfg.ApplicationName
 	}
+	if t := cfg.IdleInTransactionTimeout; t > 0 && pc.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"] == "" {
+		pc.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"] = strconv.FormatInt(t.Milliseconds(), 10)
+	}
 	if pc.ConnConfig.ConnectTimeout == 0 {
 		pc.ConnConfig.ConnectTimeout = 5 * time.Second
 	}
@@ -122,6 +134,7 @@ func (db *DB) Close() {
 	db.stop()
 	db.stopMu.Unlock()
 	db.wg.Wait()
+	db.leases.close()
 	db.pool.Close()
 }
 

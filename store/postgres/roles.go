@@ -65,8 +65,8 @@ func (db *DB) CreateRoles(ctx context.Context, prefix string) (Roles, error) {
 		fmt.Sprintf("GRANT SELECT, INSERT, UPDATE, DELETE ON %s, %s TO %s", t("commands"), t("package_index"), q(r.Ingest)),
 		fmt.Sprintf("GRANT SELECT ON %s, %s TO %s", t("artifact_packages"), t("retention_state"), q(r.Ingest)),
 		// projector: the views and their bookkeeping.
-		fmt.Sprintf("GRANT SELECT, INSERT, UPDATE, DELETE ON %s, %s, %s, %s TO %s", t("artifact_packages"), t("retention_state"),
-			t("checkpoints"), t("projector_parked"), q(r.Projector)),
+		fmt.Sprintf("GRANT SELECT, INSERT, UPDATE, DELETE ON %s, %s, %s, %s, %s, %s TO %s", t("artifact_packages"), t("retention_state"),
+			t("checkpoints"), t("projector_parked"), t("projector_members"), t("projector_leases"), q(r.Projector)),
 		// reader: everything but the command side's idempotency records.
 		fmt.Sprintf("GRANT SELECT ON %s, %s, %s, %s TO %s", t("artifact_packages"), t("retention_state"), t("checkpoints"),
 			t("projector_parked"), q(r.Reader)),

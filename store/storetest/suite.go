@@ -50,6 +50,8 @@ var cases = []struct {
 	{"TryLockExcludes", testTryLock},
 	{"TryLockHeldWhileHealthy", testTryLockHeld},
 	{"ConcurrentWritersCommitOrder", testConcurrentWriters},
+	{"PartitionCountRecorded", testPartitions},
+	{"LeasesExcludeAndExpire", testLeases},
 	{"ReplayResetBesideLiveWorker", testReplayResetBesideWorker},
 	{"ReplayResetNeverMovesCheckpointsBack", testReplayResetNeverMovesBack},
 	{"LockCheckpointsCreatesAndReturnsRows", testLockCheckpoints},
