@@ -30,18 +30,33 @@ type partition struct {
 
 // runPartition applies partition p until ctx ends: it follows the stream
 // from the checkpoint, and starts over from the checkpoint after an error
-// (with a pause) or when a parked partition's retry is due.
+// (after a pause that doubles, up to 5 s, while errors repeat; only the
+// first of a series is logged as a warning) or when a parked partition's
+// retry is due. A NATS connection closed for good ends Run.
 func (w *Worker) runPartition(ctx context.Context, p int) error {
 	st := &partition{p: p, log: w.log.With(zap.Int("partition", p))}
+	failures := 0
 	for ctx.Err() == nil {
+		began := time.Now()
 		err := w.follow(ctx, st)
-		if errors.Is(err, errCrashed) {
+		if time.Since(began) > 30*time.Second {
+			failures = 0 // it worked for a while: a new series of errors
+		}
+		switch {
+		case errors.Is(err, errCrashed):
 			return err
+		case errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, jetstream.ErrConnectionClosed):
+			return fmt.Errorf("projector: %w", err)
 		}
 		wait := time.Duration(0)
 		if err != nil && ctx.Err() == nil {
-			st.log.Warn("partition error; starting over from the checkpoint", zap.Error(err))
-			wait = 500 * time.Millisecond
+			log := st.log.Debug
+			if failures == 0 {
+				log = st.log.Warn
+			}
+			log("partition error; starting over from the checkpoint", zap.Error(err), zap.Int("failures", failures+1))
+			wait = min(500*time.Millisecond<<min(failures, 4), 5*time.Second)
+			failures++
 		}
 		if st.parked != nil {
 			wait = max(wait, time.Until(st.retryAt))
