@@ -59,8 +59,9 @@ type Config struct {
 	// (DefaultDuplicateWindow). Exactly-once does not depend on it.
 	DuplicateWindow time.Duration
 	// MaxInFlight bounds published but unacknowledged messages
-	// (DefaultMaxInFlight). Keep it at or below the JetStream context's
-	// PublishAsyncMaxPending (4000 by default).
+	// (DefaultMaxInFlight; MaxBatchesInFlight×PublishBatch when batching).
+	// Keep it at or below the JetStream context's PublishAsyncMaxPending
+	// (4000 by default) unless batching.
 	MaxInFlight int
 	// BatchSize is how many events one read of the log returns
 	// (DefaultBatchSize).
@@ -111,6 +112,9 @@ func (c Config) withDefaults() Config {
 		c.Stream = DefaultStream
 	}
 	defInt(&c.Replicas, DefaultReplicas)
+	if c.PublishBatch > 0 {
+		defInt(&c.MaxInFlight, MaxBatchesInFlight*c.PublishBatch)
+	}
 	defInt(&c.MaxInFlight, DefaultMaxInFlight)
 	defInt(&c.BatchSize, DefaultBatchSize)
 	def(&c.DuplicateWindow, DefaultDuplicateWindow)
