@@ -36,6 +36,12 @@ const (
 	DefaultRetryMax = 5 * time.Second
 	// DefaultShutdownTimeout bounds waiting for in-flight acks at shutdown.
 	DefaultShutdownTimeout = 5 * time.Second
+	// MaxPublishBatch is the largest atomic batch: nats-server's default
+	// limit (JetStream max_batch_size; larger batches are rejected).
+	MaxPublishBatch = 1000
+	// MaxBatchesInFlight bounds the atomic batches awaiting their commit
+	// ack (the server allows 50 per stream, abandoned ones included).
+	MaxBatchesInFlight = 4
 )
 
 // Subjects is the stream's subject filter; every event subject is below it.
@@ -53,12 +59,23 @@ type Config struct {
 	// (DefaultDuplicateWindow). Exactly-once does not depend on it.
 	DuplicateWindow time.Duration
 	// MaxInFlight bounds published but unacknowledged messages
-	// (DefaultMaxInFlight). Keep it at or below the JetStream context's
-	// PublishAsyncMaxPending (4000 by default).
+	// (DefaultMaxInFlight; MaxBatchesInFlight×PublishBatch when batching).
+	// Keep it at or below the JetStream context's PublishAsyncMaxPending
+	// (4000 by default) unless batching.
 	MaxInFlight int
 	// BatchSize is how many events one read of the log returns
 	// (DefaultBatchSize).
 	BatchSize int
+	// PublishBatch, when 2..MaxPublishBatch, publishes the events in
+	// JetStream atomic batches of up to PublishBatch events (never more
+	// than one read of the log, BatchSize), with MaxInFlight/PublishBatch
+	// batches in flight (at least 1, at most MaxBatchesInFlight). A server
+	// with sync_interval: always then syncs once per batch instead of once
+	// per event. 0 (the default) publishes each event asynchronously.
+	// Streams the relay creates then allow atomic publishing; on an
+	// existing stream that does not, the relay publishes per event and
+	// logs a warning naming the fix.
+	PublishBatch int
 	// PollInterval is how often the log is read when no append signal
 	// arrives (DefaultPollInterval).
 	PollInterval time.Duration
@@ -95,6 +112,9 @@ func (c Config) withDefaults() Config {
 		c.Stream = DefaultStream
 	}
 	defInt(&c.Replicas, DefaultReplicas)
+	if c.PublishBatch > 0 {
+		defInt(&c.MaxInFlight, MaxBatchesInFlight*c.PublishBatch)
+	}
 	defInt(&c.MaxInFlight, DefaultMaxInFlight)
 	defInt(&c.BatchSize, DefaultBatchSize)
 	def(&c.DuplicateWindow, DefaultDuplicateWindow)
@@ -126,6 +146,10 @@ func (c Config) validate() error {
 		return bad("MaxInFlight", "must be 1..65536, got %d", c.MaxInFlight)
 	case c.BatchSize < 1 || c.BatchSize > 100000:
 		return bad("BatchSize", "must be 1..100000, got %d", c.BatchSize)
+	case c.PublishBatch < 0 || c.PublishBatch == 1 || c.PublishBatch > MaxPublishBatch:
+		return bad("PublishBatch", "must be 0 (per-event publishing) or 2..%d, got %d", MaxPublishBatch, c.PublishBatch)
+	case c.PublishBatch > c.BatchSize:
+		return bad("PublishBatch", "must be at most BatchSize (%d; a batch never spans two reads of the log), got %d", c.BatchSize, c.PublishBatch)
 	case c.PollInterval < 0:
 		return bad("PollInterval", "must be positive, got %s", c.PollInterval)
 	case c.AckTimeout < 0:
@@ -140,6 +164,11 @@ func (c Config) validate() error {
 		return bad("ShutdownTimeout", "must be positive, got %s", c.ShutdownTimeout)
 	}
 	return nil
+}
+
+// batchesInFlight is how many atomic batches may await their ack.
+func (c Config) batchesInFlight() int {
+	return min(MaxBatchesInFlight, max(1, c.MaxInFlight/c.PublishBatch))
 }
 
 func validStreamName(s string) bool {

@@ -59,6 +59,11 @@
 // one relay active so that standbys do not burn work on rejected publishes;
 // it is an optimisation for safety, the fence is the guarantee.
 //
+// With [Config.PublishBatch] the relay publishes atomic batches instead
+// (below); only a batch's first message carries the fence, which JetStream
+// checks when the batch commits, and a batch is stored whole or not at all,
+// so the induction holds batch by batch.
+//
 // # Failover
 //
 // The lock is what makes a standby take over, so it must not outlive a
@@ -100,6 +105,33 @@
 // ErrTooManyStalledMsgs (artifactstore_relay_abandoned_publishes_total
 // counts them). cmd also gives the relay's context a publish-async timeout.
 //
+// # Atomic batches
+//
+// A server with sync_interval: always (the shipped NATS configuration)
+// fsyncs every stored message before acknowledging it, which caps
+// per-event publishing at about a thousand events per second on one disk.
+// With [Config.PublishBatch] set, the relay publishes JetStream atomic
+// batches (nats-server 2.12+): the server stages a batch's messages and
+// stores and syncs them together when the last one, carrying
+// Nats-Batch-Commit, arrives; only the commit is answered. Messages are
+// those of per-event publishing plus Nats-Batch-Id and
+// Nats-Batch-Sequence (and Nats-Batch-Commit on the last), which the stream
+// keeps; Nats-Expected-Last-Sequence is on the first message of each batch
+// only. A batch never spans two reads of the log, and up to
+// MaxInFlight/PublishBatch batches (1..4) await their answer. Any failure
+// (the batch refused as incomplete, fenced or duplicate, no answer in time,
+// the connection lost between two of its messages) ends the session as
+// above: the batch was stored whole or not at all, and the relay re-reads
+// the stream. A batch the server never saw the end of is dropped by the
+// server after 10 s.
+//
+// The relay creates the stream with allow_atomic when PublishBatch is set.
+// It never updates a stream (its NATS user may not), so on an existing
+// stream without allow_atomic it publishes event by event, correctly but
+// slowly, says so once in a warning (and artifactstore_relay_publish_batch
+// is 0) rather than refusing to run: the setting is about speed, and a
+// standby with the same configuration must be able to take over.
+//
 // # Messages
 //
 // Subject artifactstore.events.<event_type>.<subject_id>, body the payload
@@ -115,6 +147,8 @@
 // artifactstore_relay_position (last event known in the stream),
 // artifactstore_relay_log_head, artifactstore_relay_lag (head − position),
 // artifactstore_relay_published_total (rate() of it is the publish rate),
+// artifactstore_relay_batches_total and artifactstore_relay_publish_batch
+// (atomic batches),
 // artifactstore_relay_errors_total{kind="database|nats|fenced|timeout|stream"},
 // artifactstore_relay_resyncs_total and artifactstore_relay_leader (1 on the
 // active relay). [ReadStatus] and [ReadPosition] read the same position from

@@ -37,6 +37,9 @@ var (
 	ErrFenced = errors.New("relay: publish fenced")
 	// ErrAckTimeout is wrapped when a publish was not acknowledged in time.
 	ErrAckTimeout = errors.New("relay: publish ack timed out")
+	// ErrBatchTooLarge is returned when the server refused an atomic batch
+	// for its size: Config.PublishBatch is above the server's limit.
+	ErrBatchTooLarge = errors.New("relay: atomic batch above the server's limit")
 )
 
 // ConflictError says which field of an existing stream's configuration
@@ -118,5 +121,5 @@ func (e *DivergedError) Unwrap() error { return ErrDivergedHistory }
 func permanent(err error) bool {
 	return errors.Is(err, ErrStreamConflict) || errors.Is(err, ErrForeignStream) ||
 		errors.Is(err, ErrStreamTruncated) || errors.Is(err, ErrStreamAhead) || errors.Is(err, ErrDivergedHistory) ||
-		errors.Is(err, ErrInvalidMessage) || errors.Is(err, ErrStreamUnpartitioned)
+		errors.Is(err, ErrInvalidMessage) || errors.Is(err, ErrStreamUnpartitioned) || errors.Is(err, ErrBatchTooLarge)
 }

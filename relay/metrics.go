@@ -18,14 +18,16 @@ const (
 )
 
 type metrics struct {
-	position  atomic.Int64
-	head      atomic.Int64
-	published prometheus.Counter
-	resyncs   prometheus.Counter
-	abandoned prometheus.Counter
-	errors    *prometheus.CounterVec
-	leader    prometheus.Gauge
-	all       []prometheus.Collector
+	position     atomic.Int64
+	head         atomic.Int64
+	published    prometheus.Counter
+	batches      prometheus.Counter
+	publishBatch prometheus.Gauge
+	resyncs      prometheus.Counter
+	abandoned    prometheus.Counter
+	errors       *prometheus.CounterVec
+	leader       prometheus.Gauge
+	all          []prometheus.Collector
 }
 
 func newMetrics(stream string) *metrics {
@@ -34,6 +36,14 @@ func newMetrics(stream string) *metrics {
 	m.published = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "artifactstore_relay_published_total", ConstLabels: labels,
 		Help: "Events published to the stream and acknowledged by JetStream.",
+	})
+	m.batches = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "artifactstore_relay_batches_total", ConstLabels: labels,
+		Help: "Atomic batches published and acknowledged (Config.PublishBatch).",
+	})
+	m.publishBatch = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "artifactstore_relay_publish_batch", ConstLabels: labels,
+		Help: "Largest atomic batch the relay publishes; 0 when it publishes event by event (batching off, or the stream does not allow atomic publishing).",
 	})
 	m.resyncs = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "artifactstore_relay_resyncs_total", ConstLabels: labels,
@@ -66,7 +76,7 @@ func newMetrics(stream string) *metrics {
 		Name: "artifactstore_relay_lag", ConstLabels: labels,
 		Help: "Log head minus relay position: committed events not yet in the stream.",
 	}, func() float64 { return float64(max(0, m.head.Load()-m.position.Load())) })
-	m.all = []prometheus.Collector{m.published, m.resyncs, m.abandoned, m.errors, m.leader, position, head, lag}
+	m.all = []prometheus.Collector{m.published, m.batches, m.publishBatch, m.resyncs, m.abandoned, m.errors, m.leader, position, head, lag}
 	return m
 }
 

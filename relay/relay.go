@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/sourcegraph/conc"
 	"go.uber.org/zap"
@@ -36,6 +37,9 @@ type Relay struct {
 	// synchronisation, the first event fetch checks the log against. Only
 	// the Run goroutine writes it, before starting fetch.
 	synced store.Event
+	// warnedNoAtomic is set once the relay warned that the stream does not
+	// allow the atomic batches it is configured for (Run goroutine only).
+	warnedNoAtomic bool
 
 	// Test hooks (export_test.go): hook is called at each stage of the
 	// pipeline with the event sequence concerned; noLock skips the leader
@@ -257,11 +261,15 @@ func (r *Relay) session(ctx context.Context) (progressed bool, err error) {
 	batches := make(chan fetched, 1)
 	var wg conc.WaitGroup
 	r.synced = last
+	size := r.batchSize(s.CachedInfo().Config)
 	wg.Go(func() { r.fetch(fctx, pos.Sequence, batches) })
 	defer func() {
 		fcancel()
 		wg.Wait()
 	}()
+	if size > 0 {
+		return r.publishBatches(ctx, logID, pos, heads, size, batches)
+	}
 	return r.publish(ctx, logID, pos, heads, batches)
 }
 
@@ -369,9 +377,7 @@ func (r *Relay) publish(ctx context.Context, logID string, pos Position, heads [
 	for {
 		for len(pending) > 0 && w.n < len(w.buf) && ctx.Err() == nil {
 			e := pending[0]
-			p := wire.Partition(e.SubjectID, len(heads))
-			m := wire.Encode(wire.Message{Event: e, LogID: logID, Partition: p, Previous: heads[p]}, 1)
-			heads[p] = e.Sequence
+			m := encode(logID, e, heads)
 			m.Header[jetstream.ExpectedLastSeqHeader] = []string{strconv.FormatUint(last, 10)}
 			r.stage("publish", e.Sequence)
 			paf, err := r.js.PublishMsgAsync(m)
@@ -444,6 +450,15 @@ func (r *Relay) publish(ctx context.Context, logID string, pos Position, heads [
 			return progressed, nil
 		}
 	}
+}
+
+// encode returns event e's message and records e as the last event sent of
+// its partition, which heads holds for each partition.
+func encode(logID string, e store.Event, heads []int64) *nats.Msg {
+	p := wire.Partition(e.SubjectID, len(heads))
+	m := wire.Encode(wire.Message{Event: e, LogID: logID, Partition: p, Previous: heads[p]}, 1)
+	heads[p] = e.Sequence
+	return m
 }
 
 func (r *Relay) checkAck(f inflight, ack *jetstream.PubAck) error {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -30,8 +31,29 @@ type env struct {
 	ns     *testenv.NATSServer
 	js     jetstream.JetStream
 	stream string
+	// batch is the relays' Config.PublishBatch (0: event by event).
+	batch  int
 	ids    sync.Mutex
 	nextID int
+}
+
+// testBatch is the atomic batch size of the batching variants: with the
+// tests' MaxInFlight (64) up to four batches are in flight, and reads of
+// 100 events end batches early (100 = 6×16 + 4).
+const testBatch = 16
+
+// eachMode runs test twice: publishing event by event and in atomic
+// batches of testBatch.
+func eachMode(t *testing.T, test func(t *testing.T, batch int)) {
+	for _, mode := range []struct {
+		name  string
+		batch int
+	}{{"async", 0}, {"batch", testBatch}} {
+		t.Run(mode.name, func(t *testing.T) {
+			t.Parallel()
+			test(t, mode.batch)
+		})
+	}
 }
 
 func setup(t *testing.T) *env {
@@ -59,6 +81,7 @@ func (e *env) config(t *testing.T) relay.Config {
 		RetryMin:          10 * time.Millisecond,
 		RetryMax:          200 * time.Millisecond,
 		ShutdownTimeout:   200 * time.Millisecond,
+		PublishBatch:      e.batch,
 	}
 }
 
@@ -192,6 +215,7 @@ func (e *env) requireStreamEqualsLog(t *testing.T) {
 	require.NoError(t, err)
 	i := 0
 	prev := map[int]int64{} // each partition's previous event
+	batches := 0            // atomic batches of more than one message
 	for i < len(events) {
 		batch, err := cons.Fetch(min(500, len(events)-i), jetstream.FetchMaxWait(5*time.Second))
 		require.NoError(t, err)
@@ -221,7 +245,7 @@ func (e *env) requireStreamEqualsLog(t *testing.T) {
 				require.Equal(t, []string{value}, h.Values(name), "event %d header %s", want.Sequence, name)
 			}
 			require.Equal(t, want.PayloadDigest.String(), h.Get("Artifactstore-Payload-Digest"))
-			require.Equal(t, strconv.Itoa(i), h.Get("Nats-Expected-Last-Sequence"), "event %d was fenced", want.Sequence)
+			e.requireTransportHeaders(t, h, i, want.Sequence, &batches)
 			got, err := wire.Decode(m.Subject(), h, m.Data())
 			require.NoError(t, err)
 			require.Equal(t, wire.Message{Event: want, LogID: logID, Partition: part, Previous: prev[part]}, got)
@@ -230,11 +254,53 @@ func (e *env) requireStreamEqualsLog(t *testing.T) {
 		}
 		require.NoError(t, batch.Error())
 	}
+	if e.batch > 0 && len(events) > 1 {
+		require.NotZero(t, batches, "the relay published atomic batches")
+	}
 	st, err := relay.ReadStatus(ctx, e.db, e.js, e.stream)
 	require.NoError(t, err)
 	require.Equal(t, int64(len(events)), st.Head)
 	require.Equal(t, int64(len(events)), st.Sequence)
 	require.Zero(t, st.Lag)
+}
+
+// requireTransportHeaders checks the NATS headers of the message at stream
+// index i (event seq) besides the contract's: the fence, and with batching
+// the batch headers. Every message of an atomic batch carries its id and
+// position; only the first can carry the fence (the server checks the
+// others against the stream as it was before the batch), and each batch
+// must be fenced. batches counts batches of more than one message.
+func (e *env) requireTransportHeaders(t *testing.T, h nats.Header, i int, seq int64, batches *int) {
+	t.Helper()
+	fence := h.Values("Nats-Expected-Last-Sequence")
+	if e.batch == 0 {
+		require.Equal(t, []string{strconv.Itoa(i)}, fence, "event %d was fenced", seq)
+		for name := range h {
+			require.NotContains(t, name, "Nats-Batch", "event %d", seq)
+		}
+		return
+	}
+	require.Len(t, h.Values("Nats-Batch-Id"), 1, "event %d: batch id", seq)
+	pos, err := strconv.Atoi(h.Get("Nats-Batch-Sequence"))
+	require.NoError(t, err, "event %d: batch sequence", seq)
+	if pos == 1 {
+		require.Equal(t, []string{strconv.Itoa(i)}, fence, "event %d opens a batch and was fenced", seq)
+	} else {
+		require.Empty(t, fence, "event %d, message %d of its batch", seq, pos)
+		if pos == 2 {
+			*batches++
+		}
+	}
+	require.LessOrEqual(t, pos, e.batch, "event %d", seq)
+	if c := h.Values("Nats-Batch-Commit"); c != nil {
+		require.Equal(t, []string{"1"}, c, "event %d", seq)
+	}
+	for name := range h {
+		if !strings.HasPrefix(name, "Artifactstore-") {
+			require.Contains(t, []string{"Nats-Msg-Id", "Nats-Expected-Last-Sequence", "Nats-Batch-Id", "Nats-Batch-Sequence", "Nats-Batch-Commit"},
+				name, "event %d: unexpected header", seq)
+		}
+	}
 }
 
 // await polls cond until it holds or timeout passes; usable off the test
@@ -254,30 +320,32 @@ func TestStreamEqualsLog(t *testing.T) {
 	t.Parallel()
 	for _, dialect := range []string{"postgres", "sqlite"} {
 		t.Run(dialect, func(t *testing.T) {
-			t.Parallel()
-			var db store.DB
-			if dialect == "postgres" {
-				db = testenv.Postgres(t)
-			} else {
-				db = testenv.SQLite(t)
-			}
-			e := setupDB(t, db)
-			e.appendEvents(t, db, 450, 50) // a backlog, unknown types included
-			in := e.newRelay(t, db, nil).start(t)
-			e.awaitCaughtUp(t, 30*time.Second)
-			e.appendEvents(t, db, 150, 1) // live, one commit at a time
-			e.appendEvents(t, db, 100, 25)
-			e.requireStreamEqualsLog(t)
-			require.Equal(t, int64(700), in.r.Position())
-			require.Zero(t, relay.Lag(in.r))
-			require.Equal(t, float64(700), relay.Published(in.r))
-			require.NoError(t, in.stop())
-			// Restarting publishes nothing again.
-			in2 := e.newRelay(t, db, nil).start(t)
-			e.appendEvents(t, db, 3, 3)
-			e.requireStreamEqualsLog(t)
-			require.NoError(t, in2.stop())
-			require.Equal(t, float64(3), relay.Published(in2.r))
+			eachMode(t, func(t *testing.T, batch int) {
+				var db store.DB
+				if dialect == "postgres" {
+					db = testenv.Postgres(t)
+				} else {
+					db = testenv.SQLite(t)
+				}
+				e := setupDB(t, db)
+				e.batch = batch
+				e.appendEvents(t, db, 450, 50) // a backlog, unknown types included
+				in := e.newRelay(t, db, nil).start(t)
+				e.awaitCaughtUp(t, 30*time.Second)
+				e.appendEvents(t, db, 150, 1) // live, one commit at a time
+				e.appendEvents(t, db, 100, 25)
+				e.requireStreamEqualsLog(t)
+				require.Equal(t, int64(700), in.r.Position())
+				require.Zero(t, relay.Lag(in.r))
+				require.Equal(t, float64(700), relay.Published(in.r))
+				require.NoError(t, in.stop())
+				// Restarting publishes nothing again.
+				in2 := e.newRelay(t, db, nil).start(t)
+				e.appendEvents(t, db, 3, 3)
+				e.requireStreamEqualsLog(t)
+				require.NoError(t, in2.stop())
+				require.Equal(t, float64(3), relay.Published(in2.r))
+			})
 		})
 	}
 }
@@ -332,59 +400,62 @@ func TestWriterRace(t *testing.T) {
 // synchronising) many times while writers append, restarting it each time.
 func TestCrashRestart(t *testing.T) {
 	t.Parallel()
-	e := setup(t)
-	e.appendEvents(t, e.db, 1500, 100)
-	ctx, stopWriter := context.WithCancel(context.Background())
-	var wg conc.WaitGroup
-	wg.Go(func() {
-		for ctx.Err() == nil {
-			e.appendEvents(t, e.db, 1+rand.IntN(5), 5)
-		}
-	})
-	stages := []string{"synced", "fetched", "publish", "published", "acked"}
-	rng := rand.New(rand.NewPCG(7, 7))
-	for round := range 40 {
-		stage := stages[round%len(stages)]
-		after := rng.IntN(150) // times the stage is seen before the kill
-		switch stage {
-		case "synced":
-			after = 0
-		case "fetched":
-			after = rng.IntN(8)
-		}
-		var in *instance
-		var once sync.Once
-		killed := make(chan struct{})
-		count := 0
-		in = e.newRelay(t, e.db, func(c *relay.Config) { c.MaxInFlight = 32 + rng.IntN(64) })
-		relay.SetHook(in.r, func(s string, _ int64) {
-			if s != stage {
-				return
-			}
-			if count++; count > after {
-				once.Do(func() {
-					if round%4 == 3 {
-						in.cancel() // a graceful stop mid-window, for contrast
-					} else {
-						in.kill()
-					}
-					close(killed)
-				})
+	eachMode(t, func(t *testing.T, batch int) {
+		e := setup(t)
+		e.batch = batch
+		e.appendEvents(t, e.db, 1500, 100)
+		ctx, stopWriter := context.WithCancel(context.Background())
+		var wg conc.WaitGroup
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				e.appendEvents(t, e.db, 1+rand.IntN(5), 5)
 			}
 		})
-		in.start(t)
-		select {
-		case <-killed:
-		case <-time.After(20 * time.Second):
-			t.Fatalf("round %d: relay never reached stage %s #%d", round, stage, after)
+		stages := []string{"synced", "fetched", "publish", "published", "acked"}
+		rng := rand.New(rand.NewPCG(7, 7))
+		for round := range 40 {
+			stage := stages[round%len(stages)]
+			after := rng.IntN(150) // times the stage is seen before the kill
+			switch stage {
+			case "synced":
+				after = 0
+			case "fetched":
+				after = rng.IntN(8)
+			}
+			var in *instance
+			var once sync.Once
+			killed := make(chan struct{})
+			count := 0
+			in = e.newRelay(t, e.db, func(c *relay.Config) { c.MaxInFlight = 32 + rng.IntN(64) })
+			relay.SetHook(in.r, func(s string, _ int64) {
+				if s != stage {
+					return
+				}
+				if count++; count > after {
+					once.Do(func() {
+						if round%4 == 3 {
+							in.cancel() // a graceful stop mid-window, for contrast
+						} else {
+							in.kill()
+						}
+						close(killed)
+					})
+				}
+			})
+			in.start(t)
+			select {
+			case <-killed:
+			case <-time.After(20 * time.Second):
+				t.Fatalf("round %d: relay never reached stage %s #%d", round, stage, after)
+			}
+			require.NoError(t, in.stop())
 		}
+		stopWriter()
+		wg.Wait()
+		in := e.newRelay(t, e.db, nil).start(t)
+		e.requireStreamEqualsLog(t)
 		require.NoError(t, in.stop())
-	}
-	stopWriter()
-	wg.Wait()
-	in := e.newRelay(t, e.db, nil).start(t)
-	e.requireStreamEqualsLog(t)
-	require.NoError(t, in.stop())
+	})
 }
 
 // TestTwoRelaysFenced runs two relays with the leader lock disabled, so
@@ -392,27 +463,30 @@ func TestCrashRestart(t *testing.T) {
 // held until the other has published, and must be fenced.
 func TestTwoRelaysFenced(t *testing.T) {
 	t.Parallel()
-	e := setup(t)
-	e.appendEvents(t, e.db, 1200, 100)
-	b := e.newRelay(t, e.db, nil)
-	relay.DisableLock(b.r)
-	a := e.newRelay(t, e.db, nil)
-	relay.DisableLock(a.r)
-	var once sync.Once
-	relay.SetHook(a.r, func(stage string, seq int64) {
-		if stage == "synced" {
-			// Hold A between reading the stream and publishing until B has
-			// published past where A stands: A's view is now stale.
-			once.Do(func() { await(20*time.Second, func() bool { return b.r.Position() > seq }) })
-		}
+	eachMode(t, func(t *testing.T, batch int) {
+		e := setup(t)
+		e.batch = batch
+		e.appendEvents(t, e.db, 1200, 100)
+		b := e.newRelay(t, e.db, nil)
+		relay.DisableLock(b.r)
+		a := e.newRelay(t, e.db, nil)
+		relay.DisableLock(a.r)
+		var once sync.Once
+		relay.SetHook(a.r, func(stage string, seq int64) {
+			if stage == "synced" {
+				// Hold A between reading the stream and publishing until B has
+				// published past where A stands: A's view is now stale.
+				once.Do(func() { await(20*time.Second, func() bool { return b.r.Position() > seq }) })
+			}
+		})
+		a.start(t)
+		b.start(t)
+		e.appendEvents(t, e.db, 300, 10)
+		e.requireStreamEqualsLog(t)
+		require.NoError(t, a.stop())
+		require.NoError(t, b.stop())
+		require.GreaterOrEqual(t, relay.Errors(a.r, "fenced"), float64(1), "the stale relay was fenced")
 	})
-	a.start(t)
-	b.start(t)
-	e.appendEvents(t, e.db, 300, 10)
-	e.requireStreamEqualsLog(t)
-	require.NoError(t, a.stop())
-	require.NoError(t, b.stop())
-	require.GreaterOrEqual(t, relay.Errors(a.r, "fenced"), float64(1), "the stale relay was fenced")
 }
 
 // TestStaleRelayBeyondDuplicateWindow holds a relay between synchronising
@@ -421,112 +495,124 @@ func TestTwoRelaysFenced(t *testing.T) {
 // the fence must.
 func TestStaleRelayBeyondDuplicateWindow(t *testing.T) {
 	t.Parallel()
-	e := setup(t)
-	window := func(c *relay.Config) { c.DuplicateWindow = time.Second }
-	e.appendEvents(t, e.db, 300, 100)
-	a := e.newRelay(t, e.db, window)
-	relay.DisableLock(a.r)
-	b := e.newRelay(t, e.db, window)
-	relay.DisableLock(b.r)
-	var once sync.Once
-	var doneAt time.Time
-	bDone := make(chan struct{})
-	aSynced := make(chan struct{})
-	relay.SetHook(a.r, func(stage string, _ int64) {
-		if stage == "synced" {
-			once.Do(func() {
-				close(aSynced)
-				<-bDone
-				// The outage: until B's messages are older than the window.
-				await(10*time.Second, func() bool { return time.Since(doneAt) > 1500*time.Millisecond })
-			})
-		}
+	eachMode(t, func(t *testing.T, batch int) {
+		e := setup(t)
+		e.batch = batch
+		window := func(c *relay.Config) { c.DuplicateWindow = time.Second }
+		e.appendEvents(t, e.db, 300, 100)
+		a := e.newRelay(t, e.db, window)
+		relay.DisableLock(a.r)
+		b := e.newRelay(t, e.db, window)
+		relay.DisableLock(b.r)
+		var once sync.Once
+		var doneAt time.Time
+		bDone := make(chan struct{})
+		aSynced := make(chan struct{})
+		relay.SetHook(a.r, func(stage string, _ int64) {
+			if stage == "synced" {
+				once.Do(func() {
+					close(aSynced)
+					<-bDone
+					// The outage: until B's messages are older than the window.
+					await(10*time.Second, func() bool { return time.Since(doneAt) > 1500*time.Millisecond })
+				})
+			}
+		})
+		a.start(t)
+		<-aSynced
+		b.start(t)
+		e.awaitCaughtUp(t, 30*time.Second)
+		require.NoError(t, b.stop())
+		doneAt = time.Now()
+		close(bDone)
+		e.appendEvents(t, e.db, 20, 5)
+		e.requireStreamEqualsLog(t)
+		require.NoError(t, a.stop())
+		require.GreaterOrEqual(t, relay.Errors(a.r, "fenced"), float64(1))
 	})
-	a.start(t)
-	<-aSynced
-	b.start(t)
-	e.awaitCaughtUp(t, 30*time.Second)
-	require.NoError(t, b.stop())
-	doneAt = time.Now()
-	close(bDone)
-	e.appendEvents(t, e.db, 20, 5)
-	e.requireStreamEqualsLog(t)
-	require.NoError(t, a.stop())
-	require.GreaterOrEqual(t, relay.Errors(a.r, "fenced"), float64(1))
 }
 
 // TestOutageLongerThanDuplicateWindow kills the relay between publish and
 // ack, keeps it down longer than the 1s duplicate window, and restarts it.
 func TestOutageLongerThanDuplicateWindow(t *testing.T) {
 	t.Parallel()
-	e := setup(t)
-	window := func(c *relay.Config) { c.DuplicateWindow = time.Second }
-	e.appendEvents(t, e.db, 400, 100)
-	in := e.newRelay(t, e.db, window)
-	var once sync.Once
-	var killedAt time.Time
-	killed := make(chan struct{})
-	relay.SetHook(in.r, func(stage string, seq int64) {
-		if stage == "published" && seq >= 200 {
-			once.Do(func() { killedAt = time.Now(); in.kill(); close(killed) })
-		}
+	eachMode(t, func(t *testing.T, batch int) {
+		e := setup(t)
+		e.batch = batch
+		window := func(c *relay.Config) { c.DuplicateWindow = time.Second }
+		e.appendEvents(t, e.db, 400, 100)
+		in := e.newRelay(t, e.db, window)
+		var once sync.Once
+		var killedAt time.Time
+		killed := make(chan struct{})
+		relay.SetHook(in.r, func(stage string, seq int64) {
+			if stage == "published" && seq >= 200 {
+				once.Do(func() { killedAt = time.Now(); in.kill(); close(killed) })
+			}
+		})
+		in.start(t)
+		<-killed
+		require.NoError(t, in.stop())
+		published := e.streamInfo(t).State.Msgs
+		require.Greater(t, published, uint64(150), "the relay published before it was killed")
+		testenv.Eventually(t, 5*time.Second, func() bool { return time.Since(killedAt) > 1500*time.Millisecond },
+			"an outage longer than the duplicate window")
+		again := e.newRelay(t, e.db, window).start(t)
+		e.requireStreamEqualsLog(t)
+		require.NoError(t, again.stop())
 	})
-	in.start(t)
-	<-killed
-	require.NoError(t, in.stop())
-	published := e.streamInfo(t).State.Msgs
-	require.Greater(t, published, uint64(150), "the relay published before it was killed")
-	testenv.Eventually(t, 5*time.Second, func() bool { return time.Since(killedAt) > 1500*time.Millisecond },
-		"an outage longer than the duplicate window")
-	again := e.newRelay(t, e.db, window).start(t)
-	e.requireStreamEqualsLog(t)
-	require.NoError(t, again.stop())
 }
 
 // TestOneActiveRelay runs two relays with the leader lock: one publishes,
 // the other stands by and takes over when the first stops.
 func TestOneActiveRelay(t *testing.T) {
 	t.Parallel()
-	e := setup(t)
-	e.appendEvents(t, e.db, 200, 50)
-	a := e.newRelay(t, e.db, nil).start(t)
-	b := e.newRelay(t, e.db, nil).start(t)
-	e.awaitCaughtUp(t, 30*time.Second)
-	require.True(t, a.r.Active() != b.r.Active(), "exactly one relay is active")
-	first, second := a, b
-	if b.r.Active() {
-		first, second = b, a
-	}
-	require.Zero(t, relay.Published(second.r))
-	require.NoError(t, first.stop())
-	e.appendEvents(t, e.db, 100, 10)
-	testenv.Eventually(t, 10*time.Second, second.r.Active, "the standby to take over")
-	e.requireStreamEqualsLog(t)
-	require.NoError(t, second.stop())
+	eachMode(t, func(t *testing.T, batch int) {
+		e := setup(t)
+		e.batch = batch
+		e.appendEvents(t, e.db, 200, 50)
+		a := e.newRelay(t, e.db, nil).start(t)
+		b := e.newRelay(t, e.db, nil).start(t)
+		e.awaitCaughtUp(t, 30*time.Second)
+		require.True(t, a.r.Active() != b.r.Active(), "exactly one relay is active")
+		first, second := a, b
+		if b.r.Active() {
+			first, second = b, a
+		}
+		require.Zero(t, relay.Published(second.r))
+		require.NoError(t, first.stop())
+		e.appendEvents(t, e.db, 100, 10)
+		testenv.Eventually(t, 10*time.Second, second.r.Active, "the standby to take over")
+		e.requireStreamEqualsLog(t)
+		require.NoError(t, second.stop())
+	})
 }
 
 // TestNATSRestart restarts the NATS server while events are being relayed.
 func TestNATSRestart(t *testing.T) {
 	t.Parallel()
-	e := setup(t)
-	e.appendEvents(t, e.db, 500, 100)
-	in := e.newRelay(t, e.db, nil).start(t)
-	ctx, stopWriter := context.WithCancel(context.Background())
-	var wg conc.WaitGroup
-	wg.Go(func() {
-		for ctx.Err() == nil {
-			e.appendEvents(t, e.db, 2, 2)
-		}
+	eachMode(t, func(t *testing.T, batch int) {
+		e := setup(t)
+		e.batch = batch
+		e.appendEvents(t, e.db, 500, 100)
+		in := e.newRelay(t, e.db, nil).start(t)
+		ctx, stopWriter := context.WithCancel(context.Background())
+		var wg conc.WaitGroup
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				e.appendEvents(t, e.db, 2, 2)
+			}
+		})
+		testenv.Eventually(t, 10*time.Second, func() bool { return in.r.Position() > 100 }, "relay to publish")
+		e.ns.Restart()
+		head, err := e.db.Head(context.Background())
+		require.NoError(t, err)
+		testenv.Eventually(t, 20*time.Second, func() bool { return in.r.Position() > head }, "relay to continue after the restart")
+		stopWriter()
+		wg.Wait()
+		e.requireStreamEqualsLog(t)
+		require.NoError(t, in.stop())
 	})
-	testenv.Eventually(t, 10*time.Second, func() bool { return in.r.Position() > 100 }, "relay to publish")
-	e.ns.Restart()
-	head, err := e.db.Head(context.Background())
-	require.NoError(t, err)
-	testenv.Eventually(t, 20*time.Second, func() bool { return in.r.Position() > head }, "relay to continue after the restart")
-	stopWriter()
-	wg.Wait()
-	e.requireStreamEqualsLog(t)
-	require.NoError(t, in.stop())
 }
 
 // TestPostgresDown stops PostgreSQL under a running relay and starts it
@@ -590,8 +676,16 @@ func TestEnsureStream(t *testing.T) {
 	require.Equal(t, jetstream.FileStorage, got.Storage)
 	require.Equal(t, 3*time.Second, got.Duplicates)
 	require.Equal(t, 1, got.Replicas)
+	require.False(t, got.AllowAtomicPublish, "atomic publishing only when the relay batches")
 	_, err = relay.EnsureStream(ctx, js, cfg) // idempotent
 	require.NoError(t, err)
+	batching := cfg
+	batching.PublishBatch = 100
+	_, err = relay.EnsureStream(ctx, js, batching) // accepted, publishes event by event
+	require.NoError(t, err)
+	s, err = relay.EnsureStream(ctx, testenv.NATS(t).JetStream(t), batching) // a new stream on another server
+	require.NoError(t, err)
+	require.True(t, s.CachedInfo().Config.AllowAtomicPublish, "a batching relay creates the stream for atomic publishing")
 
 	pos, err := relay.ReadPosition(ctx, js, cfg.Stream)
 	require.NoError(t, err)
@@ -660,11 +754,17 @@ func TestConfigValidate(t *testing.T) {
 		{"BatchSize", relay.Config{BatchSize: -5}},
 		{"PollInterval", relay.Config{PollInterval: -time.Second}},
 		{"RetryMax", relay.Config{RetryMin: time.Minute, RetryMax: time.Second}},
+		{"PublishBatch", relay.Config{PublishBatch: 1}},
+		{"PublishBatch", relay.Config{PublishBatch: relay.MaxPublishBatch + 1}},
+		{"PublishBatch", relay.Config{PublishBatch: -1}},
+		{"PublishBatch", relay.Config{PublishBatch: 200, BatchSize: 100}},
 	} {
 		_, err := relay.New(db, js, tc.cfg)
 		require.ErrorContains(t, err, "Config."+tc.field)
 	}
 	_, err := relay.New(db, js, relay.Config{})
+	require.NoError(t, err)
+	_, err = relay.New(db, js, relay.Config{PublishBatch: relay.MaxPublishBatch, Stream: "OTHER"})
 	require.NoError(t, err)
 }
 

@@ -43,6 +43,9 @@ type JetStream interface {
 	// CleanupPublisher fails every pending publish and drops the reply
 	// subscription, so that late answers to them are ignored.
 	CleanupPublisher()
+	// Conn is the connection atomic batches are published on (nats.go has
+	// no batch API): see Config.PublishBatch.
+	Conn() *nats.Conn
 }
 
 // errCodeSubjectOverlap is JetStream's "subjects overlap with an existing
@@ -50,7 +53,7 @@ type JetStream interface {
 const errCodeSubjectOverlap jetstream.ErrorCode = 10065
 
 // StreamConfig returns the configuration EnsureStream creates the stream
-// with.
+// with: atomic publishing is allowed when cfg.PublishBatch is set.
 func StreamConfig(cfg Config) jetstream.StreamConfig {
 	cfg = cfg.withDefaults()
 	return jetstream.StreamConfig{
@@ -62,13 +65,16 @@ func StreamConfig(cfg Config) jetstream.StreamConfig {
 		Discard:     jetstream.DiscardOld,
 		Replicas:    cfg.Replicas,
 		Duplicates:  cfg.DuplicateWindow,
+
+		AllowAtomicPublish: cfg.PublishBatch > 0,
 	}
 }
 
 // EnsureStream creates the events stream with StreamConfig(cfg), or checks
 // that the existing one matches it: subjects, file storage, limits
 // retention, replicas and duplicate window, not sealed, not a mirror, no
-// subject transform. A conflicting stream returns a *ConflictError (wrapping
+// subject transform. Whether it allows atomic publishing is not checked:
+// the relay publishes per event into a stream that does not. A conflicting stream returns a *ConflictError (wrapping
 // ErrStreamConflict); it is never changed. ctx bounds the requests.
 func EnsureStream(ctx context.Context, js StreamManager, cfg Config) (jetstream.Stream, error) {
 	cfg = cfg.withDefaults()

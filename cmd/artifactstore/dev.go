@@ -23,6 +23,7 @@ type devCmd struct {
 	NATSListen string `name:"nats-listen" env:"ARTIFACTSTORE_NATS_LISTEN" default:"127.0.0.1:4222" help:"Address of the in-process NATS server."`
 	HTTPListen string `name:"http-listen" env:"ARTIFACTSTORE_HTTP_LISTEN" default:"127.0.0.1:8080" help:"Address for /metrics, /healthz, /readyz."`
 	streamFlags
+	relayFlags
 	projectorFlags
 }
 
@@ -114,7 +115,9 @@ func (c devCmd) Run(ctx context.Context, g *globals) error {
 	if err != nil {
 		return err
 	}
-	r, err := relay.New(db, rjs, c.relayConfig(log, d.srv))
+	rcfg := c.relayConfig(log, d.srv)
+	rcfg.PublishBatch = c.PublishBatch
+	r, err := relay.New(db, rjs, rcfg)
 	if err != nil {
 		return err
 	}

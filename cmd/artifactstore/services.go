@@ -234,9 +234,15 @@ func relayJetStream(nc *nats.Conn) (jetstream.JetStream, error) {
 	return jetstream.New(nc, jetstream.WithPublishAsyncTimeout(relay.DefaultAckTimeout))
 }
 
+// relayFlags are the relay's own flags (relay and dev).
+type relayFlags struct {
+	PublishBatch int `name:"publish-batch" env:"ARTIFACTSTORE_PUBLISH_BATCH" default:"0" help:"Publish in JetStream atomic batches of up to this many events (2..1000), synced once per batch: use it when NATS runs with sync_interval: always. 0 publishes event by event."`
+}
+
 type relayCmd struct {
 	httpFlag
 	streamFlags
+	relayFlags
 }
 
 func (c relayCmd) Run(ctx context.Context, g *globals) error {
@@ -249,7 +255,9 @@ func (c relayCmd) Run(ctx context.Context, g *globals) error {
 	if err != nil {
 		return err
 	}
-	r, err := relay.New(d.db, js, c.relayConfig(g.log, d.srv))
+	cfg := c.relayConfig(g.log, d.srv)
+	cfg.PublishBatch = c.PublishBatch
+	r, err := relay.New(d.db, js, cfg)
 	if err != nil {
 		return err
 	}
