@@ -276,13 +276,17 @@ type benchConfig struct {
 	pgOptions []string
 	// natsSync runs nats-server with sync_interval: always.
 	natsSync bool
-	desc     string
+	// publishBatch is the relay's --publish-batch.
+	publishBatch int
+	desc         string
 }
 
 var benchConfigs = []benchConfig{
 	{name: "fast", desc: "PostgreSQL fsync=off (the test cluster's setting), JetStream default sync (flush every 2 min)"},
 	{name: "durable", pgOptions: []string{"fsync=on", "synchronous_commit=on", "full_page_writes=on"}, natsSync: true,
 		desc: "PostgreSQL fsync=on, synchronous_commit=on; JetStream sync_interval: always (the shipped deployment's durability)"},
+	{name: "durable-batch", pgOptions: []string{"fsync=on", "synchronous_commit=on", "full_page_writes=on"}, natsSync: true,
+		publishBatch: 1000, desc: "durable, and the relay publishes atomic batches of up to 1000 (--publish-batch 1000, as compose runs it)"},
 }
 
 // BenchmarkEndToEnd starts PostgreSQL, a nats-server and the services as
@@ -327,7 +331,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 			for _, d := range deployments {
 				b.Run(d.name, func(b *testing.B) {
 					e := startEnv(b, pg, "bench_"+d.name, envOptions{logLevel: "warn", natsSyncAlways: cfg.natsSync,
-						ingest: d.ingest, relays: d.relays, projectors: d.projectors})
+						publishBatch: cfg.publishBatch, ingest: d.ingest, relays: d.relays, projectors: d.projectors})
 					b.Logf("%s/%s: ingest ×%d, relay ×%d, projector ×%d, %d partitions", cfg.name, d.name, d.ingest, d.relays, d.projectors, e.parts)
 					waitAssigned(b, e)
 					b.Run("throughput", func(b *testing.B) { benchThroughput(b, e, commands, d.name == "single") })

@@ -269,6 +269,8 @@ type envOptions struct {
 	// natsSyncAlways makes JetStream sync every write to disk
 	// (sync_interval: always, as the shipped deployment runs it).
 	natsSyncAlways bool
+	// publishBatch is the relays' --publish-batch (0: per event).
+	publishBatch int
 	// binary overrides the artifactstore binary.
 	binary   string
 	logLevel string
@@ -427,7 +429,7 @@ func startEnv(t testing.TB, pg *pgServer, dbName string, opts envOptions) *env {
 	}
 	for i := range opts.relays {
 		e.relays = append(e.relays, e.service("relay", i+1, "--replicas", fmt.Sprint(opts.natsNodes),
-			"--duplicate-window", opts.dupWindow))
+			"--duplicate-window", opts.dupWindow, "--publish-batch", fmt.Sprint(opts.publishBatch)))
 	}
 	for i := range opts.projectors {
 		e.projectors = append(e.projectors, e.newProjector(i+1))
