@@ -20,6 +20,7 @@ const (
 	DefaultProjection      = "registry"
 	DefaultStream          = wire.StreamName
 	DefaultBatchSize       = 500
+	DefaultConcurrency     = 4
 	DefaultLeaseTTL        = 2 * time.Second
 	DefaultIdleWait        = time.Second
 	DefaultMaxAttempts     = 5
@@ -42,6 +43,10 @@ type Config struct {
 	WorkerID string
 	// BatchSize caps the events applied per transaction (500).
 	BatchSize int
+	// Concurrency is how many partitions may apply a batch at once (4):
+	// the others wait, and take everything that arrived meanwhile in one
+	// transaction. Keep it at most the database pool's size.
+	Concurrency int
 	// LeaseTTL is how long a partition lease and a member row last without
 	// renewal (2s): a dead or cut-off worker's partitions move after at
 	// most that long. Workers renew every LeaseTTL/4.
@@ -110,6 +115,9 @@ func (c *Config) setDefaults() {
 	if c.BatchSize == 0 {
 		c.BatchSize = DefaultBatchSize
 	}
+	if c.Concurrency == 0 {
+		c.Concurrency = DefaultConcurrency
+	}
 	if c.MaxAttempts == 0 {
 		c.MaxAttempts = DefaultMaxAttempts
 	}
@@ -134,6 +142,8 @@ func (c *Config) validate() error {
 		return bad("WorkerID", "must be 1-64 letters, digits, '-' or '_'")
 	case c.BatchSize < 1 || c.BatchSize > 10000:
 		return bad("BatchSize", "must be 1..10000")
+	case c.Concurrency < 1 || c.Concurrency > 1024:
+		return bad("Concurrency", "must be 1..1024")
 	case c.LeaseTTL < 200*time.Millisecond:
 		return bad("LeaseTTL", "must be at least 200ms")
 	case c.IdleWait < 10*time.Millisecond:

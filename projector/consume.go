@@ -100,6 +100,12 @@ func (w *Worker) follow(ctx context.Context, st *partition) error {
 				return err
 			}
 		case m := <-msgs:
+			// Wait for a transaction slot before taking what has arrived:
+			// while partitions queue for the database their messages pile
+			// up, and each then commits them in one transaction.
+			if !w.acquireSlot(ctx) {
+				return nil
+			}
 			batch := []jetstream.Msg{m}
 		drain:
 			for len(batch) < w.cfg.BatchSize {
@@ -110,7 +116,9 @@ func (w *Worker) follow(ctx context.Context, st *partition) error {
 					break drain
 				}
 			}
-			if err := w.handle(ctx, st, batch); errors.Is(err, errInterrupted) {
+			err := w.handle(ctx, st, batch)
+			w.releaseSlot()
+			if errors.Is(err, errInterrupted) {
 				return nil
 			} else if err != nil || st.parked != nil {
 				return err
@@ -248,3 +256,16 @@ func Decode(subject string, h nats.Header, body []byte, logID string, parts int)
 }
 
 func partLabel(p int) string { return strconv.Itoa(p) }
+
+// acquireSlot waits for one of the worker's Concurrency transaction slots;
+// false when ctx ends first.
+func (w *Worker) acquireSlot(ctx context.Context) bool {
+	select {
+	case w.slots <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (w *Worker) releaseSlot() { <-w.slots }

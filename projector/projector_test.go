@@ -4,6 +4,7 @@ import (
 	"context"
 	"hash/fnv"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -258,5 +259,29 @@ func TestPartitionCountRefused(t *testing.T) {
 	want := expected(t, e.db, e.parts)
 	testenv.Eventually(t, 30*time.Second, func() bool { return caughtUp(t, e.db, DefaultProjection, want) }, "the log's count applies the new events")
 	require.NoError(t, r.stop())
+	requireReplayEqual(t, e.db)
+}
+
+// TestConcurrencyBoundsTransactions: no more than Concurrency partitions
+// apply a batch at once; the others take what arrived meanwhile.
+func TestConcurrencyBoundsTransactions(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	appendPackages(t, e.db, 0, 600)
+	e.relay(t)
+	var inTx, most atomic.Int32
+	cfg := fastConfig("bounded")
+	cfg.Concurrency = 2
+	cfg.hooks.beforeTx = func(int) {
+		n := inTx.Add(1)
+		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+		}
+	}
+	cfg.hooks.afterCommit = func(int, int64) error { inTx.Add(-1); return nil }
+	r := e.start(t, cfg)
+	want := expected(t, e.db, e.parts)
+	testenv.Eventually(t, 30*time.Second, func() bool { return caughtUp(t, e.db, DefaultProjection, want) }, "every partition reaches the log")
+	require.NoError(t, r.stop())
+	require.Equal(t, int32(2), most.Load(), "at most Concurrency batches at once, and that many under load")
 	requireReplayEqual(t, e.db)
 }

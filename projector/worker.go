@@ -36,6 +36,8 @@ type Worker struct {
 	parts int
 	// validUntil is when this worker's leases may expire (sinceEpoch).
 	validUntil atomic.Int64
+	// slots bounds the partitions applying a batch at once.
+	slots chan struct{}
 }
 
 // New returns a worker for db and js. It checks cfg (errors wrap
@@ -53,11 +55,12 @@ func New(db store.DB, js JetStream, cfg Config) (*Worker, error) {
 		return nil, fmt.Errorf("projector: registering metrics: %w", err)
 	}
 	return &Worker{
-		db:  db,
-		js:  js,
-		cfg: cfg,
-		log: cfg.Logger.Named("projector").With(zap.String("projection", cfg.Projection), zap.String("worker", cfg.WorkerID)),
-		m:   m,
+		db:    db,
+		js:    js,
+		cfg:   cfg,
+		log:   cfg.Logger.Named("projector").With(zap.String("projection", cfg.Projection), zap.String("worker", cfg.WorkerID)),
+		m:     m,
+		slots: make(chan struct{}, cfg.Concurrency),
 	}, nil
 }
 
