@@ -21,7 +21,7 @@ import (
 type devCmd struct {
 	DataDir    string `name:"data-dir" env:"ARTIFACTSTORE_DATA_DIR" default:"./data" help:"Where the SQLite log and JetStream data live."`
 	NATSListen string `name:"nats-listen" env:"ARTIFACTSTORE_NATS_LISTEN" default:"127.0.0.1:4222" help:"Address of the in-process NATS server."`
-	HTTPListen string `name:"http-listen" env:"ARTIFACTSTORE_HTTP_LISTEN" default:"127.0.0.1:8080" help:"Address for /metrics, /healthz, /readyz."`
+	httpFlag
 	streamFlags
 	projectorFlags
 }
@@ -97,7 +97,7 @@ func (c devCmd) Run(ctx context.Context, g *globals) error {
 		}()
 		natsURL = ns.ClientURL()
 	}
-	d, closeDeps, err := openDeps(ctx, g, dbURL, natsURL, "artifactstore-dev", c.HTTPListen)
+	d, closeDeps, err := openDeps(ctx, g, dbURL, natsURL, "artifactstore-dev", c.listen(defaultDevHTTP))
 	if err != nil {
 		return err
 	}
@@ -133,7 +133,7 @@ try:
   artifactstore --nats-url %s package create --actor you --name hello --version 1.0.0
   artifactstore --nats-url %s events tail
 
-`, natsURL, redactURL(dbURL), logID, c.Stream, c.HTTPListen, natsURL, natsURL)
+`, natsURL, redactURL(dbURL), logID, c.Stream, d.srv.Addr(), natsURL, natsURL)
 	err = d.run(ctx, g, c.Stream, component{"ingest", svc.Run}, component{"relay", r.Run}, component{"projector", w.Run})
 	log.Info("stopped")
 	return err

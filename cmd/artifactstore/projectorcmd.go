@@ -31,7 +31,7 @@ type projectorCmd struct {
 }
 
 func (c projectorCmd) Run(ctx context.Context, g *globals) error {
-	d, closeDeps, err := openDeps(ctx, g, g.databaseURL(), g.natsURL(), projectorAppName, c.HTTPListen)
+	d, closeDeps, err := openDeps(ctx, g, g.databaseURL(), g.natsURL(), projectorAppName, c.listen(defaultProjectorHTTP))
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -97,16 +98,6 @@ func runComponents(ctx context.Context, log *zap.Logger, comps ...component) err
 	return p.Wait()
 }
 
-// opsComponent binds the ops server now (so a busy port fails at start)
-// and serves it as a component.
-func opsComponent(srv *ops.Server) (component, error) {
-	l, err := srv.Listen()
-	if err != nil {
-		return component{}, err
-	}
-	return component{"http", func(ctx context.Context) error { return srv.Serve(ctx, l) }}, nil
-}
-
 func dbCheck(db store.DB) ops.Check {
 	return func(ctx context.Context) error { _, err := db.Head(ctx); return err }
 }
@@ -120,10 +111,6 @@ func natsCheck(nc *nats.Conn) ops.Check {
 	}
 }
 
-type httpFlag struct {
-	HTTPListen string `name:"http-listen" env:"ARTIFACTSTORE_HTTP_LISTEN" default:"127.0.0.1:9090" help:"Address for /metrics, /healthz and /readyz (empty: none)."`
-}
-
 // deps are what every service process holds: the store, a NATS connection
 // with JetStream, and the ops HTTP server with database and NATS readiness
 // checks.
@@ -132,11 +119,14 @@ type deps struct {
 	nc  *nats.Conn
 	js  jetstream.JetStream
 	srv *ops.Server
+	// ln is the ops server's listener, bound first (nil: none).
+	ln net.Listener
 }
 
-// openDeps opens the store and NATS for the service name; close releases
-// them.
-func openDeps(ctx context.Context, g *globals, dbURL, natsURL, name, httpListen string) (d *deps, release func(), err error) {
+// openDeps binds the ops listener (first, so that a taken address fails
+// before anything is opened) and opens the store and NATS for the service
+// name; close releases them.
+func openDeps(ctx context.Context, g *globals, dbURL, natsURL, name string, http httpListen) (d *deps, release func(), err error) {
 	d = &deps{}
 	var closers []func()
 	closeAll := func() {
@@ -149,6 +139,16 @@ func openDeps(ctx context.Context, g *globals, dbURL, natsURL, name, httpListen 
 			closeAll()
 		}
 	}()
+	d.srv = ops.New(http.addr, g.log)
+	if http.freePort {
+		d.srv.FreePortIfTaken()
+	}
+	if d.ln, err = d.srv.Listen(); err != nil {
+		return nil, nil, err
+	}
+	if d.ln != nil {
+		closers = append(closers, func() { _ = d.ln.Close() })
+	}
 	if d.db, err = openDB(ctx, dbURL, name, g.log); err != nil {
 		return nil, nil, err
 	}
@@ -160,7 +160,6 @@ func openDeps(ctx context.Context, g *globals, dbURL, natsURL, name, httpListen 
 	if d.js, err = jetstream.New(d.nc); err != nil {
 		return nil, nil, err
 	}
-	d.srv = ops.New(httpListen, g.log)
 	if g.Pprof {
 		d.srv.EnableProfiling()
 	}
@@ -172,10 +171,7 @@ func openDeps(ctx context.Context, g *globals, dbURL, natsURL, name, httpListen 
 // run serves the ops HTTP server and the status page next to comps until
 // ctx ends or one fails.
 func (d *deps) run(ctx context.Context, g *globals, stream string, comps ...component) error {
-	httpc, err := opsComponent(d.srv)
-	if err != nil {
-		return err
-	}
+	httpc := component{"http", func(ctx context.Context) error { return d.srv.Serve(ctx, d.ln) }}
 	page := newStatusPage(d.db, d.js, stream, g.log)
 	page.register(d.srv)
 	return runComponents(ctx, g.log, append([]component{httpc, {"status-page", page.run}}, comps...)...)
@@ -191,7 +187,7 @@ type ingestCmd struct {
 }
 
 func (c ingestCmd) Run(ctx context.Context, g *globals) error {
-	d, closeDeps, err := openDeps(ctx, g, g.databaseURL(), g.natsURL(), "artifactstore-ingest", c.HTTPListen)
+	d, closeDeps, err := openDeps(ctx, g, g.databaseURL(), g.natsURL(), "artifactstore-ingest", c.listen(defaultIngestHTTP))
 	if err != nil {
 		return err
 	}
@@ -236,7 +232,7 @@ type relayCmd struct {
 }
 
 func (c relayCmd) Run(ctx context.Context, g *globals) error {
-	d, closeDeps, err := openDeps(ctx, g, g.databaseURL(), g.natsURL(), "artifactstore-relay", c.HTTPListen)
+	d, closeDeps, err := openDeps(ctx, g, g.databaseURL(), g.natsURL(), "artifactstore-relay", c.listen(defaultRelayHTTP))
 	if err != nil {
 		return err
 	}

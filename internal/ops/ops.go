@@ -14,6 +14,7 @@ import (
 	"net/http/pprof"
 	"sort"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -32,8 +33,12 @@ type Server struct {
 	registry *prometheus.Registry
 	mux      *http.ServeMux
 
+	// freePort: see FreePortIfTaken.
+	freePort bool
+
 	mu     sync.Mutex
 	checks map[string]Check
+	bound  string
 }
 
 // New returns a server for addr with a fresh metrics registry that already
@@ -127,16 +132,44 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 	_ = json.NewEncoder(w).Encode(map[string]any{"ready": ok, "checks": results})
 }
 
+// FreePortIfTaken lets Listen bind a free port of the same host when the
+// address is already in use: for a default address, so that several
+// services run on one host without flags. An address the operator chose
+// must fail instead (the default).
+func (s *Server) FreePortIfTaken() { s.freePort = true }
+
+// Addr returns the address Listen bound ("" before, or when disabled).
+func (s *Server) Addr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.bound
+}
+
 // Listen binds the address; call it before Serve so a bad address fails
-// at start. An empty address disables the server (nil listener).
+// at start. An empty address disables the server (nil listener). A taken
+// address returns an error naming it and --http-listen, unless
+// FreePortIfTaken was called: then a free port is bound and logged.
 func (s *Server) Listen() (net.Listener, error) {
 	if s.addr == "" {
 		return nil, nil
 	}
 	l, err := net.Listen("tcp", s.addr)
-	if err != nil {
+	if errors.Is(err, syscall.EADDRINUSE) && s.freePort {
+		host, _, _ := net.SplitHostPort(s.addr)
+		if l, err = net.Listen("tcp", net.JoinHostPort(host, "0")); err == nil {
+			s.log.Warn("default HTTP address in use; serving on a free port",
+				zap.String("default", s.addr), zap.String("addr", l.Addr().String()))
+		}
+	}
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
+		return nil, fmt.Errorf("ops: %s is already in use; choose another address with --http-listen (or ARTIFACTSTORE_HTTP_LISTEN): %w", s.addr, err)
+	case err != nil:
 		return nil, fmt.Errorf("ops: listening on %s (choose another with --http-listen): %w", s.addr, err)
 	}
+	s.mu.Lock()
+	s.bound = l.Addr().String()
+	s.mu.Unlock()
 	return l, nil
 }
 
