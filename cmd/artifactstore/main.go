@@ -47,12 +47,17 @@ type cli struct {
 
 func main() {
 	var c cli
-	k := kong.Parse(&c,
+	parser := kong.Must(&c,
 		kong.Name("artifactstore"),
 		kong.Description("The event backbone of an artifact registry."),
 		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
 		kong.Bind(&c.globals),
 	)
+	k, err := parser.Parse(os.Args[1:])
+	if code, ok := usageError(os.Stderr, err); ok {
+		os.Exit(code)
+	}
+	parser.FatalIfErrorf(err)
 	log, err := newLogger(c.LogLevel, c.LogFormat)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "artifactstore:", err)
