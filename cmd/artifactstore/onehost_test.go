@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -26,13 +28,13 @@ type proc struct {
 	done   chan struct{}
 }
 
-// startProc runs `artifactstore --log-format json <args>` with exactly env
+// startProc runs `artifactstore <args>` with exactly env
 // (no inherited ARTIFACTSTORE_* variables); it is stopped with SIGTERM at
 // cleanup.
 func startProc(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
-	p := &proc{name: strings.Join(args, " "), output: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(binary, append([]string{"--log-format", "json"}, args...)...)
+	p := &proc{name: args[len(args)-1], output: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(binary, args...)
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "ARTIFACTSTORE_") {
 			p.cmd.Env = append(p.cmd.Env, kv)
@@ -127,7 +129,7 @@ func TestReadmeSequenceOnOneHost(t *testing.T) {
 	defaults := map[string]string{"ingest": defaultIngestHTTP, "relay": defaultRelayHTTP, "projector": defaultProjectorHTTP}
 	var procs []*proc
 	for _, sub := range []string{"ingest", "ingest", "relay", "relay", "projector", "projector"} {
-		procs = append(procs, startProc(t, env, sub))
+		procs = append(procs, startProc(t, env, "--log-format", "json", sub))
 	}
 	seen := map[string]string{}
 	fellBack := map[string]int{}
@@ -170,4 +172,17 @@ func TestReadmeSequenceOnOneHost(t *testing.T) {
 		require.Contains(t, r.stderr, l.Addr().String()+" is already in use", "%v", args)
 		require.Contains(t, r.stderr, "--http-listen", "%v", args)
 	}
+}
+
+// TestServiceStartFailureIsAnError: a service that binds its HTTP address
+// and then cannot reach NATS exits 1 with the reason (it once panicked
+// releasing the listener).
+func TestServiceStartFailureIsAnError(t *testing.T) {
+	t.Parallel()
+	env := []string{"ARTIFACTSTORE_NATS_URL=nats://127.0.0.1:" + strconv.Itoa(testenv.FreePort()),
+		"ARTIFACTSTORE_DATABASE_URL=" + filepath.Join(t.TempDir(), "x.db")}
+	r := runBinary(t, time.Minute, env, "ingest", "--http-listen", "127.0.0.1:0")
+	require.Equal(t, 1, r.code, r.stderr)
+	require.Contains(t, r.stderr, "cannot reach NATS")
+	require.NotContains(t, r.stderr, "panic")
 }

@@ -146,8 +146,8 @@ func openDeps(ctx context.Context, g *globals, dbURL, natsURL, name string, http
 	if d.ln, err = d.srv.Listen(); err != nil {
 		return nil, nil, err
 	}
-	if d.ln != nil {
-		closers = append(closers, func() { _ = d.ln.Close() })
+	if ln := d.ln; ln != nil {
+		closers = append(closers, func() { _ = ln.Close() })
 	}
 	if d.db, err = openDB(ctx, dbURL, name, g.log); err != nil {
 		return nil, nil, err
