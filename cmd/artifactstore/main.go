@@ -16,8 +16,6 @@ import (
 
 	"github.com/alecthomas/kong"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
-	"golang.org/x/term"
 )
 
 type globals struct {
@@ -82,28 +80,6 @@ func main() {
 
 // exitCoder lets an error choose the process exit code.
 type exitCoder interface{ ExitCode() int }
-
-func newLogger(level, format string) (*zap.Logger, error) {
-	var lvl zapcore.Level
-	if err := lvl.Set(level); err != nil {
-		return nil, err
-	}
-	if format == "auto" {
-		format = "json"
-		if term.IsTerminal(int(os.Stderr.Fd())) {
-			format = "console"
-		}
-	}
-	cfg := zap.NewProductionConfig()
-	cfg.Level = zap.NewAtomicLevelAt(lvl)
-	cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
-	cfg.Sampling = nil
-	if format == "console" {
-		cfg.Encoding = "console"
-		cfg.EncoderConfig.EncodeLevel = zapcore.CapitalColorLevelEncoder
-	}
-	return cfg.Build()
-}
 
 // defaultGCPercent is the collector's target heap growth when GOGC is not
 // set. The services keep little live heap (tens of MB: batches in flight,
