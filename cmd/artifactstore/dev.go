@@ -134,7 +134,11 @@ try:
   artifactstore --nats-url %s events tail
 
 `, natsURL, redactURL(dbURL), logID, c.Stream, d.srv.Addr(), natsURL, natsURL)
-	err = d.run(ctx, g, c.Stream, component{"ingest", svc.Run}, component{"relay", r.Run}, component{"projector", w.Run})
+	ingestc, ist := watchComponent(d.srv, "ingest", svc, svc.Run)
+	d.srv.AddCheck("ingest", ist.check)
+	relayc, rst := watchComponent(d.srv, "relay", r, r.Run)
+	d.srv.AddCheck("relay", relayReady(r, rst))
+	err = d.run(ctx, g, c.Stream, ingestc, relayc, projectorComponent(d.srv, w))
 	log.Info("stopped")
 	return err
 }

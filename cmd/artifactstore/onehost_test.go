@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -104,6 +105,16 @@ func (p *proc) httpAddr(t *testing.T) string {
 	return addr
 }
 
+func httpBody(t *testing.T, addr, path string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + path)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return string(b)
+}
+
 func httpStatus(addr, path string) int {
 	resp, err := http.Get("http://" + addr + path)
 	if err != nil {
@@ -153,6 +164,10 @@ func TestReadmeSequenceOnOneHost(t *testing.T) {
 		testenv.Eventually(t, time.Minute, func() bool {
 			return httpStatus(addr, "/healthz") == http.StatusOK && httpStatus(addr, "/readyz") == http.StatusOK
 		}, "%s on %s to be healthy and ready", name, addr)
+		// Readiness includes the service's own check (the relay's role,
+		// the projector's leases), liveness the status page's watchdog.
+		require.Contains(t, httpBody(t, addr, "/readyz"), `{"name":"`+name+`","ok":true}`)
+		require.Contains(t, httpBody(t, addr, "/healthz?verbose"), "[+]status-page ok")
 	}
 	for _, p := range procs {
 		require.False(t, p.exited(), "%s exited:\n%s", p.name, p.output)

@@ -24,6 +24,14 @@ func (f projectorFlags) config(stream string, log *zap.Logger, srv *ops.Server) 
 		BatchSize: f.BatchSize, LeaseTTL: f.LeaseTTL, Logger: log, Registerer: srv.Registerer()}
 }
 
+// projectorComponent runs w with its liveness watchdog (when w reports
+// progress) and its readiness check.
+func projectorComponent(srv *ops.Server, w *projector.Worker) component {
+	c, st := watchComponent(srv, "projector", w, w.Run)
+	srv.AddCheck("projector", projectorReady(w, st, ownedPartitions(srv.Gatherer(), w.ID())))
+	return c
+}
+
 type projectorCmd struct {
 	httpFlag
 	projectorFlags
@@ -40,5 +48,5 @@ func (c projectorCmd) Run(ctx context.Context, g *globals) error {
 	if err != nil {
 		return err
 	}
-	return d.run(ctx, g, c.Stream, component{"projector", w.Run})
+	return d.run(ctx, g, c.Stream, projectorComponent(d.srv, w))
 }

@@ -174,7 +174,8 @@ func (d *deps) run(ctx context.Context, g *globals, stream string, comps ...comp
 	httpc := component{"http", func(ctx context.Context) error { return d.srv.Serve(ctx, d.ln) }}
 	page := newStatusPage(d.db, d.js, stream, g.log)
 	page.register(d.srv)
-	return runComponents(ctx, g.log, append([]component{httpc, {"status-page", page.run}}, comps...)...)
+	pagec, _ := watchComponent(d.srv, "status-page", page, page.run)
+	return runComponents(ctx, g.log, append([]component{httpc, pagec}, comps...)...)
 }
 
 type ingestCmd struct {
@@ -201,7 +202,9 @@ func (c ingestCmd) Run(ctx context.Context, g *globals) error {
 	if err != nil {
 		return err
 	}
-	return d.run(ctx, g, c.Stream, component{"ingest", svc.Run})
+	ingestc, st := watchComponent(d.srv, "ingest", svc, svc.Run)
+	d.srv.AddCheck("ingest", st.check)
+	return d.run(ctx, g, c.Stream, ingestc)
 }
 
 type streamFlags struct {
@@ -245,5 +248,7 @@ func (c relayCmd) Run(ctx context.Context, g *globals) error {
 	if err != nil {
 		return err
 	}
-	return d.run(ctx, g, c.Stream, component{"relay", r.Run})
+	relayc, st := watchComponent(d.srv, "relay", r, r.Run)
+	d.srv.AddCheck("relay", relayReady(r, st))
+	return d.run(ctx, g, c.Stream, relayc)
 }

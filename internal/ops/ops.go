@@ -1,7 +1,9 @@
 // Package ops serves what operators of each artifactstore service read
-// over HTTP: Prometheus metrics on /metrics, liveness on /healthz and
-// readiness on /readyz (every registered dependency check must pass), and
-// any extra handlers a service adds (the status page).
+// over HTTP, following the Kubernetes conventions: Prometheus metrics on
+// /metrics; liveness on /healthz and /livez (every watchdog has seen its
+// loop progress within its timeout: fails only when a restart helps);
+// readiness on /readyz (every check passes: this instance can do its job
+// now); and any extra handlers a service adds (the status page).
 package ops
 
 import (
@@ -36,9 +38,13 @@ type Server struct {
 	// freePort: see FreePortIfTaken.
 	freePort bool
 
-	mu     sync.Mutex
-	checks map[string]Check
-	bound  string
+	// now is the clock of the liveness watchdogs (tests replace it).
+	now func() time.Time
+
+	mu      sync.Mutex
+	checks  map[string]Check
+	watches map[string]watch
+	bound   string
 }
 
 // New returns a server for addr with a fresh metrics registry that already
@@ -49,12 +55,11 @@ func New(addr string, log *zap.Logger) *Server {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	s := &Server{addr: addr, log: log.Named("ops"), registry: reg, mux: http.NewServeMux(), checks: map[string]Check{}}
+	s := &Server{addr: addr, log: log.Named("ops"), registry: reg, mux: http.NewServeMux(), checks: map[string]Check{},
+		watches: map[string]watch{}, now: time.Now}
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		_, _ = w.Write([]byte("ok\n"))
-	})
+	s.mux.HandleFunc("GET /healthz", s.live)
+	s.mux.HandleFunc("GET /livez", s.live)
 	s.mux.HandleFunc("GET /readyz", s.ready)
 	return s
 }
