@@ -41,6 +41,8 @@ type cli struct {
 	Status    statusCmd    `cmd:"" help:"Show log head, relay position, checkpoints and lag."`
 	Package   packageCmd   `cmd:"" help:"Package commands and queries over NATS."`
 	Events    eventsCmd    `cmd:"" help:"Read the events stream as a downstream consumer would."`
+
+	Healthcheck healthcheckCmd `cmd:"" hidden:"" help:"Probe a service's /readyz (exit 0 when ready): the containers' healthcheck."`
 }
 
 func main() {
