@@ -118,7 +118,8 @@ func (c devCmd) Run(ctx context.Context, g *globals) error {
 	if err != nil {
 		return err
 	}
-	w, err := projector.New(db, d.js, c.config(c.Stream, log, d.srv))
+	tap := &ownedTap{}
+	w, err := projector.New(db, d.js, c.config(c.Stream, log, d.srv, tap))
 	if err != nil {
 		return err
 	}
@@ -138,7 +139,7 @@ try:
 	d.srv.AddCheck("ingest", ist.check)
 	relayc, rst := watchComponent(d.srv, "relay", r, r.Run)
 	d.srv.AddCheck("relay", relayReady(r, rst))
-	err = d.run(ctx, g, c.Stream, ingestc, relayc, projectorComponent(d.srv, w))
+	err = d.run(ctx, g, c.Stream, ingestc, relayc, projectorComponent(d.srv, w, tap))
 	log.Info("stopped")
 	return err
 }

@@ -3,10 +3,13 @@ package main
 import (
 	"context"
 	"errors"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/artifactstore/artifactstore/internal/ops"
 )
@@ -103,26 +106,67 @@ func projectorReady(w any, st *runState, owned func() float64) ops.Check {
 	}
 }
 
-// ownedPartitions reads the projector's owned-partitions gauge of worker
-// from g (0 when absent).
-func ownedPartitions(g prometheus.Gatherer, worker string) func() float64 {
+// ownedPartitionsMetric is the projector's gauge of partitions a worker
+// holds leases on.
+const ownedPartitionsMetric = "artifactstore_projector_owned_partitions"
+
+// ownedTap passes registrations on to a Registerer and keeps the collector
+// of ownedPartitionsMetric, so that readiness reads that one gauge instead
+// of gathering the whole registry (Go runtime and process collectors
+// included) on every probe.
+type ownedTap struct {
+	prometheus.Registerer
+	mu    sync.Mutex
+	owned prometheus.Collector
+}
+
+func (o *ownedTap) Register(c prometheus.Collector) error {
+	if err := o.Registerer.Register(c); err != nil {
+		return err
+	}
+	ch := make(chan *prometheus.Desc)
+	go func() { c.Describe(ch); close(ch) }()
+	for d := range ch {
+		if strings.Contains(d.String(), `fqName: "`+ownedPartitionsMetric+`"`) {
+			o.mu.Lock()
+			o.owned = c
+			o.mu.Unlock()
+		}
+	}
+	return nil
+}
+
+func (o *ownedTap) MustRegister(cs ...prometheus.Collector) {
+	for _, c := range cs {
+		if err := o.Register(c); err != nil {
+			panic(err)
+		}
+	}
+}
+
+// ownedPartitions returns the gauge's value for worker (0 when absent).
+func (o *ownedTap) ownedPartitions(worker string) func() float64 {
 	return func() float64 {
-		mfs, err := g.Gather()
-		if err != nil {
+		o.mu.Lock()
+		c := o.owned
+		o.mu.Unlock()
+		if c == nil {
 			return 0
 		}
-		for _, mf := range mfs {
-			if mf.GetName() != "artifactstore_projector_owned_partitions" {
+		ch := make(chan prometheus.Metric)
+		go func() { c.Collect(ch); close(ch) }()
+		v := 0.0
+		for m := range ch {
+			var pb dto.Metric
+			if m.Write(&pb) != nil {
 				continue
 			}
-			for _, m := range mf.GetMetric() {
-				for _, l := range m.GetLabel() {
-					if l.GetName() == "worker" && l.GetValue() == worker {
-						return m.GetGauge().GetValue()
-					}
+			for _, l := range pb.GetLabel() {
+				if l.GetName() == "worker" && l.GetValue() == worker {
+					v = pb.GetGauge().GetValue()
 				}
 			}
 		}
-		return 0
+		return v
 	}
 }
