@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -13,6 +16,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -478,4 +482,79 @@ func TestComposeLeastPrivilegeDatabaseRoles(t *testing.T) {
 		require.Equal(t, l.password, u.password, "%s: the password of %s", u.service, u.user)
 		require.Equal(t, want[u.command], l.group, "%s (%s) logs in as %s, a member of %s", u.service, u.command, u.user, l.group)
 	}
+}
+
+// composeHealth is a service's healthcheck.
+type composeHealth struct {
+	Health *struct {
+		Test        []string `yaml:"test"`
+		Interval    string   `yaml:"interval"`
+		Timeout     string   `yaml:"timeout"`
+		Retries     int      `yaml:"retries"`
+		StartPeriod string   `yaml:"start_period"`
+	} `yaml:"healthcheck"`
+}
+
+// TestComposeHealthchecks: every long-running artifactstore service has a
+// healthcheck on its own /readyz, run by the binary itself (the image is
+// distroless: no shell, no wget), and that command works: exit 0 on a
+// ready answer, 1 on 503 or no answer.
+func TestComposeHealthchecks(t *testing.T) {
+	t.Parallel()
+	b, err := os.ReadFile(composeFile)
+	require.NoError(t, err)
+	var p struct {
+		Services map[string]composeHealth `yaml:"services"`
+	}
+	require.NoError(t, yaml.Unmarshal(b, &p))
+	project := loadCompose(t)
+	var checked []string
+	for cmd, names := range project.byCommand() {
+		if strings.HasPrefix(cmd, "migrate") {
+			continue
+		}
+		for _, name := range names {
+			h := p.Services[name].Health
+			require.NotNil(t, h, "%s has no healthcheck", name)
+			_, port, err := net.SplitHostPort(project.Services[name].Environment["ARTIFACTSTORE_HTTP_LISTEN"])
+			require.NoError(t, err, name)
+			require.Equal(t, []string{"CMD", "/usr/local/bin/artifactstore", "healthcheck", "--url", "http://127.0.0.1:" + port + "/readyz"}, h.Test, name)
+			for _, d := range []string{h.Interval, h.Timeout, h.StartPeriod} {
+				_, err := time.ParseDuration(d)
+				require.NoError(t, err, "%s: healthcheck durations", name)
+			}
+			require.Positive(t, h.Retries, name)
+			checked = append(checked, name)
+		}
+	}
+	require.Len(t, checked, 7)
+
+	// The command the healthcheck runs, against answers of each kind.
+	code := http.StatusOK
+	var mu sync.Mutex
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		if r.URL.Path != "/readyz" {
+			http.NotFound(w, r)
+			return
+		}
+		w.WriteHeader(code)
+		_, _ = w.Write([]byte(`{"ready":false,"checks":[{"name":"relay","ok":false,"error":"not running"}]}`))
+	}))
+	t.Cleanup(srv.Close)
+	r := runBinary(t, 30*time.Second, nil, "healthcheck", "--url", srv.URL+"/readyz")
+	require.Equal(t, 0, r.code, r.stderr)
+	mu.Lock()
+	code = http.StatusServiceUnavailable
+	mu.Unlock()
+	r = runBinary(t, 30*time.Second, nil, "healthcheck", "--url", srv.URL+"/readyz")
+	require.Equal(t, 1, r.code, r.stderr)
+	require.Contains(t, r.stderr, "503")
+	require.Contains(t, r.stderr, "not running")
+	r = runBinary(t, 30*time.Second, nil, "healthcheck", "--url", fmt.Sprintf("http://127.0.0.1:%d/readyz", testenv.FreePort()))
+	require.Equal(t, 1, r.code, r.stderr)
+	// Hidden: not a command operators type.
+	help := runBinary(t, 30*time.Second, nil, "--help")
+	require.NotContains(t, help.stdout, "healthcheck")
 }

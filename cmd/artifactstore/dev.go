@@ -21,7 +21,7 @@ import (
 type devCmd struct {
 	DataDir    string `name:"data-dir" env:"ARTIFACTSTORE_DATA_DIR" default:"./data" help:"Where the SQLite log and JetStream data live."`
 	NATSListen string `name:"nats-listen" env:"ARTIFACTSTORE_NATS_LISTEN" default:"127.0.0.1:4222" help:"Address of the in-process NATS server."`
-	HTTPListen string `name:"http-listen" env:"ARTIFACTSTORE_HTTP_LISTEN" default:"127.0.0.1:8080" help:"Address for /metrics, /healthz, /readyz."`
+	httpFlag
 	streamFlags
 	relayFlags
 	projectorFlags
@@ -98,7 +98,7 @@ func (c devCmd) Run(ctx context.Context, g *globals) error {
 		}()
 		natsURL = ns.ClientURL()
 	}
-	d, closeDeps, err := openDeps(ctx, g, dbURL, natsURL, "artifactstore-dev", c.HTTPListen)
+	d, closeDeps, err := openDeps(ctx, g, dbURL, natsURL, "artifactstore-dev", c.listen(defaultDevHTTP))
 	if err != nil {
 		return err
 	}
@@ -121,7 +121,8 @@ func (c devCmd) Run(ctx context.Context, g *globals) error {
 	if err != nil {
 		return err
 	}
-	w, err := projector.New(db, d.js, c.config(c.Stream, log, d.srv))
+	tap := &ownedTap{}
+	w, err := projector.New(db, d.js, c.config(c.Stream, log, d.srv, tap))
 	if err != nil {
 		return err
 	}
@@ -136,8 +137,12 @@ try:
   artifactstore --nats-url %s package create --actor you --name hello --version 1.0.0
   artifactstore --nats-url %s events tail
 
-`, natsURL, redactURL(dbURL), logID, c.Stream, c.HTTPListen, natsURL, natsURL)
-	err = d.run(ctx, g, c.Stream, component{"ingest", svc.Run}, component{"relay", r.Run}, component{"projector", w.Run})
+`, natsURL, redactURL(dbURL), logID, c.Stream, d.srv.Addr(), natsURL, natsURL)
+	ingestc, ist := watchComponent(d.srv, "ingest", svc, svc.Run)
+	d.srv.AddCheck("ingest", ist.check)
+	relayc, rst := watchComponent(d.srv, "relay", r, r.Run)
+	d.srv.AddCheck("relay", relayReady(r, rst))
+	err = d.run(ctx, g, c.Stream, ingestc, relayc, projectorComponent(d.srv, w, tap))
 	log.Info("stopped")
 	return err
 }

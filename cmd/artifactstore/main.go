@@ -16,8 +16,6 @@ import (
 
 	"github.com/alecthomas/kong"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
-	"golang.org/x/term"
 )
 
 type globals struct {
@@ -34,25 +32,32 @@ type globals struct {
 type cli struct {
 	globals
 
-	Dev       devCmd       `cmd:"" help:"Run everything in one process on embedded defaults (in-process NATS, SQLite)."`
-	Ingest    ingestCmd    `cmd:"" help:"Run the ingest command service."`
-	Relay     relayCmd     `cmd:"" help:"Run the outbox relay (log -> JetStream)."`
-	Projector projectorCmd `cmd:"" help:"Run a projector worker (stream -> views)."`
+	Dev       devCmd       `cmd:"" set:"http_listen=127.0.0.1:8080" help:"Run everything in one process on embedded defaults (in-process NATS, SQLite)."`
+	Ingest    ingestCmd    `cmd:"" set:"http_listen=127.0.0.1:9090" help:"Run the ingest command service."`
+	Relay     relayCmd     `cmd:"" set:"http_listen=127.0.0.1:9091" help:"Run the outbox relay (log -> JetStream)."`
+	Projector projectorCmd `cmd:"" set:"http_listen=127.0.0.1:9092" help:"Run a projector worker (stream -> views)."`
 	Migrate   migrateCmd   `cmd:"" help:"Schema management."`
 	Replay    replayCmd    `cmd:"" help:"Rebuild the views from the log in one transaction; prints the highest sequence applied."`
 	Status    statusCmd    `cmd:"" help:"Show log head, relay position, checkpoints and lag."`
 	Package   packageCmd   `cmd:"" help:"Package commands and queries over NATS."`
 	Events    eventsCmd    `cmd:"" help:"Read the events stream as a downstream consumer would."`
+
+	Healthcheck healthcheckCmd `cmd:"" hidden:"" help:"Probe a service's /readyz (exit 0 when ready): the containers' healthcheck."`
 }
 
 func main() {
 	var c cli
-	k := kong.Parse(&c,
+	parser := kong.Must(&c,
 		kong.Name("artifactstore"),
 		kong.Description("The event backbone of an artifact registry."),
 		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
 		kong.Bind(&c.globals),
 	)
+	k, err := parser.Parse(os.Args[1:])
+	if code, ok := usageError(os.Stderr, err); ok {
+		os.Exit(code)
+	}
+	parser.FatalIfErrorf(err)
 	log, err := newLogger(c.LogLevel, c.LogFormat)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "artifactstore:", err)
@@ -77,28 +82,6 @@ func main() {
 
 // exitCoder lets an error choose the process exit code.
 type exitCoder interface{ ExitCode() int }
-
-func newLogger(level, format string) (*zap.Logger, error) {
-	var lvl zapcore.Level
-	if err := lvl.Set(level); err != nil {
-		return nil, err
-	}
-	if format == "auto" {
-		format = "json"
-		if term.IsTerminal(int(os.Stderr.Fd())) {
-			format = "console"
-		}
-	}
-	cfg := zap.NewProductionConfig()
-	cfg.Level = zap.NewAtomicLevelAt(lvl)
-	cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
-	cfg.Sampling = nil
-	if format == "console" {
-		cfg.Encoding = "console"
-		cfg.EncoderConfig.EncodeLevel = zapcore.CapitalColorLevelEncoder
-	}
-	return cfg.Build()
-}
 
 // defaultGCPercent is the collector's target heap growth when GOGC is not
 // set. The services keep little live heap (tens of MB: batches in flight,

@@ -19,9 +19,20 @@ type projectorFlags struct {
 	LeaseTTL   time.Duration `name:"lease-ttl" env:"ARTIFACTSTORE_LEASE_TTL" default:"2s" help:"How long a partition lease lasts unrenewed: a dead worker's partitions move after at most this long."`
 }
 
-func (f projectorFlags) config(stream string, log *zap.Logger, srv *ops.Server) projector.Config {
+// config is the worker's configuration; its metrics go to srv through
+// tap, which readiness reads the owned-partitions gauge from.
+func (f projectorFlags) config(stream string, log *zap.Logger, srv *ops.Server, tap *ownedTap) projector.Config {
+	tap.Registerer = srv.Registerer()
 	return projector.Config{Projection: f.Projection, Partitions: f.Partitions, Stream: stream, WorkerID: f.WorkerID,
-		BatchSize: f.BatchSize, LeaseTTL: f.LeaseTTL, Logger: log, Registerer: srv.Registerer()}
+		BatchSize: f.BatchSize, LeaseTTL: f.LeaseTTL, Logger: log, Registerer: tap}
+}
+
+// projectorComponent runs w with its liveness watchdog (when w reports
+// progress) and its readiness check.
+func projectorComponent(srv *ops.Server, w *projector.Worker, tap *ownedTap) component {
+	c, st := watchComponent(srv, "projector", w, w.Run)
+	srv.AddCheck("projector", projectorReady(w, st, tap.ownedPartitions(w.ID())))
+	return c
 }
 
 type projectorCmd struct {
@@ -31,14 +42,15 @@ type projectorCmd struct {
 }
 
 func (c projectorCmd) Run(ctx context.Context, g *globals) error {
-	d, closeDeps, err := openDeps(ctx, g, g.databaseURL(), g.natsURL(), projectorAppName, c.HTTPListen)
+	d, closeDeps, err := openDeps(ctx, g, g.databaseURL(), g.natsURL(), projectorAppName, c.listen(defaultProjectorHTTP))
 	if err != nil {
 		return err
 	}
 	defer closeDeps()
-	w, err := projector.New(d.db, d.js, c.config(c.Stream, g.log, d.srv))
+	tap := &ownedTap{}
+	w, err := projector.New(d.db, d.js, c.config(c.Stream, g.log, d.srv, tap))
 	if err != nil {
 		return err
 	}
-	return d.run(ctx, g, c.Stream, component{"projector", w.Run})
+	return d.run(ctx, g, c.Stream, projectorComponent(d.srv, w, tap))
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"time"
 
@@ -101,16 +102,6 @@ func runComponents(ctx context.Context, log *zap.Logger, comps ...component) err
 	return p.Wait()
 }
 
-// opsComponent binds the ops server now (so a busy port fails at start)
-// and serves it as a component.
-func opsComponent(srv *ops.Server) (component, error) {
-	l, err := srv.Listen()
-	if err != nil {
-		return component{}, err
-	}
-	return component{"http", func(ctx context.Context) error { return srv.Serve(ctx, l) }}, nil
-}
-
 func dbCheck(db store.DB) ops.Check {
 	return func(ctx context.Context) error { _, err := db.Head(ctx); return err }
 }
@@ -124,10 +115,6 @@ func natsCheck(nc *nats.Conn) ops.Check {
 	}
 }
 
-type httpFlag struct {
-	HTTPListen string `name:"http-listen" env:"ARTIFACTSTORE_HTTP_LISTEN" default:"127.0.0.1:9090" help:"Address for /metrics, /healthz and /readyz (empty: none)."`
-}
-
 // deps are what every service process holds: the store, a NATS connection
 // with JetStream, and the ops HTTP server with database and NATS readiness
 // checks.
@@ -136,11 +123,14 @@ type deps struct {
 	nc  *nats.Conn
 	js  jetstream.JetStream
 	srv *ops.Server
+	// ln is the ops server's listener, bound first (nil: none).
+	ln net.Listener
 }
 
-// openDeps opens the store and NATS for the service name; close releases
-// them.
-func openDeps(ctx context.Context, g *globals, dbURL, natsURL, name, httpListen string) (d *deps, release func(), err error) {
+// openDeps binds the ops listener (first, so that a taken address fails
+// before anything is opened) and opens the store and NATS for the service
+// name; close releases them.
+func openDeps(ctx context.Context, g *globals, dbURL, natsURL, name string, http httpListen) (d *deps, release func(), err error) {
 	d = &deps{}
 	var closers []func()
 	closeAll := func() {
@@ -153,6 +143,16 @@ func openDeps(ctx context.Context, g *globals, dbURL, natsURL, name, httpListen 
 			closeAll()
 		}
 	}()
+	d.srv = ops.New(http.addr, g.log)
+	if http.freePort {
+		d.srv.FreePortIfTaken()
+	}
+	if d.ln, err = d.srv.Listen(); err != nil {
+		return nil, nil, err
+	}
+	if ln := d.ln; ln != nil {
+		closers = append(closers, func() { _ = ln.Close() })
+	}
 	if d.db, err = openDB(ctx, dbURL, name, g.log); err != nil {
 		return nil, nil, err
 	}
@@ -164,7 +164,6 @@ func openDeps(ctx context.Context, g *globals, dbURL, natsURL, name, httpListen 
 	if d.js, err = jetstream.New(d.nc); err != nil {
 		return nil, nil, err
 	}
-	d.srv = ops.New(httpListen, g.log)
 	if g.Pprof {
 		d.srv.EnableProfiling()
 	}
@@ -176,13 +175,11 @@ func openDeps(ctx context.Context, g *globals, dbURL, natsURL, name, httpListen 
 // run serves the ops HTTP server and the status page next to comps until
 // ctx ends or one fails.
 func (d *deps) run(ctx context.Context, g *globals, stream string, comps ...component) error {
-	httpc, err := opsComponent(d.srv)
-	if err != nil {
-		return err
-	}
+	httpc := component{"http", func(ctx context.Context) error { return d.srv.Serve(ctx, d.ln) }}
 	page := newStatusPage(d.db, d.js, stream, g.log)
 	page.register(d.srv)
-	return runComponents(ctx, g.log, append([]component{httpc, {"status-page", page.run}}, comps...)...)
+	pagec, _ := watchComponent(d.srv, "status-page", page, page.run)
+	return runComponents(ctx, g.log, append([]component{httpc, pagec}, comps...)...)
 }
 
 type ingestCmd struct {
@@ -195,7 +192,7 @@ type ingestCmd struct {
 }
 
 func (c ingestCmd) Run(ctx context.Context, g *globals) error {
-	d, closeDeps, err := openDeps(ctx, g, g.databaseURL(), g.natsURL(), "artifactstore-ingest", c.HTTPListen)
+	d, closeDeps, err := openDeps(ctx, g, g.databaseURL(), g.natsURL(), "artifactstore-ingest", c.listen(defaultIngestHTTP))
 	if err != nil {
 		return err
 	}
@@ -209,7 +206,9 @@ func (c ingestCmd) Run(ctx context.Context, g *globals) error {
 	if err != nil {
 		return err
 	}
-	return d.run(ctx, g, c.Stream, component{"ingest", svc.Run})
+	ingestc, st := watchComponent(d.srv, "ingest", svc, svc.Run)
+	d.srv.AddCheck("ingest", st.check)
+	return d.run(ctx, g, c.Stream, ingestc)
 }
 
 type streamFlags struct {
@@ -246,7 +245,7 @@ type relayCmd struct {
 }
 
 func (c relayCmd) Run(ctx context.Context, g *globals) error {
-	d, closeDeps, err := openDeps(ctx, g, g.databaseURL(), g.natsURL(), "artifactstore-relay", c.HTTPListen)
+	d, closeDeps, err := openDeps(ctx, g, g.databaseURL(), g.natsURL(), "artifactstore-relay", c.listen(defaultRelayHTTP))
 	if err != nil {
 		return err
 	}
@@ -261,5 +260,7 @@ func (c relayCmd) Run(ctx context.Context, g *globals) error {
 	if err != nil {
 		return err
 	}
-	return d.run(ctx, g, c.Stream, component{"relay", r.Run})
+	relayc, st := watchComponent(d.srv, "relay", r, r.Run)
+	d.srv.AddCheck("relay", relayReady(r, st))
+	return d.run(ctx, g, c.Stream, relayc)
 }

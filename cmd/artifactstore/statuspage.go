@@ -40,6 +40,9 @@ type statusPage struct {
 	keep     int
 	log      *zap.Logger
 
+	// beat is the sampling loop's progress (liveness).
+	beat ops.Heartbeat
+
 	mu      sync.Mutex
 	current statusReport
 	err     string
@@ -93,12 +96,17 @@ func (p *statusPage) sample(ctx context.Context) {
 	}
 }
 
+// LastProgress returns when the sampling loop last completed a sample
+// (each is bounded: a stuck loop is a bug, and a restart helps).
+func (p *statusPage) LastProgress() time.Time { return p.beat.Last() }
+
 // run samples until ctx ends.
 func (p *statusPage) run(ctx context.Context) error {
 	t := time.NewTicker(p.interval)
 	defer t.Stop()
 	for {
 		p.sample(ctx)
+		p.beat.Beat()
 		select {
 		case <-ctx.Done():
 			return nil

@@ -1,7 +1,9 @@
 // Package ops serves what operators of each artifactstore service read
-// over HTTP: Prometheus metrics on /metrics, liveness on /healthz and
-// readiness on /readyz (every registered dependency check must pass), and
-// any extra handlers a service adds (the status page).
+// over HTTP, following the Kubernetes conventions: Prometheus metrics on
+// /metrics; liveness on /healthz and /livez (every watchdog has seen its
+// loop progress within its timeout: fails only when a restart helps);
+// readiness on /readyz (every check passes: this instance can do its job
+// now); and any extra handlers a service adds (the status page).
 package ops
 
 import (
@@ -14,6 +16,7 @@ import (
 	"net/http/pprof"
 	"sort"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -32,8 +35,16 @@ type Server struct {
 	registry *prometheus.Registry
 	mux      *http.ServeMux
 
-	mu     sync.Mutex
-	checks map[string]Check
+	// freePort: see FreePortIfTaken.
+	freePort bool
+
+	// now is the clock of the liveness watchdogs (tests replace it).
+	now func() time.Time
+
+	mu      sync.Mutex
+	checks  map[string]Check
+	watches map[string]watch
+	bound   string
 }
 
 // New returns a server for addr with a fresh metrics registry that already
@@ -44,12 +55,11 @@ func New(addr string, log *zap.Logger) *Server {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	s := &Server{addr: addr, log: log.Named("ops"), registry: reg, mux: http.NewServeMux(), checks: map[string]Check{}}
+	s := &Server{addr: addr, log: log.Named("ops"), registry: reg, mux: http.NewServeMux(), checks: map[string]Check{},
+		watches: map[string]watch{}, now: time.Now}
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		_, _ = w.Write([]byte("ok\n"))
-	})
+	s.mux.HandleFunc("GET /healthz", s.live)
+	s.mux.HandleFunc("GET /livez", s.live)
 	s.mux.HandleFunc("GET /readyz", s.ready)
 	return s
 }
@@ -127,16 +137,44 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 	_ = json.NewEncoder(w).Encode(map[string]any{"ready": ok, "checks": results})
 }
 
+// FreePortIfTaken lets Listen bind a free port of the same host when the
+// address is already in use: for a default address, so that several
+// services run on one host without flags. An address the operator chose
+// must fail instead (the default).
+func (s *Server) FreePortIfTaken() { s.freePort = true }
+
+// Addr returns the address Listen bound ("" before, or when disabled).
+func (s *Server) Addr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.bound
+}
+
 // Listen binds the address; call it before Serve so a bad address fails
-// at start. An empty address disables the server (nil listener).
+// at start. An empty address disables the server (nil listener). A taken
+// address returns an error naming it and --http-listen, unless
+// FreePortIfTaken was called: then a free port is bound and logged.
 func (s *Server) Listen() (net.Listener, error) {
 	if s.addr == "" {
 		return nil, nil
 	}
 	l, err := net.Listen("tcp", s.addr)
-	if err != nil {
+	if errors.Is(err, syscall.EADDRINUSE) && s.freePort {
+		host, _, _ := net.SplitHostPort(s.addr)
+		if l, err = net.Listen("tcp", net.JoinHostPort(host, "0")); err == nil {
+			s.log.Warn("default HTTP address in use; serving on a free port",
+				zap.String("default", s.addr), zap.String("addr", l.Addr().String()))
+		}
+	}
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
+		return nil, fmt.Errorf("ops: %s is already in use; choose another address with --http-listen (or ARTIFACTSTORE_HTTP_LISTEN): %w", s.addr, err)
+	case err != nil:
 		return nil, fmt.Errorf("ops: listening on %s (choose another with --http-listen): %w", s.addr, err)
 	}
+	s.mu.Lock()
+	s.bound = l.Addr().String()
+	s.mu.Unlock()
 	return l, nil
 }
 

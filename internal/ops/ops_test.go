@@ -3,6 +3,7 @@ package ops
 import (
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -75,5 +76,31 @@ func TestProfilingNeverServesCmdline(t *testing.T) {
 	}
 	if code, body := get("/debug/pprof/"); code != http.StatusOK || !strings.Contains(body, "goroutine") {
 		t.Fatalf("/debug/pprof/: %d, want 200 with the profile index:\n%s", code, body)
+	}
+}
+
+// TestListenFreePortOnlyWhenAllowed: a taken address fails naming it and
+// the flag, unless FreePortIfTaken: then another port of the same host is
+// bound and Addr reports it.
+func TestListenFreePortOnlyWhenAllowed(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	addr := taken.Addr().String()
+	if _, err := New(addr, nil).Listen(); err == nil || !strings.Contains(err.Error(), addr+" is already in use") ||
+		!strings.Contains(err.Error(), "--http-listen") {
+		t.Fatalf("explicit taken address: %v", err)
+	}
+	s := New(addr, nil)
+	s.FreePortIfTaken()
+	l, err := s.Listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if got := l.Addr().String(); got == addr || !strings.HasPrefix(got, "127.0.0.1:") || s.Addr() != got {
+		t.Fatalf("fallback bound %s (Addr %s), taken %s", got, s.Addr(), addr)
 	}
 }
