@@ -383,6 +383,8 @@ func TestCutOffFromPostgres(t *testing.T) {
 	testenv.Eventually(t, 10*time.Second, func() bool {
 		return a.metric(t, "artifactstore_projector_leases_lost_total", nil) > 0
 	}, "a gives its partitions up")
+	require.False(t, a.w.Healthy(), "a cut-off worker is not healthy (readiness)")
+	require.True(t, b.w.Healthy())
 
 	proxy.Resume()
 	testenv.Eventually(t, 30*time.Second, func() bool { return len(owned(t, e.db, "a")) == e.parts/2 }, "a takes its share back")

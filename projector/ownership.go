@@ -57,6 +57,7 @@ func (w *Worker) own(ctx context.Context) error {
 			h()
 		}
 		o.beat(ctx)
+		w.progress.Store(time.Now().UnixNano())
 		select {
 		case <-ctx.Done():
 			return nil

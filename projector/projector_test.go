@@ -48,6 +48,8 @@ func TestSingleWorkerAppliesAndStopsCleanly(t *testing.T) {
 	want = expected(t, e.db, e.parts)
 	testenv.Eventually(t, 30*time.Second, func() bool { return caughtUp(t, e.db, DefaultProjection, want) }, "live events applied")
 	require.Equal(t, e.parts, len(owned(t, e.db, "solo")), "one worker leases every partition")
+	require.True(t, r.w.Healthy(), "its renewals succeed")
+	require.WithinDuration(t, time.Now(), r.w.LastProgress(), 5*time.Second, "its ownership loop goes round")
 	require.NoError(t, r.stop())
 	require.Empty(t, owned(t, e.db, "solo"), "a stopped worker gives its leases back")
 	require.Equal(t, 390.0, r.metric(t, "artifactstore_projector_events_applied_total", nil))

@@ -38,6 +38,8 @@ type Worker struct {
 	validUntil atomic.Int64
 	// slots bounds the partitions applying a batch at once.
 	slots chan struct{}
+	// progress is when the ownership loop last went round (Unix ns).
+	progress atomic.Int64
 }
 
 // New returns a worker for db and js. It checks cfg (errors wrap
@@ -66,6 +68,22 @@ func New(db store.DB, js JetStream, cfg Config) (*Worker, error) {
 
 // ID returns the worker id.
 func (w *Worker) ID() string { return w.cfg.WorkerID }
+
+// Healthy reports whether the worker's last lease renewal succeeded less
+// than LeaseTTL ago (also when it holds no lease because others hold every
+// partition): false before its first renewal and while it cannot reach
+// PostgreSQL.
+func (w *Worker) Healthy() bool { return w.leaseValid() }
+
+// LastProgress returns when the worker's ownership loop last went round
+// (every LeaseTTL/4, renewal failures included; zero before Run). A worker
+// whose LastProgress stops moving is stuck.
+func (w *Worker) LastProgress() time.Time {
+	if n := w.progress.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
 
 // Run registers the worker, leases its share of the partitions and applies
 // their events until ctx ends. It first checks its dependencies: the

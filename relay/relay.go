@@ -33,6 +33,11 @@ type Relay struct {
 
 	running atomic.Bool
 	active  atomic.Bool
+	// standby is set while the last attempt at the lock found it held.
+	standby atomic.Bool
+	// progress is when the main loop or the log reader last went round
+	// (Unix nanoseconds), for a liveness watchdog.
+	progress atomic.Int64
 	// synced is the stream's last event as of the session's
 	// synchronisation, the first event fetch checks the log against. Only
 	// the Run goroutine writes it, before starting fetch.
@@ -78,6 +83,23 @@ func (r *Relay) Position() int64 { return r.m.position.Load() }
 // publishes (false while it stands by or is not running).
 func (r *Relay) Active() bool { return r.active.Load() }
 
+// Standby reports whether this relay is running, has checked its
+// dependencies, and found the leader lock held by another relay at its
+// last attempt: ready to take over.
+func (r *Relay) Standby() bool { return r.running.Load() && r.standby.Load() && !r.active.Load() }
+
+// LastProgress returns when the relay's main loop or, while it is active,
+// its log reader last went round (idle waits included; zero before Run).
+// A relay whose LastProgress stops moving is stuck.
+func (r *Relay) LastProgress() time.Time {
+	if n := r.progress.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
+
+func (r *Relay) touch() { r.progress.Store(time.Now().UnixNano()) }
+
 // Run relays until ctx is cancelled, then waits (at most
 // Config.ShutdownTimeout) for in-flight acks and returns nil. It first
 // checks its dependencies: the log's id (an unmigrated database returns an
@@ -104,7 +126,9 @@ func (r *Relay) Run(ctx context.Context) error {
 	bo := r.backoff()
 	standby := false
 	for ctx.Err() == nil {
+		r.touch()
 		release, lost, err := r.acquire(ctx)
+		r.standby.Store(errors.Is(err, store.ErrLockHeld))
 		switch {
 		case ctx.Err() != nil:
 			return nil
@@ -292,6 +316,7 @@ func (r *Relay) fetch(ctx context.Context, from int64, out chan<- fetched) {
 	defer poll.Stop()
 	var headAt time.Time
 	for {
+		r.touch()
 		signal := r.db.AppendSignal() // before reading, so no append is missed
 		events, err := r.fetchAnchored(ctx, after, r.cfg.BatchSize)
 		if err != nil {

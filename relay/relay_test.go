@@ -580,9 +580,14 @@ func TestOneActiveRelay(t *testing.T) {
 			first, second = b, a
 		}
 		require.Zero(t, relay.Published(second.r))
+		testenv.Eventually(t, 10*time.Second, second.r.Standby, "the other stands by")
+		require.False(t, first.r.Standby(), "the active relay is not a standby")
+		require.WithinDuration(t, time.Now(), first.r.LastProgress(), 5*time.Second, "the active relay's loop goes round")
+		require.WithinDuration(t, time.Now(), second.r.LastProgress(), 5*time.Second, "the standby's loop goes round")
 		require.NoError(t, first.stop())
 		e.appendEvents(t, e.db, 100, 10)
 		testenv.Eventually(t, 10*time.Second, second.r.Active, "the standby to take over")
+		require.False(t, first.r.Standby(), "a stopped relay is no standby")
 		e.requireStreamEqualsLog(t)
 		require.NoError(t, second.stop())
 	})

@@ -24,8 +24,8 @@ var errNotRunning = errors.New("not running (starting, stopped or failed)")
 
 // progressReporter is what a component offers the liveness watchdog: when
 // its main loop last made progress, an idle wait included. relay.Relay,
-// projector.Worker and ingest.Service do not implement it yet (see
-// watchComponent); the status page's loop does.
+// projector.Worker and the status page's loop implement it; ingest.Service
+// does not (micro serves its requests; see watchComponent).
 type progressReporter interface{ LastProgress() time.Time }
 
 // runState tells readiness whether a component's Run is running.
@@ -56,9 +56,9 @@ func watchComponent(srv *ops.Server, name string, comp any, run func(context.Con
 // relayRole is what relay readiness reads from relay.Relay.
 type relayRole interface{ Active() bool }
 
-// standbyReporter is the accessor readiness would use to tell a healthy
-// standby (its checks passed, its last attempt at the lock found it held)
-// from a relay stuck before that; relay.Relay does not have it yet.
+// standbyReporter tells a healthy standby (its checks passed, its last
+// attempt at the lock found it held) from a relay stuck before that;
+// relay.Relay implements it.
 type standbyReporter interface{ Standby() bool }
 
 // relayReady: a relay can do its job when it publishes (Active) or stands
@@ -79,10 +79,10 @@ func relayReady(r relayRole, st *runState) ops.Check {
 	}
 }
 
-// healthReporter is the accessor projector readiness wants: the worker's
-// last lease renewal succeeded within the lease TTL (true also when it
-// holds no lease because every partition is taken). projector.Worker
-// does not have it yet; until it does, readiness asks owned instead.
+// healthReporter is what projector readiness asks: the worker's last
+// lease renewal succeeded within the lease TTL (true also when it holds no
+// lease because every partition is taken); projector.Worker implements
+// it. Without it readiness asks owned instead.
 type healthReporter interface{ Healthy() bool }
 
 // projectorReady: a projector worker can do its job when Run runs and its
