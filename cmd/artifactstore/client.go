@@ -105,7 +105,7 @@ func dialClient(g *globals) (*nats.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	nc, err := nats.Connect(g.natsURL(), append(auth, nats.Name("artifactstore-cli"), nats.Timeout(3*time.Second), nats.NoReconnect())...)
+	nc, err := dialNATS(g.natsURL(), append(auth, nats.Name("artifactstore-cli"), nats.Timeout(3*time.Second), nats.NoReconnect()))
 	if err != nil {
 		return nil, failf(exitUnavailble, "%v", natsDialError(g.natsURL(), err, g.usesTLS()))
 	}

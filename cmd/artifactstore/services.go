@@ -47,7 +47,7 @@ func connectNATS(ctx context.Context, g *globals, url, name string) (*nats.Conn,
 	if err != nil {
 		return nil, err
 	}
-	nc, err := nats.Connect(url, append(auth,
+	nc, err := dialNATS(url, append(auth,
 		nats.Name(name),
 		nats.Timeout(5*time.Second),
 		nats.MaxReconnects(-1),
@@ -61,7 +61,7 @@ func connectNATS(ctx context.Context, g *globals, url, name string) (*nats.Conn,
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			log.Warn("NATS async error", zap.Error(err))
 		}),
-	)...)
+	))
 	if err != nil {
 		return nil, natsDialError(url, err, g.usesTLS())
 	}
