@@ -42,29 +42,7 @@ func benchEvent(b testing.TB, i int) store.Event {
 func BenchmarkCatchUp(b *testing.B) {
 	const n, window = 100_000, 512
 	ctx := context.Background()
-	db := testenv.Postgres(b)
-	for i := 0; i < n; i += 1000 {
-		evs := make([]store.Event, 1000)
-		for j := range evs {
-			evs[j] = benchEvent(b, i+j)
-		}
-		storetest.Append(b, db, evs...)
-	}
-	logID, err := db.LogID(ctx)
-	require.NoError(b, err)
-	var msgs []*nats.Msg
-	for after := int64(0); ; {
-		evs, err := db.Fetch(ctx, after, 5000)
-		require.NoError(b, err)
-		if len(evs) == 0 {
-			break
-		}
-		for _, e := range evs {
-			msgs = append(msgs, relay.Encode(logID, e, wire.DefaultPartitions, 0))
-		}
-		after = evs[len(evs)-1].Sequence
-	}
-	require.Len(b, msgs, n)
+	db, msgs := benchLog(b, n)
 	ns := testenv.NATS(b)
 	admin := ns.JetStream(b)
 	cfg := relay.Config{MaxInFlight: window, BatchSize: 1000}
