@@ -101,7 +101,10 @@ func TestProjectorReadiness(t *testing.T) {
 	require.False(t, ready(srv), "ready before Run")
 	run := runWatched(t, srv, c)
 	testenv.Eventually(t, 30*time.Second, func() bool { return ready(srv) }, "the worker to become ready")
-	require.GreaterOrEqual(t, tap.ownedPartitions(w.ID())(), 1.0)
+	require.True(t, w.Healthy(), "ready because its lease renewals succeed")
+	// Readiness follows the renewal, which comes just before the worker
+	// starts the partitions it claimed.
+	testenv.Eventually(t, 10*time.Second, func() bool { return tap.ownedPartitions(w.ID())() >= 1 }, "the worker to hold partitions")
 	run.stop()
 	results, ok := srv.Ready(context.Background())
 	require.False(t, ok, "ready after it stopped: %+v", results)
