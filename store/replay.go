@@ -112,6 +112,18 @@ func Replay(ctx context.Context, db DB, w ViewWriter, opts ReplayOptions) (int64
 	return applied, nil
 }
 
+// ReplayTx is Replay inside the caller's transaction tx (which it does not
+// commit): it locks the projection's checkpoints, applies the log above
+// them up to the head read after the lock (or opts.UpTo), advances every
+// checkpoint to the sequence it reached and returns it. A projection
+// version's switch uses it to catch up in the switch's transaction.
+func ReplayTx(ctx context.Context, db DB, tx Tx, w ViewWriter, opts ReplayOptions) (int64, error) {
+	if opts.Projection == "" {
+		opts.Projection = "registry"
+	}
+	return replayTx(ctx, db, tx, w, opts)
+}
+
 // replayTx is Replay's transaction.
 func replayTx(ctx context.Context, db DB, tx Tx, w ViewWriter, opts ReplayOptions) (int64, error) {
 	locked, err := tx.LockCheckpoints(ctx, opts.Projection, opts.Partitions)

@@ -32,6 +32,10 @@ type Config struct {
 	// Schema, when set, is the schema every connection uses (search_path);
 	// Migrate creates it. Tests use one schema each.
 	Schema string
+	// ViewSchema, when set, comes first in search_path: the view tables
+	// found there are used instead of the log's (a projection version
+	// being rebuilt, see VersionDB); everything else is the log's.
+	ViewSchema string
 	// MaxPayload bounds event payloads (store.DefaultMaxPayload when 0).
 	MaxPayload int
 	// MaxConns is the pool size (pgx's default when 0).
@@ -92,8 +96,8 @@ func Open(ctx context.Context, cfg Config) (*DB, error) {
 		cfg.LockTTL = DefaultLockTTL
 	}
 	pc.ConnConfig.RuntimeParams["timezone"] = "UTC"
-	if cfg.Schema != "" {
-		pc.ConnConfig.RuntimeParams["search_path"] = cfg.Schema
+	if path := searchPath(cfg); path != "" {
+		pc.ConnConfig.RuntimeParams["search_path"] = path
 	}
 	if cfg.ApplicationName != "" && pc.ConnConfig.RuntimeParams["application_name"] == "" {
 		pc.ConnConfig.RuntimeParams["application_name"] = cfg.ApplicationName
@@ -136,6 +140,18 @@ func (db *DB) Close() {
 	db.wg.Wait()
 	db.leases.close()
 	db.pool.Close()
+}
+
+// searchPath is the connections' search_path ("" keeps the server's).
+func searchPath(cfg Config) string {
+	if cfg.ViewSchema == "" {
+		return cfg.Schema
+	}
+	log := cfg.Schema
+	if log == "" {
+		log = "public"
+	}
+	return pgx.Identifier{cfg.ViewSchema}.Sanitize() + ", " + pgx.Identifier{log}.Sanitize()
 }
 
 func (db *DB) lockKey() string {
