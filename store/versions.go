@@ -31,9 +31,10 @@ type ProjectionVersion struct {
 	// Schema holds a building or retired version's tables; the live
 	// version's are in the log's schema ("").
 	Schema string `json:"schema,omitempty"`
-	// LoadedTo is the log sequence a building version's bulk load reached
-	// (0 while it loads).
-	LoadedTo  int64      `json:"loaded_to,omitempty"`
+	// Loaded is true once a building version's bulk load finished, up to
+	// the log sequence LoadedTo.
+	Loaded    bool       `json:"loaded"`
+	LoadedTo  int64      `json:"loaded_to"`
 	CreatedAt time.Time  `json:"created_at"`
 	LiveAt    *time.Time `json:"live_at,omitempty"`
 }

@@ -471,7 +471,8 @@ func translate(err error) error {
 		case pgErr.Code == "40001", pgErr.Code == "40P01", // serialization failure, deadlock
 			strings.HasPrefix(pgErr.Code, "08"),                                 // connection exception
 			pgErr.Code == "57P01", pgErr.Code == "57P02", pgErr.Code == "57P03", // shutdown, cannot connect now
-			pgErr.Code == "53300": // too many connections
+			pgErr.Code == "53300", // too many connections
+			pgErr.Code == "55P03": // lock_timeout: the lock was not available in time
 			return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
 		case strings.HasPrefix(pgErr.Code, "23"): // integrity constraint violation
 			return fmt.Errorf("%w: %w", store.ErrConflict, err)

@@ -21,7 +21,7 @@ var ErrVersionState = errors.New("postgres: projection version in the wrong stat
 
 var _ store.Rebuilder = (*DB)(nil)
 
-const versionColumns = "projection, version, state, coalesce(schema_name, ''), coalesce(loaded_to, 0), created_at, live_at"
+const versionColumns = "projection, version, state, coalesce(schema_name, ''), loaded_to IS NOT NULL, coalesce(loaded_to, 0), created_at, live_at"
 
 // ProjectionVersions implements store.Versions.
 func (db *DB) ProjectionVersions(ctx context.Context) ([]store.ProjectionVersion, error) {
@@ -35,7 +35,7 @@ func (db *DB) ProjectionVersions(ctx context.Context) ([]store.ProjectionVersion
 
 func scanVersion(r pgx.CollectableRow) (store.ProjectionVersion, error) {
 	var v store.ProjectionVersion
-	err := r.Scan(&v.Projection, &v.Version, &v.State, &v.Schema, &v.LoadedTo, &v.CreatedAt, &v.LiveAt)
+	err := r.Scan(&v.Projection, &v.Version, &v.State, &v.Schema, &v.Loaded, &v.LoadedTo, &v.CreatedAt, &v.LiveAt)
 	v.CreatedAt = v.CreatedAt.UTC()
 	v.LiveAt = utcPtr(v.LiveAt)
 	return v, err
@@ -161,7 +161,7 @@ func copyGrants(ctx context.Context, t *tx, from, to string, names []string) err
 // the projection would resolve anywhere else, so that a write meant for the
 // new version can never reach the live one. Close it after use.
 func (db *DB) VersionDB(ctx context.Context, v store.ProjectionVersion) (store.DB, error) {
-	if v.State != store.VersionBuilding || v.Schema == "" {
+	if v.State != store.VersionBuilding || v.Schema == "" || projectionTables[v.Projection].names == nil {
 		return nil, fmt.Errorf("%w: %s version %d is %s", ErrVersionState, v.Projection, v.Version, v.State)
 	}
 	cfg := db.cfg

@@ -14,7 +14,7 @@ var _ store.Versions = (*DB)(nil)
 // PostgreSQL.
 func (db *DB) ProjectionVersions(ctx context.Context) ([]store.ProjectionVersion, error) {
 	rows, err := db.db.QueryContext(ctx, `SELECT projection, version, state, coalesce(schema_name, ''),
-		coalesce(loaded_to, 0), created_at, live_at FROM projection_versions ORDER BY projection, version`)
+		loaded_to IS NOT NULL, coalesce(loaded_to, 0), created_at, live_at FROM projection_versions ORDER BY projection, version`)
 	if err != nil {
 		return nil, translate(err)
 	}
@@ -24,7 +24,7 @@ func (db *DB) ProjectionVersions(ctx context.Context) ([]store.ProjectionVersion
 		var v store.ProjectionVersion
 		var created int64
 		var live sql.NullInt64
-		if err := rows.Scan(&v.Projection, &v.Version, &v.State, &v.Schema, &v.LoadedTo, &created, &live); err != nil {
+		if err := rows.Scan(&v.Projection, &v.Version, &v.State, &v.Schema, &v.Loaded, &v.LoadedTo, &created, &live); err != nil {
 			return nil, translate(err)
 		}
 		v.CreatedAt = fromMicros(created)
