@@ -17,6 +17,10 @@ import (
 // two versions of a projection (SQLite): replay --reset rebuilds in place.
 var ErrRebuildUnsupported = errors.New("projector: this store cannot rebuild a projection beside the live one (it needs PostgreSQL; on SQLite use replay --reset)")
 
+// ErrRebuildRunning is returned by Rebuild while another rebuild of the
+// projection runs.
+var ErrRebuildRunning = errors.New("projector: another rebuild of this projection is running")
+
 // Phases of a rebuild, as RebuildProgress reports them.
 const (
 	PhaseLoad   = "load"
@@ -120,6 +124,25 @@ func Rebuild(ctx context.Context, db store.DB, js JetStream, cfg RebuildConfig) 
 	if err != nil {
 		return RebuildResult{}, err
 	}
+	release, lost, err := db.TryLock(ctx, "rebuild-"+cfg.Projection)
+	if errors.Is(err, store.ErrLockHeld) {
+		return RebuildResult{}, fmt.Errorf("%w (%s)", ErrRebuildRunning, cfg.Projection)
+	}
+	if err != nil {
+		return RebuildResult{}, err
+	}
+	defer release()
+	// A rebuild that may no longer hold the lock stops: another one may
+	// take the version over.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-lost:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	r := &rebuild{db: db, rb: rb, js: js, cfg: cfg, parts: parts, log: cfg.Logger.Named("rebuild").With(zap.String("projection", cfg.Projection))}
 	v, err := r.start(ctx)
 	if err != nil {

@@ -237,3 +237,13 @@ func TestRebuildRefusedOnSQLite(t *testing.T) {
 	require.ErrorIs(t, err, ErrRebuildUnsupported)
 	requireVersions(t, e.db, map[int]string{1: store.VersionLive})
 }
+
+func TestRebuildRefusedWhileAnotherRuns(t *testing.T) {
+	e := setup(t)
+	release, _, err := e.db.TryLock(context.Background(), "rebuild-"+DefaultProjection)
+	require.NoError(t, err)
+	defer release()
+	_, err = Rebuild(context.Background(), e.db, e.js, RebuildConfig{})
+	require.ErrorIs(t, err, ErrRebuildRunning)
+	requireVersions(t, e.db, map[int]string{1: store.VersionLive})
+}
