@@ -68,8 +68,8 @@ func (db *DB) CreateRoles(ctx context.Context, prefix string) (Roles, error) {
 		fmt.Sprintf("GRANT SELECT, INSERT, UPDATE, DELETE ON %s, %s, %s, %s, %s, %s TO %s", t("artifact_packages"), t("retention_state"),
 			t("checkpoints"), t("projector_parked"), t("projector_members"), t("projector_leases"), q(r.Projector)),
 		// reader: everything but the command side's idempotency records.
-		fmt.Sprintf("GRANT SELECT ON %s, %s, %s, %s TO %s", t("artifact_packages"), t("retention_state"), t("checkpoints"),
-			t("projector_parked"), q(r.Reader)),
+		fmt.Sprintf("GRANT SELECT ON %s, %s, %s, %s, %s TO %s", t("artifact_packages"), t("retention_state"), t("checkpoints"),
+			t("projector_parked"), t("projection_versions"), q(r.Reader)),
 		fmt.Sprintf("GRANT SELECT ON %s, %s, %s TO %s", t("artifact_packages"), t("retention_state"), t("checkpoints"), q(r.Relay)),
 		// relay: its leader lease (TryLock).
 		fmt.Sprintf("GRANT SELECT, INSERT, UPDATE ON %s TO %s", t("leader_leases"), q(r.Relay)),

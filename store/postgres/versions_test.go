@@ -1,0 +1,113 @@
+package postgres_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/artifactstore/artifactstore/internal/testenv"
+	"github.com/artifactstore/artifactstore/store"
+	"github.com/artifactstore/artifactstore/store/postgres"
+)
+
+// describeTables renders what defines the registry's tables in schema:
+// columns in order, constraints, indexes, persistence and grants, with the
+// schema's name taken out.
+func describeTables(t *testing.T, conn *pgx.Conn, schema string) string {
+	t.Helper()
+	rows, err := conn.Query(context.Background(), `
+		SELECT c.relname || ' persistence ' || c.relpersistence::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+			WHERE n.nspname = $1 AND c.relkind = 'r'
+		UNION ALL
+		SELECT c.relname || ' column ' || a.attnum || ' ' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod) ||
+			' notnull=' || a.attnotnull || ' default=' || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
+			FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+			LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+			WHERE n.nspname = $1 AND c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped
+		UNION ALL
+		SELECT c.relname || ' constraint ' || pg_get_constraintdef(k.oid) FROM pg_constraint k
+			JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1
+		UNION ALL
+		SELECT i.tablename || ' index ' || i.indexname || ' ' || i.indexdef FROM pg_indexes i WHERE i.schemaname = $1
+		UNION ALL
+		SELECT g.table_name || ' grant ' || g.grantee || ' ' || g.privilege_type FROM information_schema.role_table_grants g
+			WHERE g.table_schema = $1 AND g.grantee <> current_user
+		ORDER BY 1`, schema)
+	require.NoError(t, err)
+	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
+	var keep []string
+	for _, l := range lines {
+		if strings.HasPrefix(l, "artifact_packages ") || strings.HasPrefix(l, "retention_state ") {
+			keep = append(keep, strings.ReplaceAll(l, schema+".", "S."))
+		}
+	}
+	return strings.Join(keep, "\n")
+}
+
+// TestVersionTablesMatchLive: a version's tables, once loaded, are defined
+// exactly as the live ones the migrations made (columns in order, so dumps
+// compare; constraints; indexes; logged) and carry the same grants.
+func TestVersionTablesMatchLive(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url, schema := testenv.Schema(t)
+	db := testenv.OpenPostgres(t, url, schema)
+	roles, err := db.CreateRoles(ctx, testenv.Name("r"))
+	require.NoError(t, err)
+	dropRoles(t, url, roles)
+	conn, err := pgx.Connect(ctx, url)
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+
+	v, err := db.BeginVersion(ctx, "registry")
+	require.NoError(t, err)
+	require.Equal(t, 2, v.Version)
+	building := describeTables(t, conn, v.Schema)
+	require.Contains(t, building, "persistence u", "a building version loads into unlogged tables")
+	require.NotContains(t, building, "_name_idx", "secondary indexes come after the load")
+	_, err = db.BeginVersion(ctx, "registry")
+	require.ErrorIs(t, err, postgres.ErrVersionBuilding)
+
+	require.NoError(t, db.FinishLoad(ctx, v, 0))
+	require.Equal(t, describeTables(t, conn, schema), describeTables(t, conn, v.Schema))
+	require.Contains(t, describeTables(t, conn, schema), "grant "+roles.Reader+" SELECT")
+}
+
+// TestVersionDBNeverWritesTheLiveTables: a version store whose schema lost
+// a table would resolve it to the live one; it is refused.
+func TestVersionDBNeverWritesTheLiveTables(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url, schema := testenv.Schema(t)
+	db := testenv.OpenPostgres(t, url, schema)
+	v, err := db.BeginVersion(ctx, "registry")
+	require.NoError(t, err)
+	vdb, err := db.VersionDB(ctx, v)
+	require.NoError(t, err)
+	require.NoError(t, vdb.InTx(ctx, func(tx store.Tx) error { return tx.PutPackage(ctx, store.Package{ID: "p", Name: "n", Version: "1", Status: "open", CreatedBy: "a"}) }))
+	vdb.Close()
+	_, err = db.Package(ctx, "p")
+	require.ErrorIs(t, err, store.ErrNotFound, "the write went to the version's table")
+
+	conn, err := pgx.Connect(ctx, url)
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	_, err = conn.Exec(ctx, "DROP TABLE "+pgx.Identifier{v.Schema, "retention_state"}.Sanitize())
+	require.NoError(t, err)
+	_, err = db.VersionDB(ctx, v)
+	require.ErrorIs(t, err, postgres.ErrVersionState)
+	require.ErrorContains(t, err, "retention_state")
+
+	// Only building or retired versions are dropped; dropping twice is a no-op.
+	live := store.ProjectionVersion{Projection: "registry", Version: 1}
+	require.ErrorIs(t, db.DropVersion(ctx, live), postgres.ErrVersionState)
+	require.NoError(t, db.DropVersion(ctx, v))
+	require.NoError(t, db.DropVersion(ctx, v))
+	vs, err := db.ProjectionVersions(ctx)
+	require.NoError(t, err)
+	require.Equal(t, store.VersionDropped, vs[1].State)
+}
