@@ -17,7 +17,7 @@ build: ## build bin/artifactstore
 test: ## run the tests with -race (PostgreSQL: ARTIFACTSTORE_TEST_DATABASE_URL, else 127.0.0.1:5432, else a throwaway cluster)
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 
-bench: ## run every benchmark; each measures its raw baseline in the same run and prints the ratio (~15 min)
+bench: ## run every benchmark; each measures its raw baseline in the same run and prints the ratio (~25 min)
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./store/... ./projector/
 	$(GO) test -run '^$$' -bench . -benchtime 3s -timeout 30m ./ingest/
 	$(GO) test -run '^$$' -bench . -benchtime 5x -timeout 30m ./relay/

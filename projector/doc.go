@@ -93,6 +93,20 @@
 // store.Replay writes every partition's checkpoint, so workers resume right
 // after a replay --reset.
 //
+// # Rebuilds beside the live version
+//
+// [Rebuild] builds a new version of a projection while workers keep the
+// live one current (PostgreSQL, store.Rebuilder): store.Replay loads the
+// log into the version's empty tables (its own schema, unlogged and
+// without secondary indexes until the load is done), a Worker of its own
+// follows the stream on the version (checkpoints "<projection>-v<N>")
+// until it is within SwitchLag of the head, and one transaction switches:
+// it locks the live checkpoints (so no batch commits), applies the rest
+// from the log, swaps the tables under the same names and moves the live
+// checkpoints forward. Live workers' compare-and-set then fails once; they
+// re-read the checkpoint and go on after it. A rebuild killed during its
+// load is abandoned by the next run, one killed after it is resumed.
+//
 // # Limits
 //
 //   - A worker stopped (SIGSTOP) inside a batch transaction keeps the
