@@ -74,3 +74,69 @@ func TestProjectionRebuildRefusedOnSQLite(t *testing.T) {
 	require.Equal(t, 0, r.code, r.stderr)
 	require.Regexp(t, `registry\s+1\s+live`, r.stdout)
 }
+
+// TestProjectionRebuildKilledDuringItsLoad kills a rebuild process with
+// SIGKILL while it loads: the live version is untouched, and the next run
+// (once the killed one's lock has expired) abandons the half-loaded version
+// and finishes a new one.
+func TestProjectionRebuildKilledDuringItsLoad(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dbURL := testenv.Database(t)
+	natsURL := testenv.NATS(t).URL()
+	env := []string{"ARTIFACTSTORE_DATABASE_URL=" + dbURL, "ARTIFACTSTORE_NATS_URL=" + natsURL}
+	r := runBinary(t, time.Minute, env, "migrate", "up")
+	require.Equal(t, 0, r.code, "migrate up: %s", r.stderr)
+	db, err := postgres.Open(ctx, postgres.Config{URL: dbURL})
+	require.NoError(t, err)
+	t.Cleanup(db.Close)
+	const n = 20_000
+	for from := 0; from < n; from += 1000 {
+		var evs []store.Event
+		for i := from; i < from+1000; i++ {
+			evs = append(evs, storetest.Created(t, storetest.PackageID(i), "n", "1."+storetest.PackageID(i), "ci"))
+		}
+		storetest.Append(t, db, evs...)
+	}
+	startProc(t, env, "--log-format", "json", "relay", "--http-listen", "127.0.0.1:0")
+	startProc(t, env, "--log-format", "json", "projector", "--http-listen", "127.0.0.1:0")
+	testenv.Eventually(t, 2*time.Minute, func() bool {
+		cps, err := db.Checkpoints(ctx)
+		require.NoError(t, err)
+		low := int64(n)
+		for _, c := range cps {
+			if c.Projection == "registry" {
+				low = min(low, c.Sequence)
+			}
+		}
+		return len(cps) > 0 && low == n
+	}, "the live version to apply the log")
+	live, err := db.DumpViews(ctx)
+	require.NoError(t, err)
+
+	p := startProc(t, env, "--log-format", "json", "projection", "rebuild")
+	testenv.Eventually(t, time.Minute, func() bool { return len(p.logLines("building a new version")) > 0 },
+		"the rebuild to start its load; output:\n%s", p.output)
+	require.NoError(t, p.cmd.Process.Kill())
+	<-p.done
+	vs, err := db.ProjectionVersions(ctx)
+	require.NoError(t, err)
+	require.Len(t, vs, 2)
+	require.Equal(t, store.VersionBuilding, vs[1].State)
+	require.False(t, vs[1].Loaded, "killed during its load")
+	after, err := db.DumpViews(ctx)
+	require.NoError(t, err)
+	require.Equal(t, live, after, "the live version changed")
+
+	var out result
+	testenv.Eventually(t, time.Minute, func() bool {
+		out = runBinary(t, 2*time.Minute, env, "projection", "rebuild")
+		return out.code != exitConflict // the killed run's lock expires after its TTL
+	}, "the killed rebuild's lock to expire")
+	require.Equal(t, 0, out.code, out.stderr)
+	require.Contains(t, out.stdout, "registry version 3 is live")
+	require.Contains(t, out.stderr, "abandoning a version whose load did not finish")
+	after, err = db.DumpViews(ctx)
+	require.NoError(t, err)
+	require.Equal(t, live, after, "the rebuilt views differ from the projected ones")
+}
