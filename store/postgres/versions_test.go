@@ -88,7 +88,9 @@ func TestVersionDBNeverWritesTheLiveTables(t *testing.T) {
 	require.NoError(t, err)
 	vdb, err := db.VersionDB(ctx, v)
 	require.NoError(t, err)
-	require.NoError(t, vdb.InTx(ctx, func(tx store.Tx) error { return tx.PutPackage(ctx, store.Package{ID: "p", Name: "n", Version: "1", Status: "open", CreatedBy: "a"}) }))
+	require.NoError(t, vdb.InTx(ctx, func(tx store.Tx) error {
+		return tx.PutPackage(ctx, store.Package{ID: "p", Name: "n", Version: "1", Status: "open", CreatedBy: "a"})
+	}))
 	vdb.Close()
 	_, err = db.Package(ctx, "p")
 	require.ErrorIs(t, err, store.ErrNotFound, "the write went to the version's table")
