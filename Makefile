@@ -2,8 +2,9 @@
 GO        ?= go
 PKGS      ?= ./...
 STATICCHECK_VERSION ?= v0.8.2
+UPLOT_VERSION ?= 1.6.32
 
-.PHONY: help run test bench lint fuzz migrate-fresh tidy build bench-e2e chaos chaos-short fuzz-short
+.PHONY: help run test chromium bench lint fuzz migrate-fresh tidy build bench-e2e chaos chaos-short fuzz-short uplot
 
 help: ## show this help
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -52,3 +53,6 @@ chaos-short: ## chaos suite, short mode (what make test and CI run, < 3 min)
 
 fuzz-short: ## run every Fuzz target for 3s each (CI)
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=3s
+
+uplot: ## re-fetch the status page's vendored uPlot (UPLOT_VERSION) from the npm registry into cmd/artifactstore/web/uplot
+	cmd/artifactstore/web/fetch-uplot.sh $(UPLOT_VERSION)
