@@ -96,9 +96,10 @@
       scales: { x: { time: true }, y: { range: function (u, min, max) { return uPlot.rangeNum(0, Math.max(1, max || 0), 0.1, true); } } },
       series: [{ label: "time", value: "{YYYY}-{MM}-{DD} {HH}:{mm}:{ss}" }].concat(series),
       axes: [{}, { label: yLabel, size: 64 }],
-      // Both charts show the cursor at the same time; no drag-zoom, since
-      // every refresh resets the scales.
-      cursor: { sync: { key: "artifactstore-status" }, drag: { x: false, y: false } },
+      // Both charts show the cursor at the same time (but not each other's
+      // series toggles: their series differ); no drag-zoom, since every
+      // refresh resets the scales.
+      cursor: { sync: { key: "artifactstore-status", setSeries: false }, drag: { x: false, y: false } },
       hooks: { setData: [showLatest], setCursor: [showLatest].concat(onCursor ? [onCursor] : []) },
     };
   }
