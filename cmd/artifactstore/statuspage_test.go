@@ -120,18 +120,26 @@ func TestStatusPageInBrowserChartsTheHistory(t *testing.T) {
 	dataDir := t.TempDir()
 	dev := startDev(t, dataDir, testenv.FreePort(), testenv.FreePort())
 	env := []string{"ARTIFACTSTORE_NATS_URL=" + dev.natsURL, "ARTIFACTSTORE_DATABASE_URL=" + filepath.Join(dataDir, "artifactstore.db")}
-	for _, v := range []string{"1.0.0", "1.0.1", "1.0.2"} {
+	create := func(v string) {
 		r := runCLI(t, env, "package", "create", "--actor", "alice", "--name", "web", "--version", v)
 		require.Equal(t, 0, r.code, r.stderr)
 	}
+	// A sample between the first command and the others guarantees a
+	// positive commands/s in the history.
+	create("1.0.0")
+	testenv.Eventually(t, 30*time.Second, func() bool {
+		return historyHas(t, dev.httpAddr, func(s lagSample) bool { return s.Head == 1 })
+	}, "a sample of the first command")
+	create("1.0.1")
+	create("1.0.2")
 	var st statusReport
 	testenv.Eventually(t, 30*time.Second, func() bool {
 		r := runCLI(t, env, "status", "--json")
 		return r.code == 0 && json.Unmarshal([]byte(r.stdout), &st) == nil && st.Head == 3 &&
 			st.Relay != nil && st.Relay.Lag == 0 && len(st.Projections) == 1 && st.Projections[0].Lag == 0
 	}, "the pipeline to settle")
-	// The sampler runs every second: await a sample that saw the commands
-	// arrive and one taken after the views caught up.
+	// The sampler runs every second: await the samples that saw the
+	// commands arrive and one taken after the views caught up.
 	testenv.Eventually(t, 30*time.Second, func() bool {
 		return historyHas(t, dev.httpAddr, func(s lagSample) bool { return s.CommandsPerSec != nil && *s.CommandsPerSec > 0 }) &&
 			historyHas(t, dev.httpAddr, func(s lagSample) bool { return s.Head == 3 && s.ProjectionLag == 0 && s.RelayLag == 0 })
