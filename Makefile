@@ -18,16 +18,6 @@ build: ## build bin/artifactstore
 test: chromium ## run the tests with -race (PostgreSQL: ARTIFACTSTORE_TEST_DATABASE_URL, else 127.0.0.1:5432, else a throwaway cluster)
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 
-chromium: ## make sure a headless Chromium is installed for the status page's browser test (installs Debian's chromium when root)
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || command -v google-chrome >/dev/null 2>&1 || { \
-		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			echo "make: installing chromium for the status page's browser test"; \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-		else \
-			echo "make: chromium is missing; the status page's browser test needs it: sudo apt-get update && sudo apt-get install -y chromium" >&2; \
-			exit 1; \
-		fi; }
-
 bench: ## run every benchmark; each measures its raw baseline in the same run and prints the ratio (~15 min)
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./store/... ./projector/
 	$(GO) test -run '^$$' -bench . -benchtime 3s -timeout 30m ./ingest/
@@ -66,3 +56,13 @@ fuzz-short: ## run every Fuzz target for 3s each (CI)
 
 uplot: ## re-fetch the status page's vendored uPlot (UPLOT_VERSION) from the npm registry into cmd/artifactstore/web/uplot
 	cmd/artifactstore/web/fetch-uplot.sh $(UPLOT_VERSION)
+
+chromium: ## make sure a headless Chromium is installed for the status page's browser test (installs Debian's chromium when root)
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || command -v google-chrome >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "make: installing chromium for the status page's browser test"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		else \
+			echo "make: chromium is missing; the status page's browser test needs it: sudo apt-get update && sudo apt-get install -y chromium" >&2; \
+			exit 1; \
+		fi; }
