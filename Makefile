@@ -2,8 +2,9 @@
 GO        ?= go
 PKGS      ?= ./...
 STATICCHECK_VERSION ?= v0.8.2
+UPLOT_VERSION ?= 1.6.32
 
-.PHONY: help run test bench lint fuzz migrate-fresh tidy build bench-e2e chaos chaos-short fuzz-short
+.PHONY: help run test chromium bench lint fuzz migrate-fresh tidy build bench-e2e chaos chaos-short fuzz-short uplot
 
 help: ## show this help
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -14,7 +15,7 @@ run: ## run everything on embedded defaults (in-process NATS on 127.0.0.1:4222, 
 build: ## build bin/artifactstore
 	$(GO) build -o bin/artifactstore ./cmd/artifactstore
 
-test: ## run the tests with -race (PostgreSQL: ARTIFACTSTORE_TEST_DATABASE_URL, else 127.0.0.1:5432, else a throwaway cluster)
+test: chromium ## run the tests with -race (PostgreSQL: ARTIFACTSTORE_TEST_DATABASE_URL, else 127.0.0.1:5432, else a throwaway cluster)
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 
 bench: ## run every benchmark; each measures its raw baseline in the same run and prints the ratio (~25 min)
@@ -52,3 +53,16 @@ chaos-short: ## chaos suite, short mode (what make test and CI run, < 3 min)
 
 fuzz-short: ## run every Fuzz target for 3s each (CI)
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=3s
+
+uplot: ## re-fetch the status page's vendored uPlot (UPLOT_VERSION) from the npm registry into cmd/artifactstore/web/uplot
+	cmd/artifactstore/web/fetch-uplot.sh $(UPLOT_VERSION)
+
+chromium: ## make sure a headless Chromium is installed for the status page's browser test (installs Debian's chromium when root)
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || command -v google-chrome >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "make: installing chromium for the status page's browser test"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		else \
+			echo "make: chromium is missing; the status page's browser test needs it: sudo apt-get update && sudo apt-get install -y chromium" >&2; \
+			exit 1; \
+		fi; }

@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
-	_ "embed"
+	"embed"
 	"encoding/json"
+	"math"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -15,23 +17,23 @@ import (
 	"github.com/artifactstore/artifactstore/store"
 )
 
-//go:embed statuspage.html
-var statusPageHTML []byte
+// web holds the status page and what it loads: the vendored uPlot
+// (web/uplot/VERSION; `make uplot` re-fetches it) is served by the process
+// itself, so the page works without internet access.
+//
+//go:embed web/statuspage.html web/statuspage.js web/uplot/uPlot.iife.min.js web/uplot/uPlot.min.css
+var web embed.FS
 
-// lagSample is the pipeline's lag per stage at one moment.
-type lagSample struct {
-	At time.Time `json:"at"`
-	// Head is the log head.
-	Head int64 `json:"head"`
-	// RelayLag is events committed but not yet in the stream (-1: unknown).
-	RelayLag int64 `json:"relay_lag"`
-	// ProjectionLag is events in the log not yet in the views, worst
-	// projection (-1: no projection yet).
-	ProjectionLag int64 `json:"projection_lag"`
+// staticFiles maps the page's /static/ paths to files in web.
+var staticFiles = map[string]string{
+	"statuspage.js":     "web/statuspage.js",
+	"uPlot.iife.min.js": "web/uplot/uPlot.iife.min.js",
+	"uPlot.min.css":     "web/uplot/uPlot.min.css",
 }
 
 // statusPage samples the pipeline's status every interval, keeps the last
-// samples and serves them: GET / (the page) and GET /status.json.
+// samples (ten minutes) and serves them: GET / (the page, and its scripts
+// under /static/) and GET /status.json[?since=<Unix ms>].
 type statusPage struct {
 	db       store.DB
 	js       relay.StreamLookup
@@ -39,6 +41,8 @@ type statusPage struct {
 	interval time.Duration
 	keep     int
 	log      *zap.Logger
+	// now is the sampling clock (tests replace it).
+	now func() time.Time
 
 	// beat is the sampling loop's progress (liveness).
 	beat ops.Heartbeat
@@ -50,21 +54,45 @@ type statusPage struct {
 }
 
 func newStatusPage(db store.DB, js relay.StreamLookup, stream string, log *zap.Logger) *statusPage {
-	return &statusPage{db: db, js: js, stream: stream, interval: time.Second, keep: 600, log: log.Named("statuspage")}
+	return &statusPage{db: db, js: js, stream: stream, interval: time.Second, keep: 600, log: log.Named("statuspage"),
+		now: time.Now}
 }
 
 // register adds the page's handlers to srv.
 func (p *statusPage) register(srv *ops.Server) {
-	srv.Handle("GET /{$}", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		_, _ = w.Write(statusPageHTML)
-	}))
+	srv.Handle("GET /{$}", serveWebFile("web/statuspage.html"))
+	for name, file := range staticFiles {
+		srv.Handle("GET /static/"+name, serveWebFile(file))
+	}
 	srv.Handle("GET /status.json", http.HandlerFunc(p.serveJSON))
 }
 
-func (p *statusPage) serveJSON(w http.ResponseWriter, _ *http.Request) {
+func serveWebFile(name string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.ServeFileFS(w, r, web, name)
+	})
+}
+
+// serveJSON answers the current status and the samples taken after
+// ?since= (Unix milliseconds; all of them without it), so that the page
+// fetches only what it has not drawn yet.
+func (p *statusPage) serveJSON(w http.ResponseWriter, r *http.Request) {
+	since := int64(math.MinInt64)
+	if v := r.URL.Query().Get("since"); v != "" {
+		var err error
+		if since, err = strconv.ParseInt(v, 10, 64); err != nil {
+			http.Error(w, "since: want Unix milliseconds, got "+strconv.Quote(v), http.StatusBadRequest)
+			return
+		}
+	}
 	p.mu.Lock()
-	body := map[string]any{"current": p.current, "history": p.history, "error": p.err}
+	history := make([]lagSample, 0, len(p.history))
+	for _, s := range p.history {
+		if s.T > since {
+			history = append(history, s)
+		}
+	}
+	body := map[string]any{"current": p.current, "history": history, "error": p.err}
 	p.mu.Unlock()
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
@@ -74,6 +102,7 @@ func (p *statusPage) serveJSON(w http.ResponseWriter, _ *http.Request) {
 func (p *statusPage) sample(ctx context.Context) {
 	sctx, cancel := context.WithTimeout(ctx, p.interval*3)
 	defer cancel()
+	at := p.now()
 	rep, err := collectStatus(sctx, p.db, p.js, p.stream)
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -83,14 +112,11 @@ func (p *statusPage) sample(ctx context.Context) {
 	}
 	p.err = ""
 	p.current = rep
-	s := lagSample{At: time.Now().UTC(), Head: rep.Head, RelayLag: -1, ProjectionLag: -1}
-	if rep.Relay != nil {
-		s.RelayLag = rep.Relay.Lag
+	var prev *lagSample
+	if n := len(p.history); n > 0 {
+		prev = &p.history[n-1]
 	}
-	for _, pr := range rep.Projections {
-		s.ProjectionLag = max(s.ProjectionLag, pr.Lag)
-	}
-	p.history = append(p.history, s)
+	p.history = append(p.history, nextSample(prev, rep, at))
 	if len(p.history) > p.keep {
 		p.history = p.history[len(p.history)-p.keep:]
 	}
