@@ -23,7 +23,9 @@ func TestWaitsForTheStream(t *testing.T) {
 	ctx := context.Background()
 	require.NoError(t, e.js.DeleteStream(ctx, DefaultStream))
 	appendPackages(t, e.db, 0, 50)
-	waiting := func(logs *observer.ObservedLogs) int { return logs.FilterMessage("waiting for the events stream").Len() }
+	waiting := func(logs *observer.ObservedLogs) int {
+		return logs.FilterMessage("waiting for the events stream").Len()
+	}
 
 	core, stopped := observer.New(zap.InfoLevel)
 	cfg := fastConfig("stopped")
