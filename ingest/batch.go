@@ -16,16 +16,19 @@ import (
 	"github.com/artifactstore/artifactstore/store"
 )
 
-// commitLoop is one committer: it takes a batch off the queue, decides and
+// commitLoop is committer i: it takes a batch off the queue, decides and
 // commits it in one transaction, replies, and repeats until the queue is
-// closed and empty.
-func (s *Service) commitLoop() {
+// closed and empty. Its batch is due RequestTimeout after it took the
+// first command (see LastProgress).
+func (s *Service) commitLoop(i int) {
 	for {
 		first, ok := <-s.queue
 		if !ok {
 			return
 		}
+		s.due[i].Store(time.Now().Add(s.cfg.RequestTimeout).UnixNano())
 		s.commit(s.fill([]*command{first}))
+		s.due[i].Store(0)
 	}
 }
 
