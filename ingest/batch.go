@@ -9,21 +9,26 @@ import (
 	"slices"
 	"time"
 
+	"github.com/sethvargo/go-retry"
 	"go.uber.org/zap"
 
+	"github.com/artifactstore/artifactstore/internal/backoff"
 	"github.com/artifactstore/artifactstore/store"
 )
 
-// commitLoop is one committer: it takes a batch off the queue, decides and
+// commitLoop is committer i: it takes a batch off the queue, decides and
 // commits it in one transaction, replies, and repeats until the queue is
-// closed and empty.
-func (s *Service) commitLoop() {
+// closed and empty. Its batch is due RequestTimeout after it took the
+// first command (see LastProgress).
+func (s *Service) commitLoop(i int) {
 	for {
 		first, ok := <-s.queue
 		if !ok {
 			return
 		}
+		s.due[i].Store(time.Now().Add(s.cfg.RequestTimeout).UnixNano())
 		s.commit(s.fill([]*command{first}))
+		s.due[i].Store(0)
 	}
 }
 
@@ -138,62 +143,79 @@ func (s *Service) decide(cmds []*command) {
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
-	backoff := 5 * time.Millisecond
-	skip := map[string]bool{}
-	for attempt := 0; ; {
-		committing, err := s.tryCommit(ctx, cmds, skip)
-		if err == nil {
-			for _, c := range cmds {
-				if c.res.err == nil && !c.res.duplicate {
-					s.m.appended.Inc()
-				}
-			}
-			return
-		}
-		var redo *redoError
-		if errors.As(err, &redo) {
-			for _, id := range redo.commandIDs {
-				skip[id] = true
-			}
-			continue
-		}
-		temporary := store.Temporary(err) || errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil
-		if temporary && !committing && attempt < s.cfg.MaxRetries && time.Until(deadline) > 2*backoff {
-			attempt++
-			s.m.retries.Inc()
-			s.log.Debug("retrying a batch", zap.Int("attempt", attempt), zap.Int("commands", len(cmds)), zap.Error(err))
-			t := time.NewTimer(backoff)
-			select {
-			case <-t.C:
-			case <-ctx.Done():
-			}
-			t.Stop()
-			backoff *= 4
-			continue
-		}
-		if temporary {
-			s.log.Warn("batch failed: database unavailable", zap.Int("commands", len(cmds)),
-				zap.Int("attempts", attempt+1), zap.Bool("outcome_unknown", committing), zap.Error(err))
-			for _, c := range cmds {
-				c.res = result{err: newError(CodeUnavailable, "the database is unavailable; retry later (with the same command_id)")}
-			}
-			return
-		}
-		if len(cmds) > 1 && !committing {
-			// An error no command was decided on: isolate the one that
-			// causes it by deciding each command in its own transaction.
-			s.log.Warn("batch failed; deciding its commands one by one", zap.Int("commands", len(cmds)), zap.Error(err))
-			for _, c := range cmds {
-				s.decide([]*command{c})
-			}
-			return
-		}
-		s.log.Error("command failed", zap.Int("commands", len(cmds)), zap.Error(err))
+	committing, attempts, err := s.commitRetrying(ctx, cmds, deadline)
+	if err == nil {
 		for _, c := range cmds {
-			c.res = result{err: newError(CodeInternal, "internal error")}
+			if c.res.err == nil && !c.res.duplicate {
+				s.m.appended.Inc()
+			}
 		}
 		return
 	}
+	if unavailable(ctx, err) {
+		s.log.Warn("batch failed: database unavailable", zap.Int("commands", len(cmds)),
+			zap.Int("attempts", attempts), zap.Bool("outcome_unknown", committing), zap.Error(err))
+		for _, c := range cmds {
+			c.res = result{err: newError(CodeUnavailable, "the database is unavailable; retry later (with the same command_id)")}
+		}
+		return
+	}
+	if len(cmds) > 1 && !committing {
+		// An error no command was decided on: isolate the one that
+		// causes it by deciding each command in its own transaction.
+		s.log.Warn("batch failed; deciding its commands one by one", zap.Int("commands", len(cmds)), zap.Error(err))
+		for _, c := range cmds {
+			s.decide([]*command{c})
+		}
+		return
+	}
+	s.log.Error("command failed", zap.Int("commands", len(cmds)), zap.Error(err))
+	for _, c := range cmds {
+		c.res = result{err: newError(CodeInternal, "internal error")}
+	}
+}
+
+// batchRetry is the pause before a batch that failed on a temporary error
+// (a lost race, a database that went away) is tried again: 5, 20, 80 ms
+// and so on, Config.MaxRetries times at most and only while the earliest
+// deadline leaves time for another attempt.
+var batchRetry = backoff.Policy{Min: 5 * time.Millisecond, Factor: 4}
+
+// commitRetrying runs tryCommit until it succeeds or fails for good: at
+// once again after a redoError, after a batchRetry pause after a
+// temporary error whose outcome is known. attempts counts the
+// transactions tried (redos aside); committing and err are the last one's.
+func (s *Service) commitRetrying(ctx context.Context, cmds []*command, deadline time.Time) (committing bool, attempts int, err error) {
+	var last error
+	bo := backoff.WithNotify(func(time.Duration) {
+		s.m.retries.Inc()
+		s.log.Debug("retrying a batch", zap.Int("attempt", attempts), zap.Int("commands", len(cmds)), zap.Error(last))
+	}, retry.WithMaxRetries(uint64(s.cfg.MaxRetries), backoff.WithDeadline(deadline, batchRetry.Backoff())))
+	skip := map[string]bool{}
+	err = retry.Do(ctx, bo, func(ctx context.Context) error {
+		attempts++
+		for {
+			committing, last = s.tryCommit(ctx, cmds, skip)
+			var redo *redoError
+			if !errors.As(last, &redo) {
+				break
+			}
+			for _, id := range redo.commandIDs {
+				skip[id] = true
+			}
+		}
+		if last != nil && unavailable(ctx, last) && !committing {
+			return retry.RetryableError(last)
+		}
+		return last
+	})
+	return committing, attempts, err
+}
+
+// unavailable reports whether a transaction failed for want of the
+// database (or of time) rather than because of its commands.
+func unavailable(ctx context.Context, err error) bool {
+	return store.Temporary(err) || errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil
 }
 
 // redoError asks for a batch to be decided again without creating or

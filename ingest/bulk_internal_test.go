@@ -14,7 +14,7 @@ import (
 )
 
 // TestBulkMatchesRowByRow runs one script of command-side decisions through
-// the dialect's own bulkTx and through the row-by-row adapter, on two fresh
+// the dialect's own store.CommandBatcher and through the row-by-row adapter, on two fresh
 // logs, and requires the same answers.
 func TestBulkMatchesRowByRow(t *testing.T) {
 	t.Parallel()
@@ -23,13 +23,13 @@ func TestBulkMatchesRowByRow(t *testing.T) {
 			ctx := context.Background()
 			if name == "postgres" {
 				require.NoError(t, db.InTx(ctx, func(tx store.Tx) error {
-					_, ok := tx.(bulkTx)
-					require.True(t, ok, "store/postgres implements bulkTx")
+					_, ok := tx.(store.CommandBatcher)
+					require.True(t, ok, "store/postgres implements store.CommandBatcher")
 					return nil
 				}))
 			}
 			own := script(t, db, bulk)
-			adapted := script(t, otherLog(t, name), func(tx store.Tx) bulkTx { return rowByRow{tx} })
+			adapted := script(t, otherLog(t, name), func(tx store.Tx) store.CommandBatcher { return rowByRow{tx} })
 			require.Equal(t, adapted, own)
 		})
 	}
@@ -42,7 +42,7 @@ func otherLog(t *testing.T, name string) store.DB {
 	return testenv.SQLite(t)
 }
 
-func script(t *testing.T, db store.DB, wrap func(store.Tx) bulkTx) []any {
+func script(t *testing.T, db store.DB, wrap func(store.Tx) store.CommandBatcher) []any {
 	ctx := context.Background()
 	var out []any
 	fps := func(ids ...string) [][]byte {
@@ -53,7 +53,7 @@ func script(t *testing.T, db store.DB, wrap func(store.Tx) bulkTx) []any {
 		}
 		return out
 	}
-	step := func(fn func(tx bulkTx) []any) {
+	step := func(fn func(tx store.CommandBatcher) []any) {
 		require.NoError(t, db.InTx(ctx, func(stx store.Tx) error {
 			out = append(out, fn(wrap(stx))...)
 			return nil
@@ -78,12 +78,12 @@ func script(t *testing.T, db store.DB, wrap func(store.Tx) bulkTx) []any {
 		}
 		return r
 	}
-	step(func(tx bulkTx) []any {
+	step(func(tx store.CommandBatcher) []any {
 		r := must(tx.ClaimAll(ctx, []string{"a", "b", "c"}, fps("a", "b", "c"), []string{"p1", "p2", "p3"}, []string{"n", "n", "m"}, []string{"1", "1", "1"},
 			[]string{"p1", "p1", "p2", "p9"}))
 		return append(r, sequences(tx.AppendCommands(ctx, []string{"c"}, []store.Event{event("p1"), event("p3"), event("p1")}, []string{"a", "", "b"}, replyOf))...)
 	})
-	step(func(tx bulkTx) []any {
+	step(func(tx store.CommandBatcher) []any {
 		r := must(tx.ClaimAll(ctx, []string{"a", "c", "d"}, fps("other a", "c2", "d"), []string{"p4", "p5"}, []string{"n", "k"}, []string{"1", "2"}, []string{"p1", "p3", "p5"}))
 		records := must(tx.CommandReplies(ctx, []string{"a", "b", "x"}, replyOf))[0].(map[string]store.CommandRecord)
 		require.Len(t, records, 2, "a and b are complete; x is unknown")
@@ -95,7 +95,7 @@ func script(t *testing.T, db store.DB, wrap func(store.Tx) bulkTx) []any {
 		}
 		return append(r, sequences(tx.AppendCommands(ctx, []string{"d"}, nil, nil, replyOf))...)
 	})
-	step(func(tx bulkTx) []any {
+	step(func(tx store.CommandBatcher) []any {
 		// c was released by the first step and claimed again (and kept)
 		// by the second; d was released by the second.
 		return must(tx.ClaimAll(ctx, []string{"c", "d"}, fps("c", "d"), nil, nil, nil, nil))

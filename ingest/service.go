@@ -39,6 +39,10 @@ type Service struct {
 	m   *metrics
 
 	started atomic.Bool
+	// running is set while Run runs; due[i] is when commit loop i's batch
+	// is due to be done (Unix ns; 0 while it waits for commands).
+	running atomic.Bool
+	due     []atomic.Int64
 
 	// mu guards closed; handlers hold it for reading while they hand work
 	// to queue or queries, close takes it for writing.
@@ -72,6 +76,7 @@ func New(db store.DB, nc *nats.Conn, cfg Config) (*Service, error) {
 		log:    cfg.Logger.Named("ingest"),
 		queue:  make(chan *command, cfg.MaxPending),
 		qslots: make(chan struct{}, cfg.QueryConcurrency),
+		due:    make([]atomic.Int64, cfg.Committers),
 
 		rejectLog: logLimiter{interval: rejectedLogInterval},
 	}
@@ -94,6 +99,8 @@ func (s *Service) Run(ctx context.Context) error {
 	if !s.started.CompareAndSwap(false, true) {
 		return errors.New("ingest: Run called twice")
 	}
+	s.running.Store(true)
+	defer s.running.Store(false)
 	checkCtx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout*2)
 	defer cancel()
 	if _, err := s.db.Head(checkCtx); err != nil {
@@ -104,8 +111,8 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 
 	var committers conc.WaitGroup
-	for range s.cfg.Committers {
-		committers.Go(s.commitLoop)
+	for i := range s.cfg.Committers {
+		committers.Go(func() { s.commitLoop(i) })
 	}
 	defer committers.Wait()
 	defer s.close()

@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/artifactstore/artifactstore/internal/backoff"
 	"github.com/artifactstore/artifactstore/store"
 )
 
@@ -83,11 +84,10 @@ func (w *Worker) applyPoison(ctx context.Context, st *partition, events []store.
 	if st.parked != nil && st.parked.Sequence == e.Sequence {
 		attempts += st.parked.Attempts
 	}
+	bo := poisonRetry.Backoff()
 	for a := 1; a < w.cfg.MaxAttempts; a++ {
-		select {
-		case <-ctx.Done():
+		if d, _ := bo.Next(); !backoff.Sleep(ctx, d) {
 			return ctx.Err()
-		case <-time.After(min(50*time.Millisecond<<a, 2*time.Second)):
 		}
 		err := w.apply(ctx, st, events[ae.index:ae.index+1], e.Sequence)
 		if err == nil {
@@ -101,6 +101,9 @@ func (w *Worker) applyPoison(ctx context.Context, st *partition, events []store.
 	}
 	return w.park(ctx, st, store.ParkedPoison, e.Sequence, e.Type, last, attempts)
 }
+
+// poisonRetry is the pause before a failing event is tried alone again.
+var poisonRetry = backoff.Policy{Min: 100 * time.Millisecond, Max: 2 * time.Second}
 
 // apply applies events (all of partition st.p, in order) and advances the
 // checkpoint from st.cp to to, in one transaction. The compare-and-set of

@@ -12,6 +12,7 @@ import (
 	"github.com/sourcegraph/conc"
 	"go.uber.org/zap"
 
+	"github.com/artifactstore/artifactstore/internal/backoff"
 	"github.com/artifactstore/artifactstore/internal/wire"
 	"github.com/artifactstore/artifactstore/store"
 )
@@ -35,12 +36,12 @@ type partition struct {
 // retry is due. A NATS connection closed for good ends Run.
 func (w *Worker) runPartition(ctx context.Context, p int) error {
 	st := &partition{p: p, log: w.log.With(zap.Int("partition", p))}
-	failures := 0
+	failures, bo := 0, partitionRetry.Backoff()
 	for ctx.Err() == nil {
 		began := time.Now()
 		err := w.follow(ctx, st)
 		if time.Since(began) > 30*time.Second {
-			failures = 0 // it worked for a while: a new series of errors
+			failures, bo = 0, partitionRetry.Backoff() // it worked for a while: a new series of errors
 		}
 		switch {
 		case errors.Is(err, errCrashed):
@@ -55,19 +56,19 @@ func (w *Worker) runPartition(ctx context.Context, p int) error {
 				log = st.log.Warn
 			}
 			log("partition error; starting over from the checkpoint", zap.Error(err), zap.Int("failures", failures+1))
-			wait = min(500*time.Millisecond<<min(failures, 4), 5*time.Second)
+			wait, _ = bo.Next()
 			failures++
 		}
 		if st.parked != nil {
 			wait = max(wait, time.Until(st.retryAt))
 		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(wait):
-		}
+		backoff.Sleep(ctx, wait)
 	}
 	return nil
 }
+
+// partitionRetry is the pause before a partition starts over after an error.
+var partitionRetry = backoff.Policy{Min: 500 * time.Millisecond, Max: 5 * time.Second}
 
 // follow loads the partition's checkpoint, reads the partition's messages
 // from the first one after it with an ordered consumer (no acks, no state

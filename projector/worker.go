@@ -8,8 +8,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/sethvargo/go-retry"
 	"go.uber.org/zap"
 
+	"github.com/artifactstore/artifactstore/internal/backoff"
 	"github.com/artifactstore/artifactstore/internal/wire"
 	"github.com/artifactstore/artifactstore/store"
 )
@@ -120,22 +122,22 @@ func (w *Worker) setup(ctx context.Context) error {
 	if err := w.initCheckpoints(ctx); err != nil {
 		return err
 	}
-	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+	bo := backoff.WithNotify(func(time.Duration) {
+		w.log.Info("waiting for the events stream", zap.String("stream", w.cfg.Stream))
+	}, streamWait.Backoff())
+	return retry.Do(ctx, bo, func(ctx context.Context) error {
 		_, err := w.js.Stream(ctx, w.cfg.Stream)
-		if err == nil {
-			return nil
-		}
-		if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return retry.RetryableError(err)
+		} else if err != nil {
 			return fmt.Errorf("projector: stream %s: %w", w.cfg.Stream, err)
 		}
-		w.log.Info("waiting for the events stream", zap.String("stream", w.cfg.Stream))
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(wait):
-		}
-	}
+		return nil
+	})
 }
+
+// streamWait is how often setup looks for a stream that does not exist yet.
+var streamWait = backoff.Policy{Min: 100 * time.Millisecond, Max: 5 * time.Second}
 
 // initCheckpoints creates a checkpoint row for every partition of the log.
 // Checkpoints of another partition count (a projection written before the

@@ -4,16 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"strconv"
 	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/sethvargo/go-retry"
 	"github.com/sourcegraph/conc"
 	"go.uber.org/zap"
 
+	"github.com/artifactstore/artifactstore/internal/backoff"
 	"github.com/artifactstore/artifactstore/internal/wire"
 	"github.com/artifactstore/artifactstore/store"
 )
@@ -123,7 +124,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	if err := r.check(ctx); err != nil || ctx.Err() != nil {
 		return err
 	}
-	bo := r.backoff()
+	bo := r.retryBackoff()
 	standby := false
 	for ctx.Err() == nil {
 		r.touch()
@@ -137,16 +138,16 @@ func (r *Relay) Run(ctx context.Context) error {
 				r.log.Info("another relay is active; standing by")
 				standby = true
 			}
-			wait(ctx, r.cfg.LockRetryInterval)
+			backoff.Sleep(ctx, r.cfg.LockRetryInterval)
 			continue
 		case err != nil:
 			r.m.errors.WithLabelValues(errKindDatabase).Inc()
-			d := bo.next()
+			d, _ := bo.Next()
 			r.log.Warn("cannot take the leader lock; retrying", zap.Error(err), zap.Duration("retry_in", d))
-			wait(ctx, d)
+			backoff.Sleep(ctx, d)
 			continue
 		}
-		bo.reset()
+		bo = r.retryBackoff()
 		standby = false
 		r.log.Info("relay is active")
 		r.m.leader.Set(1)
@@ -166,27 +167,31 @@ func (r *Relay) Run(ctx context.Context) error {
 }
 
 // check verifies the log and the stream before anything else, retrying
-// while either is unreachable.
+// while either is unreachable. It returns nil when ctx ends.
 func (r *Relay) check(ctx context.Context) error {
-	bo := r.backoff()
-	for ctx.Err() == nil {
+	var last error
+	bo := backoff.WithNotify(func(d time.Duration) {
+		r.log.Warn("dependencies unavailable at start; retrying", zap.Error(last), zap.Duration("retry_in", d))
+	}, r.retryBackoff())
+	err := retry.Do(ctx, bo, func(ctx context.Context) error {
 		_, err := r.db.LogID(ctx)
 		if err == nil {
-			_, err = EnsureStream(ctx, r.js, r.cfg)
-			if err == nil || permanent(err) {
+			if _, err = EnsureStream(ctx, r.js, r.cfg); err == nil || permanent(err) {
 				return err
 			}
 		} else if !store.Temporary(err) && ctx.Err() == nil {
 			return fmt.Errorf("relay: reading the log id (is the database migrated?): %w", err)
 		}
 		if ctx.Err() != nil {
-			return nil
+			return nil // stopping, not failing: Run sees ctx
 		}
-		d := bo.next()
-		r.log.Warn("dependencies unavailable at start; retrying", zap.Error(err), zap.Duration("retry_in", d))
-		wait(ctx, d)
+		last = err
+		return retry.RetryableError(err)
+	})
+	if ctx.Err() != nil && errors.Is(err, context.Cause(ctx)) {
+		return nil // the context ended during a wait
 	}
-	return nil
+	return err
 }
 
 func (r *Relay) acquire(ctx context.Context) (release func(), lost <-chan struct{}, err error) {
@@ -212,7 +217,7 @@ func (r *Relay) lead(parent context.Context, lost <-chan struct{}) error {
 		case <-ctx.Done():
 		}
 	})
-	bo := r.backoff()
+	bo := r.retryBackoff()
 	for {
 		progressed, err := r.session(ctx)
 		if ctx.Err() != nil {
@@ -224,16 +229,16 @@ func (r *Relay) lead(parent context.Context, lost <-chan struct{}) error {
 			return err // Run's caller reports it
 		}
 		if progressed {
-			bo.reset()
+			bo = r.retryBackoff()
 		}
-		d := bo.next()
+		d, _ := bo.Next()
 		switch kind {
 		case errKindFenced:
 			r.log.Info("publish fenced (another relay published); re-reading the stream", zap.Error(err), zap.Duration("retry_in", d))
 		default:
 			r.log.Warn("relaying failed; re-reading the stream", zap.String("kind", kind), zap.Error(err), zap.Duration("retry_in", d))
 		}
-		wait(ctx, d)
+		backoff.Sleep(ctx, d)
 	}
 }
 
@@ -597,34 +602,9 @@ func errKind(err error) string {
 	return errKindNATS
 }
 
-type backoff struct {
-	min, max, cur time.Duration
-}
-
-func (r *Relay) backoff() *backoff { return &backoff{min: r.cfg.RetryMin, max: r.cfg.RetryMax} }
-
-// next returns the next delay: doubling from min to max, with ±25% jitter.
-func (b *backoff) next() time.Duration {
-	if b.cur == 0 {
-		b.cur = b.min
-	} else {
-		b.cur = min(2*b.cur, b.max)
-	}
-	j := time.Duration(0)
-	if q := int64(b.cur / 4); q > 0 {
-		j = time.Duration(rand.Int64N(2*q+1) - q)
-	}
-	return max(0, b.cur+j)
-}
-
-func (b *backoff) reset() { b.cur = 0 }
-
-// wait blocks for d or until ctx is done.
-func wait(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-	}
+// retryBackoff starts the waits after errors: doubling from RetryMin to
+// RetryMax, each moved by up to a quarter either way so that relays
+// restarted together do not retry in step.
+func (r *Relay) retryBackoff() retry.Backoff {
+	return backoff.Policy{Min: r.cfg.RetryMin, Max: r.cfg.RetryMax, JitterPercent: 25}.Backoff()
 }

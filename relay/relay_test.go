@@ -16,11 +16,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sourcegraph/conc"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/artifactstore/artifactstore/internal/testenv"
 	"github.com/artifactstore/artifactstore/internal/wire"
 	"github.com/artifactstore/artifactstore/relay"
 	"github.com/artifactstore/artifactstore/store"
+	"github.com/artifactstore/artifactstore/store/postgres"
 	"github.com/artifactstore/artifactstore/store/storetest"
 )
 
@@ -787,6 +790,44 @@ func TestNATSDownAtStart(t *testing.T) {
 	e.ns.Start()
 	e.requireStreamEqualsLog(t)
 	require.NoError(t, in.stop())
+}
+
+// TestStopWhileWaitingAtStart: a relay whose dependencies are down at
+// start waits its backoff (here an hour) between checks, and a stop ends
+// the wait at once: Run returns nil.
+func TestStopWhileWaitingAtStart(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	core, logs := observer.New(zap.WarnLevel)
+	in := e.newRelay(t, e.db, func(c *relay.Config) { c.RetryMin, c.RetryMax, c.Logger = time.Hour, time.Hour, zap.New(core) })
+	e.ns.Shutdown()
+	in.start(t)
+	testenv.Eventually(t, 30*time.Second, func() bool {
+		return logs.FilterMessage("dependencies unavailable at start; retrying").Len() > 0
+	}, "the relay to find NATS down and wait")
+	waiting := logs.FilterMessage("dependencies unavailable at start; retrying").All()[0]
+	require.GreaterOrEqual(t, waiting.ContextMap()["retry_in"], 45*time.Minute, "the wait is RetryMin, give or take a quarter")
+	began := time.Now()
+	require.NoError(t, in.stop())
+	require.Less(t, time.Since(began), 5*time.Second, "the stop ends the wait at once")
+}
+
+// TestUnmigratedDatabase: a log id that cannot be read for a reason other
+// than an unreachable database is not retried: Run says what is wrong.
+func TestUnmigratedDatabase(t *testing.T) {
+	t.Parallel()
+	url, schema := testenv.Schema(t)
+	db, err := postgres.Open(context.Background(), postgres.Config{URL: url, Schema: schema, Logger: testenv.Logger(t)})
+	require.NoError(t, err)
+	t.Cleanup(db.Close)
+	e := setupDB(t, db)
+	in := e.newRelay(t, db, nil).start(t)
+	select {
+	case <-in.done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Run did not return")
+	}
+	require.ErrorContains(t, in.err, "is the database migrated?")
 }
 
 func TestMetricsRegistration(t *testing.T) {

@@ -24,8 +24,8 @@ var errNotRunning = errors.New("not running (starting, stopped or failed)")
 
 // progressReporter is what a component offers the liveness watchdog: when
 // its main loop last made progress, an idle wait included. relay.Relay,
-// projector.Worker and the status page's loop implement it; ingest.Service
-// does not (micro serves its requests; see watchComponent).
+// projector.Worker, ingest.Service (its commit loops; micro serves the
+// requests) and the status page's loop implement it.
 type progressReporter interface{ LastProgress() time.Time }
 
 // runState tells readiness whether a component's Run is running.

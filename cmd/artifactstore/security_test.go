@@ -240,7 +240,7 @@ func startService(t *testing.T, env []string, args ...string) *service {
 func connectAs(t *testing.T, natsURL, user string) (*nats.Conn, *asyncErrors) {
 	t.Helper()
 	errs := &asyncErrors{}
-	nc, err := dialNATS(natsURL, []nats.Option{nats.UserInfo(user, deployUsers(t)[user]), nats.Timeout(5 * time.Second),
+	nc, err := dialNATS(context.Background(), natsURL, []nats.Option{nats.UserInfo(user, deployUsers(t)[user]), nats.Timeout(5 * time.Second),
 		nats.CustomInboxPrefix(inboxPrefix(user)),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs.add(err) })})
 	require.NoError(t, err, "connecting as %s", user)

@@ -47,7 +47,7 @@ func connectNATS(ctx context.Context, g *globals, url, name string) (*nats.Conn,
 	if err != nil {
 		return nil, err
 	}
-	nc, err := dialNATS(url, append(auth,
+	nc, err := dialNATS(ctx, url, append(auth,
 		nats.Name(name),
 		nats.Timeout(5*time.Second),
 		nats.MaxReconnects(-1),

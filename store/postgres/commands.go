@@ -11,7 +11,7 @@ import (
 )
 
 // Set-based, pipelined forms of the command-side methods of store.Tx, for
-// a group-committing writer (ingest declares the interface it uses). A
+// a group-committing writer: tx implements store.CommandBatcher. A
 // batch of commands takes two round trips: ClaimAll (which also begins the
 // transaction) and AppendCommands (which also commits it). Each statement
 // decides row by row exactly as its single-row counterpart and, like it,

@@ -12,12 +12,6 @@ import (
 	"github.com/artifactstore/artifactstore/store/storetest"
 )
 
-// commandTx is the pipelined command side ingest uses.
-type commandTx interface {
-	ClaimAll(ctx context.Context, commandIDs []string, fingerprints [][]byte, createIDs, names, versions, finalIDs []string) (claimed, created, finalized, exists []bool, err error)
-	AppendCommands(ctx context.Context, release []string, events []store.Event, commandIDs []string, replyOf func(store.Event) ([]byte, error)) ([]store.Event, error)
-}
-
 // TestAppendCommandsCommits: AppendCommands commits in its own round trip
 // (InTx has nothing left to do), a statement that fails in its pipeline
 // leaves nothing behind, and a backend that dies before COMMIT reports an
@@ -30,7 +24,7 @@ func TestAppendCommandsCommits(t *testing.T) {
 	ev := storetest.Created(t, storetest.PackageID(1), "n", "1", "a")
 
 	require.NoError(t, db.InTx(ctx, func(stx store.Tx) error {
-		tx := stx.(commandTx)
+		tx := stx.(store.CommandBatcher)
 		claimed, created, _, _, err := tx.ClaimAll(ctx, []string{"c1"}, [][]byte{{1}}, []string{ev.SubjectID}, []string{"n"}, []string{"1"}, nil)
 		require.NoError(t, err)
 		require.Equal(t, []bool{true}, claimed)
@@ -52,7 +46,7 @@ func TestAppendCommandsCommits(t *testing.T) {
 	require.NoError(t, err)
 	ev2 := storetest.Created(t, storetest.PackageID(2), "n", "2", "a")
 	err = db.InTx(ctx, func(stx store.Tx) error {
-		tx := stx.(commandTx)
+		tx := stx.(store.CommandBatcher)
 		// The claim is an INSERT that the check refuses: the pipeline
 		// fails before anything is appended.
 		_, _, _, _, err := tx.ClaimAll(ctx, []string{"a-command-id-too-long"}, [][]byte{{1}}, []string{ev2.SubjectID}, []string{"n"}, []string{"2"}, nil)
@@ -68,7 +62,7 @@ func TestAppendCommandsCommits(t *testing.T) {
 	// commit pipeline fails, the outcome is reported unknown, and the
 	// transaction did not commit.
 	err = db.InTx(ctx, func(stx store.Tx) error {
-		tx := stx.(commandTx)
+		tx := stx.(store.CommandBatcher)
 		if _, _, _, _, err := tx.ClaimAll(ctx, []string{"c3"}, [][]byte{{1}}, []string{ev2.SubjectID}, []string{"n"}, []string{"2"}, nil); err != nil {
 			return err
 		}

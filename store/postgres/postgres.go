@@ -20,6 +20,7 @@ import (
 	"github.com/sourcegraph/conc"
 	"go.uber.org/zap"
 
+	"github.com/artifactstore/artifactstore/internal/backoff"
 	"github.com/artifactstore/artifactstore/migrations"
 	"github.com/artifactstore/artifactstore/store"
 )
@@ -288,8 +289,11 @@ func (db *DB) AppendSignal() <-chan struct{} {
 	return db.signal.C()
 }
 
+// listenRetry is the pause before the append listener reconnects.
+var listenRetry = backoff.Policy{Min: 100 * time.Millisecond, Max: 5 * time.Second}
+
 func (db *DB) listen(ctx context.Context) {
-	backoff := 100 * time.Millisecond
+	bo := listenRetry.Backoff()
 	for ctx.Err() == nil {
 		err := db.listenOnce1(ctx)
 		if ctx.Err() != nil {
@@ -297,13 +301,9 @@ func (db *DB) listen(ctx context.Context) {
 		}
 		// Wake everybody so they re-read the log while we reconnect.
 		db.signal.Broadcast()
-		db.log.Warn("append listener lost its connection; reconnecting", zap.Error(err), zap.Duration("backoff", backoff))
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, 5*time.Second)
+		d, _ := bo.Next()
+		db.log.Warn("append listener lost its connection; reconnecting", zap.Error(err), zap.Duration("backoff", d))
+		backoff.Sleep(ctx, d)
 	}
 }
 

@@ -12,7 +12,10 @@ import (
 	"github.com/artifactstore/artifactstore/store"
 )
 
-var _ store.BatchReader = (*tx)(nil)
+var (
+	_ store.BatchReader    = (*tx)(nil)
+	_ store.CommandBatcher = (*tx)(nil)
+)
 
 type tx struct {
 	db       *DB

@@ -45,6 +45,7 @@ var cases = []struct {
 	{"UnknownEventTypesTolerated", testUnknownTypes},
 	{"CheckpointCompareAndSet", testCheckpointCAS},
 	{"CommandSidePrimitives", testCommandSide},
+	{"CommandBatcherDecidesInBulk", testCommandBatcher},
 	{"QueriesFilterAndPage", testQueries},
 	{"LogIDIsStable", testLogID},
 	{"TryLockExcludes", testTryLock},
