@@ -239,7 +239,9 @@ func (r *rebuild) load(ctx context.Context, vdb store.DB, v store.ProjectionVers
 }
 
 // follow runs a projector worker on the new version until it is within
-// SwitchLag of the log head.
+// SwitchLag of the log head, or of the live version when that is further
+// behind (the relay is down: neither can follow the stream, and the switch
+// applies the rest from the log).
 func (r *rebuild) follow(ctx context.Context, vdb store.DB, v store.ProjectionVersion) error {
 	w, err := New(vdb, r.js, Config{Projection: v.Checkpoints(), Stream: r.cfg.Stream, Views: r.cfg.Views,
 		Logger: r.cfg.Logger, WorkerID: fmt.Sprintf("rebuild-%s-v%d", r.cfg.Projection, v.Version)})
@@ -254,12 +256,12 @@ func (r *rebuild) follow(ctx context.Context, vdb store.DB, v store.ProjectionVe
 	tick := time.NewTicker(r.cfg.Poll)
 	defer tick.Stop()
 	for {
-		applied, head, err := r.position(ctx, v)
+		applied, head, live, err := r.position(ctx, v)
 		if err != nil {
 			return err
 		}
 		r.cfg.Progress(RebuildProgress{Version: v.Version, Phase: PhaseFollow, Applied: applied, Target: head})
-		if head-applied <= r.cfg.SwitchLag {
+		if min(head, live)-applied <= r.cfg.SwitchLag {
 			return nil
 		}
 		select {
@@ -272,25 +274,29 @@ func (r *rebuild) follow(ctx context.Context, vdb store.DB, v store.ProjectionVe
 	}
 }
 
-// position returns the lowest checkpoint of version v and the log head.
-func (r *rebuild) position(ctx context.Context, v store.ProjectionVersion) (applied, head int64, err error) {
+// position returns the lowest checkpoint of version v, the log head and
+// the live version's lowest checkpoint.
+func (r *rebuild) position(ctx context.Context, v store.ProjectionVersion) (applied, head, live int64, err error) {
 	if head, err = r.db.Head(ctx); err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	cps, err := r.db.Checkpoints(ctx)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
-	var seqs []int64
-	for _, c := range cps {
-		if c.Projection == v.Checkpoints() {
-			seqs = append(seqs, c.Sequence)
+	lowest := func(name string) int64 {
+		var seqs []int64
+		for _, c := range cps {
+			if c.Projection == name {
+				seqs = append(seqs, c.Sequence)
+			}
 		}
+		if len(seqs) == 0 {
+			return 0
+		}
+		return slices.Min(seqs)
 	}
-	if len(seqs) == 0 {
-		return 0, head, nil
-	}
-	return slices.Min(seqs), head, nil
+	return lowest(v.Checkpoints()), head, lowest(r.cfg.Projection), nil
 }
 
 // switchOver makes v live, retrying a switch that timed out on a lock, and
@@ -306,7 +312,7 @@ func (r *rebuild) switchOver(ctx context.Context, v store.ProjectionVersion) err
 		}}
 	var retired store.ProjectionVersion
 	for attempt := 1; ; attempt++ {
-		_, head, err := r.position(ctx, v)
+		_, head, _, err := r.position(ctx, v)
 		if err != nil {
 			return err
 		}

@@ -247,3 +247,26 @@ func TestRebuildRefusedWhileAnotherRuns(t *testing.T) {
 	require.ErrorIs(t, err, ErrRebuildRunning)
 	requireVersions(t, e.db, map[int]string{1: store.VersionLive})
 }
+
+// TestRebuildWhileTheRelayIsDown: the stream stops at what was relayed,
+// so neither version can follow it to the head; the rebuild switches once
+// it has caught up with the live version and applies the rest from the
+// log, instead of waiting for the relay.
+func TestRebuildWhileTheRelayIsDown(t *testing.T) {
+	e := setup(t)
+	appendPackages(t, e.db, 0, 1000)
+	e.relay(t)
+	e.start(t, fastConfig("live"))
+	require.Eventually(t, func() bool { return caughtUp(t, e.db, DefaultProjection, expected(t, e.db, e.parts)) }, 60*time.Second, 20*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	res, err := Rebuild(ctx, e.db, e.js, RebuildConfig{Logger: testenv.Logger(t), SwitchLag: 10,
+		afterLoad: func() error { appendPackages(t, e.db, 1000, 3000); return nil }}) // committed, not relayed
+	head, herr := e.db.Head(context.Background())
+	require.NoError(t, herr)
+	require.NoError(t, err, "the rebuild waited for the relay")
+	require.Equal(t, head, res.SwitchedAt, "the switch applied the log up to its head")
+	e.relay(t)
+	require.Eventually(t, func() bool { return caughtUp(t, e.db, DefaultProjection, expected(t, e.db, e.parts)) }, 60*time.Second, 20*time.Millisecond)
+	requireReplayEqual(t, e.db)
+}
