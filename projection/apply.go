@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
 
 	"github.com/artifactstore/artifactstore/store"
@@ -42,7 +44,7 @@ func (e *applyError) Unwrap() error { return e.err }
 // checkpoint first, it re-reads it and applies only what is above it; a
 // handler failure goes to applyPoison. A database error is returned.
 func (r *Runner) commit(ctx context.Context, st *partition, events []store.Event) error {
-	for moved := 0; len(events) > 0; {
+	for moved, conflicts := 0, 0; len(events) > 0; {
 		last := events[len(events)-1].Sequence
 		err := r.apply(ctx, st, events, last)
 		var ae *applyError
@@ -51,6 +53,15 @@ func (r *Runner) commit(ctx context.Context, st *partition, events []store.Event
 			return r.afterCommit(st, last)
 		case errors.Is(err, errCrashed):
 			return err
+		case conflict(err) && conflicts < maxConflicts:
+			// Partitions updating the same rows (an aggregate over
+			// subjects) deadlock now and then; the batch is simply retried.
+			r.m.errors.WithLabelValues(r.p.Name, "conflict").Inc()
+			conflicts++
+			if err := sleep(ctx, time.Duration(rand.Int64N(int64(20*time.Millisecond)<<min(conflicts, 5)))); err != nil {
+				return err
+			}
+			continue
 		case errors.Is(err, errCheckpointMoved):
 			r.m.errors.WithLabelValues(r.p.Name, "checkpoint_moved").Inc()
 			if moved++; moved > 3 {
@@ -92,10 +103,8 @@ func (r *Runner) applyPoison(ctx context.Context, st *partition, events []store.
 	last := ae.err
 	attempts := 1
 	for ; attempts < r.cfg.MaxAttempts; attempts++ {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(min(50*time.Millisecond<<attempts, 2*time.Second)):
+		if err := sleep(ctx, min(50*time.Millisecond<<attempts, 2*time.Second)); err != nil {
+			return err
 		}
 		err := r.apply(ctx, st, events[ae.index:ae.index+1], e.Sequence)
 		if err == nil {
@@ -120,6 +129,12 @@ func (r *Runner) apply(ctx context.Context, st *partition, events []store.Event,
 		return errLeaseExpired
 	}
 	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+		if r.p.Serialize {
+			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended('artifactstore.projection.batch:' || current_schema() || ':' || $1, 0))`,
+				r.p.Name); err != nil {
+				return err
+			}
+		}
 		tag, err := tx.Exec(ctx, `UPDATE projection_checkpoints SET sequence = $4 WHERE projection = $1 AND partition = $2 AND sequence = $3`,
 			r.p.Name, st.p, st.cp, to)
 		if err != nil {
@@ -246,4 +261,27 @@ func (r *Runner) setParkedMetric(st *partition) {
 		v = 1
 	}
 	r.m.parked.WithLabelValues(r.p.Name, partLabel(st.p)).Set(v)
+}
+
+// maxConflicts bounds the immediate retries of a batch that deadlocked or
+// failed to serialize.
+const maxConflicts = 20
+
+// conflict reports whether err is a deadlock or serialization failure:
+// the transaction lost a race and may simply run again.
+func conflict(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == "40P01" || pe.Code == "40001")
+}
+
+// sleep waits d or until ctx ends (its error).
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }

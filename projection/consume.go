@@ -210,7 +210,7 @@ func (r *Runner) subscribe(ctx context.Context, st *partition) (<-chan jetstream
 // event of the projection's log and partition parks it with reason invalid.
 // Either way the messages before are applied first.
 func (r *Runner) handle(ctx context.Context, st *partition, msgs []jetstream.Msg) error {
-	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.ShutdownTimeout)
+	wctx, cancel := r.graceful(ctx)
 	defer cancel()
 	pl := partLabel(st.p)
 	pending := -1.0
@@ -331,3 +331,14 @@ func (r *Runner) acquireSlot(ctx context.Context) bool {
 }
 
 func (r *Runner) releaseSlot() { <-r.slots }
+
+// graceful returns a context for work that must not stop halfway (a
+// batch, a catch-up): it ends ShutdownTimeout after ctx does.
+func (r *Runner) graceful(ctx context.Context) (context.Context, context.CancelFunc) {
+	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(ctx, func() {
+		t := time.AfterFunc(r.cfg.ShutdownTimeout, cancel)
+		context.AfterFunc(wctx, func() { t.Stop() })
+	})
+	return wctx, func() { stop(); cancel() }
+}

@@ -50,6 +50,14 @@ type Projection struct {
 	// Tables lists the tables the projection writes (unqualified names),
 	// for Replay (which empties them first) and Dump.
 	Tables []string
+	// Serialize makes the batches of every partition, over every instance,
+	// commit one at a time (a transaction advisory lock taken first). Set
+	// it when handlers of different subjects write the same rows (an
+	// aggregate: counts per actor, per day): concurrent partitions then
+	// wait on each other's row locks and deadlock now and then, each
+	// deadlock costing the server's deadlock_timeout. Leave it unset when
+	// every row belongs to one subject: partitions then apply in parallel.
+	Serialize bool
 }
 
 var (

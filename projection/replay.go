@@ -142,7 +142,7 @@ func Dump(ctx context.Context, db Querier, schema string, p Projection) (string,
 		if schema != "" {
 			name = pgx.Identifier{schema, t}
 		}
-		rows, err := db.Query(ctx, "SELECT t::text FROM "+name.Sanitize()+` AS t ORDER BY 1 COLLATE "C"`)
+		rows, err := db.Query(ctx, "SELECT t::text FROM "+name.Sanitize()+` AS t ORDER BY t::text COLLATE "C"`)
 		if err != nil {
 			return "", fmt.Errorf("projection: dumping %s: %w", t, err)
 		}

@@ -123,8 +123,12 @@ func (r *Runner) setup(ctx context.Context) error {
 	}
 	r.id = id
 	var beyond int
+	// Only missing rows are inserted: an insert that conflicted with a row
+	// another instance's batch holds would wait for that batch.
 	err = r.pool.QueryRow(ctx, `WITH made AS (INSERT INTO projection_checkpoints (projection, partition, sequence)
-			SELECT $1, p, 0 FROM generate_series(0, $2 - 1) AS p ON CONFLICT DO NOTHING)
+			SELECT $1, p, 0 FROM generate_series(0, $2 - 1) AS p
+			WHERE NOT EXISTS (SELECT 1 FROM projection_checkpoints c WHERE c.projection = $1 AND c.partition = p)
+			ON CONFLICT DO NOTHING)
 		SELECT count(*) FROM projection_checkpoints WHERE projection = $1 AND partition >= $2`, r.p.Name, id.parts).Scan(&beyond)
 	if err != nil {
 		return fmt.Errorf("projection: creating checkpoints: %w", err)
