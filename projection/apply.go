@@ -71,7 +71,7 @@ func (r *Runner) commit(ctx context.Context, st *partition, events []store.Event
 				return err
 			}
 		case errors.As(err, &ae):
-			if err := r.applyPoison(ctx, st, events, ae); err != nil || st.parked != nil {
+			if err := r.applyPoison(ctx, st, events, ae); err != nil || st.parkedNow {
 				return err
 			}
 		default:
@@ -247,7 +247,7 @@ func (r *Runner) park(ctx context.Context, st *partition, reason string, seq int
 	if err != nil {
 		return fmt.Errorf("parking partition: %w", err)
 	}
-	st.parked, st.retryAt = &rec, time.Now().Add(r.cfg.ParkRetry)
+	st.parked, st.parkedNow, st.retryAt = &rec, true, time.Now().Add(r.cfg.ParkRetry)
 	r.setParkedMetric(st)
 	st.log.Error("partition parked", zap.String("reason", reason), zap.Int64("sequence", seq),
 		zap.String("event_type", eventType), zap.Int("attempts", attempts), zap.Int64("checkpoint", st.cp),

@@ -23,7 +23,7 @@ func (r *Runner) catchUp(ctx context.Context, st *partition, upTo int64, interru
 	st.log.Info("catching up from the log", zap.Int64("checkpoint", st.cp), zap.Int64("up_to", upTo))
 	var mine []store.Event
 	cursor := st.cp
-	for cursor < upTo && st.parked == nil {
+	for cursor < upTo && !st.parkedNow {
 		select {
 		case <-interrupt:
 			return errInterrupted
@@ -47,7 +47,7 @@ func (r *Runner) catchUp(ctx context.Context, st *partition, upTo int64, interru
 			}
 			r.m.caughtUp.WithLabelValues(r.p.Name, partLabel(st.p)).Add(float64(n))
 			mine = mine[:0]
-			if st.parked == nil && st.cp < cursor {
+			if !st.parkedNow && st.cp < cursor {
 				// Nothing of the partition up to cursor is left unapplied.
 				if err := r.advanceTo(ctx, st, cursor); err != nil {
 					return err

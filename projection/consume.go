@@ -23,9 +23,12 @@ type partition struct {
 	// cp is the checkpoint as this instance last saw it: every event of the
 	// partition up to cp is applied. The compare-and-set in every
 	// transaction tells the instance when somebody else moved it.
-	cp      int64
-	parked  *Parked
-	retryAt time.Time
+	cp     int64
+	parked *Parked
+	// parkedNow is set when the partition parked during this follow: it
+	// stops. (parked alone may be an earlier park being retried.)
+	parkedNow bool
+	retryAt   time.Time
 }
 
 // runPartition applies partition p until ctx ends: it follows the stream
@@ -77,6 +80,7 @@ func (r *Runner) follow(ctx context.Context, st *partition) error {
 	if err := r.load(ctx, st); err != nil {
 		return err
 	}
+	st.parkedNow = false
 	if st.parked != nil && time.Now().Before(st.retryAt) {
 		return nil
 	}
@@ -118,7 +122,7 @@ func (r *Runner) follow(ctx context.Context, st *partition) error {
 			r.releaseSlot()
 			if errors.Is(err, errInterrupted) {
 				return nil
-			} else if err != nil || st.parked != nil {
+			} else if err != nil || st.parkedNow {
 				return err
 			}
 		}
@@ -232,7 +236,7 @@ func (r *Runner) handle(ctx context.Context, st *partition, msgs []jetstream.Msg
 			err = fmt.Errorf("%w: event %d of partition %d delivered to partition %d", ErrInvalidMessage, wm.Event.Sequence, wm.Partition, st.p)
 		}
 		if err != nil {
-			if err := r.commit(wctx, st, events); err != nil || st.parked != nil {
+			if err := r.commit(wctx, st, events); err != nil || st.parkedNow {
 				return err
 			}
 			r.m.errors.WithLabelValues(r.p.Name, ReasonInvalid).Inc()
@@ -248,11 +252,11 @@ func (r *Runner) handle(ctx context.Context, st *partition, msgs []jetstream.Msg
 			continue
 		}
 		if wm.Previous > applied() {
-			if err := r.commit(wctx, st, events); err != nil || st.parked != nil {
+			if err := r.commit(wctx, st, events); err != nil || st.parkedNow {
 				return err
 			}
 			events = events[:0]
-			if err := r.gap(wctx, ctx.Done(), st, wm); err != nil || st.parked != nil {
+			if err := r.gap(wctx, ctx.Done(), st, wm); err != nil || st.parkedNow {
 				return err
 			}
 		}

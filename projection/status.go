@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/artifactstore/artifactstore/internal/wire"
@@ -55,13 +56,17 @@ type Status struct {
 }
 
 // Inspect returns projection name's status: checkpoints, lease holders and
-// parked partitions from db (the projection's database), and, when js is
+// parked partitions from db (the projection's database; an empty status
+// before the runtime's tables exist), and, when js is
 // not nil, the stream's last sequence and each partition's pending
 // messages (one short-lived consumer per partition). ctx bounds the calls;
 // errors are returned wrapped.
 func Inspect(ctx context.Context, db Querier, js JetStream, stream, name string) (Status, error) {
 	s := Status{Projection: name, Lag: -1}
 	err := db.QueryRow(ctx, `SELECT log_id, partitions FROM projection_meta WHERE projection = $1`, name).Scan(&s.LogID, &s.LogPartitions)
+	if pe := (*pgconn.PgError)(nil); errors.As(err, &pe) && pe.Code == "42P01" {
+		return s, nil // the runtime's tables are not there yet: nothing started
+	}
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return Status{}, fmt.Errorf("projection: status: %w", err)
 	}
