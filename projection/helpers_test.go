@@ -438,3 +438,21 @@ func (c *crasher) beforeCommit(int) error {
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// publishAfter publishes the log's events above after to the stream as the
+// relay does (subjects, headers, predecessors), for tests whose stream
+// holds messages the relay would not accept after.
+func (e *env) publishAfter(t testing.TB, after int64) {
+	t.Helper()
+	ctx := context.Background()
+	prev := make([]int64, e.parts)
+	for ev, err := range store.All(ctx, e.log, 0, 0) {
+		require.NoError(t, err)
+		part := wire.Partition(ev.SubjectID, e.parts)
+		if ev.Sequence > after {
+			_, err := e.js.PublishMsg(ctx, wire.Encode(wire.Message{Event: ev, LogID: e.logID, Partition: part, Previous: prev[part]}, 0))
+			require.NoError(t, err)
+		}
+		prev[part] = ev.Sequence
+	}
+}
