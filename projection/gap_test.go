@@ -150,4 +150,3 @@ func deleteEvent(t testing.TB, s jetstream.Stream, part int, seq int64) {
 	}
 	t.Fatalf("event %d is not in the stream", seq)
 }
-

@@ -184,4 +184,3 @@ func TestPoisonParksAndRetries(t *testing.T) {
 	require.NoError(t, in.stop())
 	e.requireReplayEqual(t, p)
 }
-

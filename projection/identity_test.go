@@ -189,4 +189,3 @@ func TestInvalidConfig(t *testing.T) {
 	_, err = projection.Replay(context.Background(), e.pool, ok, nil, projection.ReplayOptions{Partitions: 16})
 	require.ErrorIs(t, err, projection.ErrConfig, "Partitions without LogID")
 }
-
