@@ -17,7 +17,8 @@
 //		Handlers: map[string]projection.Handler{
 //			"v1.package.finalized": func(ctx context.Context, tx pgx.Tx, e projection.Event) error {
 //				_, err := tx.Exec(ctx, `INSERT INTO finalized_per_day VALUES ($1, $2, 1, $3)
-//					ON CONFLICT (actor, day) DO UPDATE SET count = finalized_per_day.count + 1, last_sequence = excluded.last_sequence`,
+//					ON CONFLICT (actor, day) DO UPDATE SET count = finalized_per_day.count + 1,
+//						last_sequence = greatest(finalized_per_day.last_sequence, excluded.last_sequence)`,
 //					e.Actor, e.CreatedAt.UTC().Format(time.DateOnly), e.Sequence)
 //				return err
 //			},
@@ -34,7 +35,11 @@
 //
 // Handlers run inside the transaction that moves the event's partition
 // checkpoint, and must write only what the event determines (never
-// now()), so that Replay of the same events builds the same rows.
+// now()), so that Replay of the same events builds the same rows. Events
+// of one subject arrive in sequence order; events of different partitions
+// in any interleaving. So a row that many subjects write (an aggregate)
+// must come out the same in any order: counts and sums, greatest() of
+// sequences, never "the last event written wins".
 //
 // # One stream, read per partition
 //

@@ -24,7 +24,9 @@ type Event struct {
 // transaction that also moves the event's partition checkpoint; it commits
 // or rolls back with it. It must derive every value it writes from the
 // event (its fields, payload, CreatedAt), never from the wall clock, so
-// that Replay builds the same rows. ctx ends when the instance stops.
+// that Replay builds the same rows. Rows written by events of many
+// subjects must not depend on the order of partitions (see the package
+// documentation). ctx ends when the instance stops.
 //
 // An error that is not a temporary database error (connection lost,
 // serialization failure) counts as a failed attempt: the event is retried

@@ -67,8 +67,19 @@ func Replay(ctx context.Context, db Beginner, p Projection, events iter.Seq2[Eve
 
 func replayTx(ctx context.Context, tx pgx.Tx, p Projection, events iter.Seq2[Event, error], opts ReplayOptions) (int64, error) {
 	if opts.Schema != "" {
+		// A role without CREATE on the database can replay into a schema
+		// made for it: it is created only when missing.
+		var exists bool
+		if err := tx.QueryRow(ctx, "SELECT to_regnamespace($1) IS NOT NULL", opts.Schema).Scan(&exists); err != nil {
+			return 0, err
+		}
 		schema := pgx.Identifier{opts.Schema}.Sanitize()
-		if _, err := tx.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+schema+"; SET LOCAL search_path TO "+schema); err != nil {
+		if !exists {
+			if _, err := tx.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
+				return 0, err
+			}
+		}
+		if _, err := tx.Exec(ctx, "SET LOCAL search_path TO "+schema); err != nil {
 			return 0, err
 		}
 	}
