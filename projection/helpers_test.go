@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -422,19 +421,6 @@ func (e *env) requireEqualTo(t testing.TB, p projection.Projection, events iter.
 	_, err = pgx.ForEachRow(rows, []any{&k, &n}, func() error { got[k] = n; return nil })
 	require.NoError(t, err)
 	require.Equal(t, want, got, "counts per actor and type equal the log's")
-}
-
-// crasher kills an instance through a hook the nth time it is called.
-type crasher struct {
-	calls atomic.Int64
-	at    int64
-}
-
-func (c *crasher) beforeCommit(int) error {
-	if c.calls.Add(1) == c.at {
-		return errors.New("killed before commit")
-	}
-	return nil
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }

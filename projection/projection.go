@@ -100,9 +100,6 @@ func (p *Projection) validate() error {
 	return nil
 }
 
-// handles reports whether the projection has a handler for eventType.
-func (p *Projection) handles(eventType string) bool { _, ok := p.Handlers[eventType]; return ok }
-
 // apply runs e's handler in tx (nothing for an unknown type).
 func (p *Projection) apply(ctx context.Context, tx pgx.Tx, e Event) error {
 	h, ok := p.Handlers[e.Type]
