@@ -50,7 +50,7 @@ type env struct {
 	next int // the next package number append uses
 }
 
-func setup(t *testing.T) *env {
+func setup(t testing.TB) *env {
 	t.Helper()
 	logURL, logSchema := testenv.Schema(t)
 	db := testenv.OpenPostgres(t, logURL, logSchema)
@@ -89,7 +89,7 @@ func openPool(t testing.TB, url, schema string, create bool) *pgxpool.Pool {
 
 // startRelay runs the real relay on the log until the test ends (or the
 // returned stop); cfg may adjust its configuration.
-func (e *env) startRelay(t *testing.T, mutate func(*relay.Config)) (stop func()) {
+func (e *env) startRelay(t testing.TB, mutate func(*relay.Config)) (stop func()) {
 	t.Helper()
 	cfg := relay.Config{Logger: testenv.Logger(t).Named("relay"), Registerer: prometheus.NewRegistry(), PollInterval: 100 * time.Millisecond,
 		RetryMin: 10 * time.Millisecond, RetryMax: 200 * time.Millisecond, ShutdownTimeout: time.Second}

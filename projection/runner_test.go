@@ -10,6 +10,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/artifactstore/artifactstore/internal/testenv"
 	"github.com/artifactstore/artifactstore/projection"
 )
 
@@ -125,4 +126,35 @@ func (e *env) startKillable(t testing.TB, p projection.Projection, id string) *k
 	})
 	k.in = e.start(t, p, cfg)
 	return k
+}
+
+// TestFailover: an instance dies inside a batch, its leases left to
+// expire; the survivor holds every partition within LeaseTTL (600 ms)
+// plus a renewal, and the dead one's partitions are applied to the end.
+func TestFailover(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	e.startRelay(t, nil)
+	p := perSubject("subjects")
+	e.appendPackages(t, 100) // the first start learns the log from the stream's events
+	survivor := e.start(t, p, fastConfig(t, "w1"))
+	victim := e.startKillable(t, p, "w2")
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return survivor.metric(t, "artifactstore_projection_owned_partitions", nil) == float64(e.parts/2) &&
+			victim.in.metric(t, "artifactstore_projection_owned_partitions", nil) == float64(e.parts/2)
+	}, "the two instances share the partitions")
+	victim.beforeCommit.Store(true)
+	e.appendPackages(t, 100)
+	require.ErrorIs(t, victim.in.wait(t, 30*time.Second), projection.ErrCrashed)
+	died := time.Now()
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return survivor.metric(t, "artifactstore_projection_owned_partitions", nil) == float64(e.parts)
+	}, "the survivor takes every partition")
+	took := time.Since(died)
+	t.Logf("failover: the survivor holds every partition %s after the death (LeaseTTL 600ms)", took)
+	require.Less(t, took, 2*time.Second, "within LeaseTTL plus a renewal, with room for a loaded machine")
+	e.awaitPublished(t)
+	e.awaitCaughtUp(t, p.Name, 30*time.Second)
+	require.NoError(t, survivor.stop())
+	e.requireReplayEqual(t, p)
 }
