@@ -209,15 +209,18 @@ func checkpoints(t testing.TB, pool *pgxpool.Pool, name string) map[int]int64 {
 func (e *env) awaitCaughtUp(t testing.TB, name string, timeout time.Duration) {
 	t.Helper()
 	want := e.lastPerPartition(t)
-	testenv.Eventually(t, timeout, func() bool {
-		cps := checkpoints(t, e.pool, name)
-		for p, w := range want {
-			if cps[p] < w {
-				return false
-			}
+	testenv.Eventually(t, timeout, func() bool { return caughtUpTo(checkpoints(t, e.pool, name), want) },
+		"every partition of %s reaches the log's last event of the partition %v", name, want)
+}
+
+// caughtUpTo reports whether every checkpoint reached want.
+func caughtUpTo(cps map[int]int64, want []int64) bool {
+	for p, w := range want {
+		if cps[p] < w {
+			return false
 		}
-		return true
-	}, "every partition of %s reaches the log's last event of the partition %v", name, want)
+	}
+	return true
 }
 
 // counting is the tests' projection: per (actor, event type) counters and
