@@ -19,7 +19,7 @@ test: chromium ## run the tests with -race (PostgreSQL: ARTIFACTSTORE_TEST_DATAB
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 
 bench: ## run every benchmark; each measures its raw baseline in the same run and prints the ratio (~25 min)
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./store/... ./projector/
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./store/... ./projector/ ./projection/
 	$(GO) test -run '^$$' -bench . -benchtime 3s -timeout 30m ./ingest/
 	$(GO) test -run '^$$' -bench . -benchtime 5x -timeout 30m ./relay/
 	$(MAKE) --no-print-directory bench-e2e
