@@ -50,7 +50,7 @@ func (w *Worker) commit(ctx context.Context, st *partition, events []store.Event
 				return err
 			}
 		case errors.As(err, &ae):
-			if err := w.applyPoison(ctx, st, events, ae); err != nil || st.parked != nil {
+			if err := w.applyPoison(ctx, st, events, ae); err != nil || st.parkedNow {
 				return err
 			}
 		default:
@@ -228,7 +228,7 @@ func (w *Worker) park(ctx context.Context, st *partition, reason string, seq int
 	if err := w.db.InTx(ctx, func(tx store.Tx) error { return tx.Park(ctx, rec) }); err != nil {
 		return fmt.Errorf("parking partition: %w", err)
 	}
-	st.parked, st.retryAt = &rec, time.Now().Add(w.cfg.ParkRetry)
+	st.parked, st.retryAt, st.parkedNow = &rec, time.Now().Add(w.cfg.ParkRetry), true
 	w.setParkedMetric(st)
 	st.log.Error("partition parked", zap.String("reason", reason), zap.Int64("sequence", seq),
 		zap.String("event_type", eventType), zap.Int("attempts", attempts), zap.Error(cause),

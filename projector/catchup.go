@@ -31,7 +31,7 @@ func (w *Worker) catchUp(ctx context.Context, st *partition, upTo int64, interru
 	st.log.Info("catching up from the log", zap.Int64("checkpoint", st.cp), zap.Int64("up_to", upTo))
 	var mine []store.Event
 	cursor := st.cp
-	for cursor < upTo && st.parked == nil {
+	for cursor < upTo && !st.parkedNow {
 		select {
 		case <-interrupt:
 			return errInterrupted
@@ -54,7 +54,7 @@ func (w *Worker) catchUp(ctx context.Context, st *partition, upTo int64, interru
 			}
 			w.m.caughtUp.WithLabelValues(w.cfg.Projection, partLabel(st.p)).Add(float64(len(mine)))
 			mine = mine[:0]
-			if st.parked == nil && st.cp < cursor {
+			if !st.parkedNow && st.cp < cursor {
 				// Nothing of the partition up to cursor is left unapplied.
 				if err := w.advanceTo(ctx, st, cursor); err != nil {
 					return err

@@ -27,6 +27,9 @@ type partition struct {
 	cp      int64
 	parked  *store.Parked
 	retryAt time.Time
+	// parkedNow is set when this round of follow parked the partition: the
+	// round stops there. parked alone may be an earlier park being retried.
+	parkedNow bool
 }
 
 // runPartition applies partition p until ctx ends: it follows the stream
@@ -75,6 +78,7 @@ var partitionRetry = backoff.Policy{Min: 500 * time.Millisecond, Max: 5 * time.S
 // kept on the server) and applies them in batches of whatever has arrived,
 // up to BatchSize. It returns nil when ctx ends or the partition parks.
 func (w *Worker) follow(ctx context.Context, st *partition) error {
+	st.parkedNow = false
 	if err := w.load(ctx, st); err != nil {
 		return err
 	}
@@ -121,7 +125,7 @@ func (w *Worker) follow(ctx context.Context, st *partition) error {
 			w.releaseSlot()
 			if errors.Is(err, errInterrupted) {
 				return nil
-			} else if err != nil || st.parked != nil {
+			} else if err != nil || st.parkedNow {
 				return err
 			}
 		}
@@ -207,11 +211,15 @@ func (w *Worker) handle(ctx context.Context, st *partition, msgs []jetstream.Msg
 			err = fmt.Errorf("%w: event %d of partition %d delivered to partition %d", ErrStreamMismatch, wm.Event.Sequence, wm.Partition, st.p)
 		}
 		if err != nil {
-			if err := w.commit(wctx, st, events); err != nil || st.parked != nil {
+			if err := w.commit(wctx, st, events); err != nil || st.parkedNow {
 				return err
 			}
 			seq, _ := strconv.ParseInt(m.Headers().Get(wire.HeaderSequence), 10, 64)
-			return w.park(wctx, st, store.ParkedPoison, seq, m.Headers().Get(wire.HeaderEventType), err, 1)
+			attempts := 1
+			if st.parked != nil && st.parked.Sequence == seq {
+				attempts += st.parked.Attempts
+			}
+			return w.park(wctx, st, store.ParkedPoison, seq, m.Headers().Get(wire.HeaderEventType), err, attempts)
 		}
 		if md, err := m.Metadata(); err == nil {
 			pending = float64(md.NumPending)
@@ -222,14 +230,14 @@ func (w *Worker) handle(ctx context.Context, st *partition, msgs []jetstream.Msg
 			continue
 		}
 		if wm.Previous > applied() {
-			if err := w.commit(wctx, st, events); err != nil || st.parked != nil {
+			if err := w.commit(wctx, st, events); err != nil || st.parkedNow {
 				return err
 			}
 			events = events[:0]
 			w.m.errors.WithLabelValues(w.cfg.Projection, "gap").Inc()
 			st.log.Warn("the stream lacks events of this partition; applying them from the log",
 				zap.Int64("sequence", e.Sequence), zap.Int64("previous", wm.Previous), zap.Int64("checkpoint", st.cp))
-			if err := w.catchUp(wctx, st, e.Sequence-1, ctx.Done()); err != nil || st.parked != nil {
+			if err := w.catchUp(wctx, st, e.Sequence-1, ctx.Done()); err != nil || st.parkedNow {
 				return err
 			}
 		}
