@@ -124,6 +124,7 @@ func (r *Relay) publishBatches(ctx context.Context, logID string, pos Position, 
 					return progressed, err
 				}
 				progressed = true
+				r.verified = verifiedPos{stream: b.streamSeq, seq: b.last}
 				r.batchAcked(b)
 			}
 		case now := <-check.C:

@@ -91,6 +91,16 @@
 // the new leader is then fenced once and re-reads the stream. Nothing can
 // be duplicated or reordered, whoever holds the lease.
 //
+// Fencing alone does not stop a message published by anything else: it
+// fences the relay's next publish, but the pipelined ones behind it expect
+// the stream to end after it and are stored, and a foreign message that
+// takes an event's message id turns the event's own publish into a
+// "duplicate". So every synchronisation first checks the stream's messages
+// after the last one the relay knows to be the log's (its last publish
+// acknowledged as new) against the log, and a duplicate answer is never
+// taken as success; a message that is not the log's next event stops the
+// relay with a *ForeignMessageError naming its stream sequence.
+//
 // # Pipelining
 //
 // Publishing is asynchronous with a bounded window of unacknowledged messages

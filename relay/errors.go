@@ -121,5 +121,34 @@ func (e *DivergedError) Unwrap() error { return ErrDivergedHistory }
 func permanent(err error) bool {
 	return errors.Is(err, ErrStreamConflict) || errors.Is(err, ErrForeignStream) ||
 		errors.Is(err, ErrStreamTruncated) || errors.Is(err, ErrStreamAhead) || errors.Is(err, ErrDivergedHistory) ||
-		errors.Is(err, ErrInvalidMessage) || errors.Is(err, ErrStreamUnpartitioned) || errors.Is(err, ErrBatchTooLarge)
+		errors.Is(err, ErrInvalidMessage) || errors.Is(err, ErrStreamUnpartitioned) || errors.Is(err, ErrBatchTooLarge) ||
+		errors.Is(err, ErrForeignMessage)
 }
+
+// ErrForeignMessage is wrapped by *ForeignMessageError: a message in the
+// stream that this relay did not publish is not the log's event.
+var ErrForeignMessage = errors.New("relay: the stream holds a message that is not the log's event")
+
+// ForeignMessageError names a message in the stream, after the last one the
+// relay knew to be the log's, that is not the log's next event: something
+// other than a relay of this log published into the stream. A relay's
+// pipelined publishes behind it may have been stored after it, so the
+// relay stops rather than go on past an event it may have skipped.
+type ForeignMessageError struct {
+	Stream         string
+	StreamSequence uint64
+	// Want is the log sequence of the event that belongs there (0: none,
+	// the log has no further event).
+	Want int64
+	// Why says what differs.
+	Why string
+}
+
+// Error implements error.
+func (e *ForeignMessageError) Error() string {
+	return fmt.Sprintf("relay: stream %s holds at sequence %d a message that is not event %d of the log (%s): something other than the relay published into the stream; only the relay may publish to artifactstore.events.> (check the NATS permissions), and the stream must be built again from the log (see relay/doc.go)",
+		e.Stream, e.StreamSequence, e.Want, e.Why)
+}
+
+// Unwrap returns ErrForeignMessage.
+func (e *ForeignMessageError) Unwrap() error { return ErrForeignMessage }

@@ -43,6 +43,9 @@ type Relay struct {
 	// synchronisation, the first event fetch checks the log against. Only
 	// the Run goroutine writes it, before starting fetch.
 	synced store.Event
+	// verified is the last stream message the relay knows to be the log's
+	// (Run goroutine only); verifyTail checks everything after it.
+	verified verifiedPos
 	// warnedNoAtomic is set once the relay warned that the stream does not
 	// allow the atomic batches it is configured for (Run goroutine only).
 	warnedNoAtomic bool
@@ -272,6 +275,10 @@ func (r *Relay) session(ctx context.Context) (progressed bool, err error) {
 	if err := r.checkHistory(ctx, last); err != nil {
 		return false, err
 	}
+	if err := r.verifyTail(ctx, s, logID, pos.StreamSequence); err != nil {
+		return false, err
+	}
+	r.verified = verifiedPos{stream: pos.StreamSequence, seq: pos.Sequence}
 	parts, err := r.db.Partitions(ctx)
 	if err != nil {
 		return false, kindErr(errKindDatabase, fmt.Errorf("relay: reading the log's partition count: %w", err))
@@ -448,6 +455,7 @@ func (r *Relay) publish(ctx context.Context, logID string, pos Position, heads [
 					return progressed, err
 				}
 				progressed = true
+				r.verified = verifiedPos{stream: f.streamSeq, seq: f.seq}
 				r.m.position.Store(f.seq)
 				r.m.published.Inc()
 				r.stage("acked", f.seq)
@@ -492,11 +500,12 @@ func encode(logID string, e store.Event, heads []int64) *nats.Msg {
 }
 
 func (r *Relay) checkAck(f inflight, ack *jetstream.PubAck) error {
-	if ack.Stream != r.cfg.Stream || ack.Sequence != f.streamSeq {
+	if ack.Stream != r.cfg.Stream || ack.Sequence != f.streamSeq || ack.Duplicate {
+		// A duplicate was stored by someone else under this event's
+		// message id: the next synchronisation checks it is this event.
 		return kindErr(errKindFenced, fmt.Errorf("%w: event %d was stored in %s at sequence %d (duplicate %t), expected %s at %d",
 			ErrFenced, f.seq, ack.Stream, ack.Sequence, ack.Duplicate, r.cfg.Stream, f.streamSeq))
 	}
-	// A duplicate at the expected sequence is this very event, already there.
 	return nil
 }
 
