@@ -119,6 +119,50 @@ func BenchAppend(b *testing.B, open func(b *testing.B) store.DB, base Baseline, 
 	}
 }
 
+// AppendFunc commits rows in one transaction, one way or another.
+type AppendFunc func(ctx context.Context, rows []store.Event) error
+
+// BenchVersus measures subject and base alternately (which goes first
+// alternates too) for rounds rounds, each committing txs transactions of
+// perTx fresh events on writers connections, and reports the medians in
+// events/s, their ratio, and the median of each round's ratio. start keeps the events' package ids apart
+// from other benchmarks' on the same log.
+func BenchVersus(b *testing.B, rounds, writers, txs, perTx, start int, subject, base AppendFunc) {
+	ctx := context.Background()
+	n := txs * perTx
+	var got, raw []float64
+	for b.Loop() {
+		for round := range rounds {
+			sides := []struct {
+				fn  AppendFunc
+				out *[]float64
+			}{{subject, &got}, {base, &raw}}
+			if round%2 == 1 {
+				sides[0], sides[1] = sides[1], sides[0]
+			}
+			for i, side := range sides {
+				events := benchEvents(b, start+(2*round+i)*n, n)
+				r, err := drive(ctx, writers, txs, perTx, events, side.fn)
+				if err != nil {
+					b.Fatal(err)
+				}
+				*side.out = append(*side.out, r)
+			}
+		}
+		start += 2 * rounds * n
+	}
+	pairs := make([]float64, len(got))
+	for i := range got {
+		pairs[i] = got[i] / raw[i]
+	}
+	b.ReportMetric(median(got), "events/s")
+	b.ReportMetric(median(raw), "base_events/s")
+	b.ReportMetric(median(got)/median(raw), "ratio")
+	// Each round's two sides ran back to back: the median of their ratios
+	// is less swayed by the machine's load drifting between rounds.
+	b.ReportMetric(median(pairs), "round_ratio")
+}
+
 // BenchReplay measures Replay of n events (creates, a third finalized)
 // next to a raw batched upsert of the same final view rows.
 func BenchReplay(b *testing.B, db store.DB, base Baseline, n int) {
