@@ -91,6 +91,13 @@ type Config struct {
 	// ShutdownTimeout bounds how long Run waits for in-flight acks after its
 	// context is cancelled (DefaultShutdownTimeout).
 	ShutdownTimeout time.Duration
+	// AllowStreamDeletes makes the relay create the stream without
+	// DenyDelete and DenyPurge and accept an existing stream that allows
+	// deleting or purging messages. By default it creates the stream with
+	// both denied and refuses one that allows either: anyone with
+	// JetStream API rights on the stream could otherwise remove history
+	// that downstream consumers rely on.
+	AllowStreamDeletes bool
 	// Logger receives the relay's logs (a no-op logger when nil).
 	Logger *zap.Logger
 	// Registerer, when set, gets the relay's metrics registered.
