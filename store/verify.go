@@ -10,9 +10,9 @@ import (
 type BreakError struct {
 	// Sequence is the first event that is missing, altered or out of
 	// place.
-	Sequence int64
+	Sequence int64 `json:"sequence"`
 	// Reason says what is wrong with it.
-	Reason string
+	Reason string `json:"reason"`
 }
 
 // Error implements error.

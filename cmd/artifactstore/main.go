@@ -32,15 +32,17 @@ type globals struct {
 type cli struct {
 	globals
 
-	Dev       devCmd       `cmd:"" set:"http_listen=127.0.0.1:8080" help:"Run everything in one process on embedded defaults (in-process NATS, SQLite)."`
-	Ingest    ingestCmd    `cmd:"" set:"http_listen=127.0.0.1:9090" help:"Run the ingest command service."`
-	Relay     relayCmd     `cmd:"" set:"http_listen=127.0.0.1:9091" help:"Run the outbox relay (log -> JetStream)."`
-	Projector projectorCmd `cmd:"" set:"http_listen=127.0.0.1:9092" help:"Run a projector worker (stream -> views)."`
-	Migrate   migrateCmd   `cmd:"" help:"Schema management."`
-	Replay    replayCmd    `cmd:"" help:"Rebuild the views from the log in one transaction; prints the highest sequence applied."`
-	Status    statusCmd    `cmd:"" help:"Show log head, relay position, checkpoints and lag."`
-	Package   packageCmd   `cmd:"" help:"Package commands and queries over NATS."`
-	Events    eventsCmd    `cmd:"" help:"Read the events stream as a downstream consumer would."`
+	Dev        devCmd        `cmd:"" set:"http_listen=127.0.0.1:8080" help:"Run everything in one process on embedded defaults (in-process NATS, SQLite)."`
+	Ingest     ingestCmd     `cmd:"" set:"http_listen=127.0.0.1:9090" help:"Run the ingest command service."`
+	Relay      relayCmd      `cmd:"" set:"http_listen=127.0.0.1:9091" help:"Run the outbox relay (log -> JetStream)."`
+	Projector  projectorCmd  `cmd:"" set:"http_listen=127.0.0.1:9092" help:"Run a projector worker (stream -> views)."`
+	Migrate    migrateCmd    `cmd:"" help:"Schema management."`
+	Replay     replayCmd     `cmd:"" help:"Rebuild the views from the log in one transaction; prints the highest sequence applied."`
+	Status     statusCmd     `cmd:"" help:"Show log head, relay position, checkpoints and lag."`
+	Package    packageCmd    `cmd:"" help:"Package commands and queries over NATS."`
+	Events     eventsCmd     `cmd:"" help:"Read the events stream as a downstream consumer would."`
+	Verify     verifyCmd     `cmd:"" help:"Recompute every payload digest and the hash chain over the log (--stream: and compare the events stream with it); exit 8 naming the first sequence that breaks."`
+	Checkpoint checkpointCmd `cmd:"" help:"Signed checkpoints of the history: make a key pair, fetch the latest."`
 
 	Healthcheck healthcheckCmd `cmd:"" hidden:"" help:"Probe a service's /readyz (exit 0 when ready): the containers' healthcheck."`
 }
