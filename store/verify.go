@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"sync"
 )
 
 // BreakError names the first sequence at which a history fails
@@ -49,18 +50,117 @@ func (v *ChainVerifier) Head() ChainHead { return ChainHead{Sequence: v.seq, Dig
 // breaks (e's, or the first one missing before it). After an error the
 // verifier is unchanged.
 func (v *ChainVerifier) Check(e Event) error {
+	p := prepare(e)
+	return v.check(e, DigestOf(e.Payload) == e.PayloadDigest, &p)
+}
+
+// check is Check with the work that does not depend on the events before
+// e done: whether its payload matches its digest, and its chain prefix.
+func (v *ChainVerifier) check(e Event, payloadOK bool, p *chainPrefix) error {
 	switch want := v.seq + 1; {
 	case e.Sequence > want:
 		return broken(want, "missing: the log goes from event %d to event %d", v.seq, e.Sequence)
 	case e.Sequence < want:
 		return broken(e.Sequence, "out of order: it comes after event %d", v.seq)
-	case DigestOf(e.Payload) != e.PayloadDigest:
+	case !payloadOK:
 		return broken(e.Sequence, "payload_digest %s is not the BLAKE3-256 of its payload", e.PayloadDigest)
-	case ChainDigest(v.last, e) != e.ChainDigest:
+	case p.finish(v.last, e) != e.ChainDigest:
 		return broken(e.Sequence, "chain_digest %s does not follow from event %d's and its own fields", e.ChainDigest, v.seq)
 	}
 	v.last, v.seq = e.ChainDigest, e.Sequence
 	return nil
+}
+
+// verifyReaders is how many pages VerifyLog reads at once.
+const verifyReaders = 2
+
+// readRanges reads the log in (after, upTo] in pages of DefaultBatch
+// sequences, readers pages at once, and delivers them in order. Page k is
+// what Fetch returns after after+k·DefaultBatch, cut at the next page's
+// start: the log is gapless, and where it is not (a broken log) every
+// event of the range is still in its page. stop ends it and waits for it.
+func readRanges(ctx context.Context, db DB, after, upTo int64, readers int) (<-chan page, func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	futures := make(chan chan page, readers-1)
+	out := make(chan page)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { // dispatches the reads, at most readers at once
+		defer wg.Done()
+		defer close(futures)
+		for lo := after; lo < upTo; lo += DefaultBatch {
+			f := make(chan page, 1)
+			select {
+			case futures <- f:
+			case <-ctx.Done():
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				hi := min(lo+DefaultBatch, upTo)
+				events, err := db.Fetch(ctx, lo, int(hi-lo))
+				for len(events) > 0 && events[len(events)-1].Sequence > hi {
+					events = events[:len(events)-1]
+				}
+				f <- page{events: events, err: err}
+			}()
+		}
+	}()
+	go func() { // delivers them in order
+		defer wg.Done()
+		defer close(out)
+		for f := range futures {
+			var p page
+			select {
+			case p = <-f:
+			case <-ctx.Done():
+				return
+			}
+			select {
+			case out <- p:
+			case <-ctx.Done():
+				return
+			}
+			if p.err != nil {
+				return
+			}
+		}
+	}()
+	return out, func() { cancel(); wg.Wait() }
+}
+
+// hashed is a page of the log with the hashing that does not depend on
+// the events before it done (on its own goroutine, while the next page is
+// read and the previous one chained).
+type hashed struct {
+	page
+	payloadOK []bool
+	prep      ChainPrep
+}
+
+// hashAhead hashes the pages of in on its own goroutine. stop ends it and
+// waits for it.
+func hashAhead(ctx context.Context, in <-chan page) (<-chan hashed, func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	out := make(chan hashed, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer close(out)
+		for p := range in {
+			h := hashed{page: p, payloadOK: make([]bool, len(p.events)), prep: PrepareChain(p.events)}
+			for i, e := range p.events {
+				h.payloadOK[i] = DigestOf(e.Payload) == e.PayloadDigest
+			}
+			select {
+			case out <- h:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out, func() { cancel(); <-done }
 }
 
 // VerifyOptions configures VerifyLog.
@@ -88,7 +188,9 @@ type VerifyResult struct {
 
 // VerifyLog reads the log from opts.From up to its chain head (read
 // first) and checks every event with a ChainVerifier, then that the head
-// row agrees with the last event. Pages are read ahead of the hashing.
+// row agrees with the last event. The work overlaps: pages are read two
+// at a time, a goroutine hashes them (payloads, and the chain input up to
+// the part that depends on the event before), the caller's chains them.
 // A broken history returns a *BreakError (wrapping ErrHistoryBroken)
 // naming the first sequence that breaks; other errors are the database's.
 func VerifyLog(ctx context.Context, db DB, opts VerifyOptions) (VerifyResult, error) {
@@ -105,14 +207,18 @@ func VerifyLog(ctx context.Context, db DB, opts VerifyOptions) (VerifyResult, er
 	if err != nil {
 		return res, err
 	}
-	pages, stop := readAhead(ctx, db, from-1, head.Sequence)
-	defer stop()
+	read, stopReading := readRanges(ctx, db, from-1, head.Sequence, verifyReaders)
+	pages, stopHashing := hashAhead(ctx, read)
+	defer func() {
+		stopReading() // first: the hasher may be waiting for its next page
+		stopHashing()
+	}()
 	for p := range pages {
 		if p.err != nil {
 			return res, p.err
 		}
-		for _, e := range p.events {
-			if err := v.Check(e); err != nil {
+		for i, e := range p.events {
+			if err := v.check(e, p.payloadOK[i], &p.prep[i]); err != nil {
 				return res, err
 			}
 			if opts.Each != nil {

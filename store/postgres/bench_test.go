@@ -202,3 +202,7 @@ func unchainedCommands(db store.DB) storetest.AppendFunc {
 		})
 	}
 }
+
+func BenchmarkVerify100k(b *testing.B) {
+	storetest.BenchVerify(b, testenv.Postgres(b), 100_000)
+}

@@ -123,3 +123,7 @@ func BenchmarkReplay100k(b *testing.B) {
 func BenchmarkFetch100k(b *testing.B) {
 	storetest.BenchFetch(b, testenv.SQLite(b), 100_000)
 }
+
+func BenchmarkVerify100k(b *testing.B) {
+	storetest.BenchVerify(b, testenv.SQLite(b), 100_000)
+}

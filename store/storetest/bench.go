@@ -247,3 +247,56 @@ func BenchFetch(b *testing.B, db store.DB, n int) {
 	}
 	b.ReportMetric(median(got), "events/s")
 }
+
+// BenchVerify measures store.VerifyLog over a log of n events next to
+// paging through the same log with Fetch (store.All, pages of 1000, what
+// BenchFetch measures), in interleaved rounds, and reports both rates and
+// their ratio (medians).
+func BenchVerify(b *testing.B, db store.DB, n int) {
+	ctx := context.Background()
+	for chunk := range slices.Chunk(benchEvents(b, 0, n), 1000) {
+		Append(b, db, chunk...)
+	}
+	fetch := func() error {
+		count := 0
+		for _, err := range store.All(ctx, db, 0, 1000) {
+			if err != nil {
+				return err
+			}
+			count++
+		}
+		if count != n {
+			return fmt.Errorf("read %d of %d", count, n)
+		}
+		return nil
+	}
+	verify := func() error {
+		res, err := store.VerifyLog(ctx, db, store.VerifyOptions{})
+		if err == nil && res.To != int64(n) {
+			err = fmt.Errorf("verified %d of %d", res.To, n)
+		}
+		return err
+	}
+	var got, raw []float64
+	for b.Loop() {
+		for round := range Rounds * 2 {
+			sides := []struct {
+				fn  func() error
+				out *[]float64
+			}{{verify, &got}, {fetch, &raw}}
+			if round%2 == 1 {
+				sides[0], sides[1] = sides[1], sides[0]
+			}
+			for _, side := range sides {
+				start := time.Now()
+				if err := side.fn(); err != nil {
+					b.Fatal(err)
+				}
+				*side.out = append(*side.out, float64(n)/time.Since(start).Seconds())
+			}
+		}
+	}
+	b.ReportMetric(median(got), "events/s")
+	b.ReportMetric(median(raw), "fetch_events/s")
+	b.ReportMetric(median(got)/median(raw), "ratio")
+}
