@@ -70,16 +70,34 @@ func (t *tx) chainAfter(base *logHead, at time.Time, events []store.Event, prep 
 	return out
 }
 
-// insertEvents returns the statements that write chained events: the
+// eventRows are the insert's arrays of what the writer sets, built before
+// the log_head lock is taken, and the chain digests' once they are known.
+type eventRows struct {
+	types, kinds, ids, actors []string
+	payloads, digests, chains [][]byte
+	prep                      store.ChainPrep
+}
+
+// newEventRows builds the arrays of events and hashes what the chain
+// digests need of them (store.PrepareChain).
+func newEventRows(events []store.Event) *eventRows {
+	n := len(events)
+	r := &eventRows{types: make([]string, n), kinds: make([]string, n), ids: make([]string, n), actors: make([]string, n),
+		payloads: make([][]byte, n), digests: make([][]byte, n), chains: make([][]byte, n), prep: store.PrepareChain(events)}
+	for i := range events {
+		e := &events[i]
+		r.types[i], r.kinds[i], r.ids[i], r.actors[i] = e.Type, e.SubjectKind, e.SubjectID, e.Actor
+		r.payloads[i], r.digests[i] = e.Payload, e.PayloadDigest[:]
+	}
+	return r
+}
+
+// insert returns the statements that write out, the chained events: the
 // insert, which also moves log_head to the last of them, and the NOTIFY.
-func (t *tx) insertEvents(out []store.Event) []*pgx.QueuedQuery {
+func (r *eventRows) insert(t *tx, out []store.Event) []*pgx.QueuedQuery {
 	n := len(out)
-	types, kinds, ids, actors := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-	payloads, digests, chains := make([][]byte, n), make([][]byte, n), make([][]byte, n)
 	for i := range out {
-		e := &out[i]
-		types[i], kinds[i], ids[i], actors[i] = e.Type, e.SubjectKind, e.SubjectID, e.Actor
-		payloads[i], digests[i], chains[i] = e.Payload, e.PayloadDigest[:], e.ChainDigest[:]
+		r.chains[i] = out[i].ChainDigest[:]
 	}
 	return []*pgx.QueuedQuery{
 		{SQL: `WITH head AS (UPDATE log_head SET sequence = $1::bigint + $3, created_at = $2, chain_digest = $4)
@@ -87,7 +105,8 @@ func (t *tx) insertEvents(out []store.Event) []*pgx.QueuedQuery {
 			SELECT $1::bigint + u.ord, u.t, u.k, u.i, u.a, u.p, u.d, $2::timestamptz, u.c
 			FROM unnest($5::text[], $6::text[], $7::text[], $8::text[], $9::bytea[], $10::bytea[], $11::bytea[])
 				WITH ORDINALITY AS u(t, k, i, a, p, d, c, ord)`,
-			Arguments: []any{out[0].Sequence - 1, out[0].CreatedAt, n, chains[n-1], types, kinds, ids, actors, payloads, digests, chains}},
+			Arguments: []any{out[0].Sequence - 1, out[0].CreatedAt, n, r.chains[n-1], r.types, r.kinds, r.ids, r.actors,
+				r.payloads, r.digests, r.chains}},
 		{SQL: `SELECT pg_notify($1, '')`, Arguments: []any{t.db.channel}},
 	}
 }
@@ -105,13 +124,13 @@ func (t *tx) appendCommandsChained(ctx context.Context, b *pgx.Batch, events []s
 	locked := &logHead{}
 	b.Queue(selectHead + " FOR UPDATE").QueryRow(scanHead(locked))
 	br := t.tx.SendBatch(ctx, b)
-	prep := store.PrepareChain(events) // while the lock is taken
+	rows := newEventRows(events) // while the lock is taken
 	if err := br.Close(); err != nil {
 		return nil, translate(err)
 	}
-	out := t.chainAfter(locked, locked.createdAt(), events, prep)
+	out := t.chainAfter(locked, locked.createdAt(), events, rows.prep)
 	b = &pgx.Batch{}
-	t.queueWrites(b, out, commandIDs)
+	t.queueWrites(b, rows, out, commandIDs)
 	if err := t.tx.commit(ctx, b); err != nil {
 		return nil, err
 	}
@@ -120,8 +139,8 @@ func (t *tx) appendCommandsChained(ctx context.Context, b *pgx.Batch, events []s
 
 // queueWrites queues the events (with the head's update) and the command
 // ids' sequences.
-func (t *tx) queueWrites(b *pgx.Batch, out []store.Event, commandIDs []string) {
-	b.QueuedQueries = append(b.QueuedQueries, t.insertEvents(out)...)
+func (t *tx) queueWrites(b *pgx.Batch, rows *eventRows, out []store.Event, commandIDs []string) {
+	b.QueuedQueries = append(b.QueuedQueries, rows.insert(t, out)...)
 	var ids []string
 	var seqs []int64
 	for i, id := range commandIDs {

@@ -40,12 +40,12 @@ func (t *tx) Append(ctx context.Context, events ...store.Event) ([]store.Event, 
 	b.Queue(`UPDATE log_head SET sequence = sequence + $1, created_at = greatest(clock_timestamp(), created_at)
 		RETURNING sequence - $1, created_at, chain_digest`, n).QueryRow(func(r pgx.Row) error { return r.Scan(&h.sequence, &h.at, &h.chain) })
 	br := t.tx.SendBatch(ctx, b)
-	prep := store.PrepareChain(events) // while the update travels
+	rows := newEventRows(events) // while the update travels
 	if err := br.Close(); err != nil {
 		return nil, fmt.Errorf("appending %d events: %w", n, translate(err))
 	}
-	out := t.chainAfter(h, h.at, events, prep)
-	for _, q := range t.insertEvents(out) {
+	out := t.chainAfter(h, h.at, events, rows.prep)
+	for _, q := range rows.insert(t, out) {
 		if err := t.tx.later(q.SQL, q.Arguments...); err != nil {
 			return nil, err
 		}
