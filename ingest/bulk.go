@@ -9,8 +9,8 @@ import (
 
 // bulkTx is the set-based form of store.Tx's command-side methods: a batch
 // of commands is decided with ClaimAll, then AppendCommands ends it. A
-// dialect's Tx may implement it (store/postgres does, in two pipelined
-// round trips, the second of which commits); for others, bulk adapts the
+// dialect's Tx may implement it (store/postgres does, in pipelined round
+// trips, the last of which commits); for others, bulk adapts the
 // single-row methods.
 type bulkTx interface {
 	// ClaimAll claims command ids, records new packages and finalizes
