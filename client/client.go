@@ -1,6 +1,6 @@
 // Package client is the Go client of artifactstore for other teams: typed
 // commands and queries over NATS request/reply, and a typed consumer of the
-// events stream that verifies every payload digest.
+// events stream that verifies every payload digest and the hash chain.
 //
 //	c, _ := client.New(nc)
 //	reply, err := c.CreatePackage(ctx, client.CreateRequest{Actor: "ci", Name: "web", Version: "1.4.0"})
@@ -173,7 +173,9 @@ func (c *Client) Packages(ctx context.Context, req ListRequest) iter.Seq2[Packag
 	}
 }
 
-// Event is one event of the stream, its digest verified.
+// Event is one event of the stream, its payload digest and chain digest
+// verified (Event.ChainDigest is zero for an event relayed before the log
+// had a chain).
 type Event struct {
 	store.Event
 	// LogID is the id of the log the event belongs to.
@@ -200,10 +202,24 @@ type EventsOptions struct {
 // event (for example a payload whose digest does not match).
 var ErrInvalidMessage = wire.ErrInvalidMessage
 
+// ErrChainBroken is yielded by Events (as a *ChainError) when a message's
+// chain digest does not follow from the previous event's: the history
+// was rewritten after that event was relayed, or an event is missing.
+var ErrChainBroken = wire.ErrChainBroken
+
+// ChainError names the sequence at which the events Events read stop
+// forming the log's hash chain. It wraps ErrChainBroken.
+type ChainError = wire.ChainError
+
 // Events follows the events stream with an ordered consumer, in sequence
-// order, and yields each event after checking its headers and its payload
-// digest. It ends when the consumer stops ranging or ctx ends; an invalid
-// message is yielded as an error wrapping ErrInvalidMessage and ends it.
+// order, and yields each event after checking its headers, its payload
+// digest and the hash chain: every event that follows the one before it
+// must carry the chain digest store.ChainDigest gives (the first one read
+// is trusted; with the default subject a missing event is a break too,
+// with a narrower one only consecutive events can be checked). It ends
+// when the consumer stops ranging or ctx ends; an invalid message is
+// yielded as an error wrapping ErrInvalidMessage, a broken chain as a
+// *ChainError wrapping ErrChainBroken, and either ends it.
 func (c *Client) Events(ctx context.Context, opts EventsOptions) iter.Seq2[Event, error] {
 	if opts.Subject == "" {
 		opts.Subject = "artifactstore.events.>"
@@ -227,6 +243,7 @@ func (c *Client) Events(ctx context.Context, opts EventsOptions) iter.Seq2[Event
 		defer msgs.Stop()
 		stop := context.AfterFunc(ctx, msgs.Stop)
 		defer stop()
+		chain := wire.ChainCheck{Contiguous: opts.Subject == wire.Subjects}
 		for {
 			m, err := msgs.Next()
 			if err != nil {
@@ -236,6 +253,9 @@ func (c *Client) Events(ctx context.Context, opts EventsOptions) iter.Seq2[Event
 				return
 			}
 			wm, err := wire.Decode(m.Subject(), m.Headers(), m.Data())
+			if err == nil {
+				err = chain.Check(wm)
+			}
 			if err != nil {
 				yield(Event{}, err)
 				return

@@ -84,7 +84,7 @@
 // Handlers only decode and validate; accepted commands go to a queue that
 // Config.Committers committers drain, each taking up to Config.MaxBatch
 // commands (lingering at most Config.BatchDelay) into one transaction of
-// two pipelined round trips on PostgreSQL:
+// three pipelined round trips on PostgreSQL:
 //
 //	requests ─▶ decode, validate ─▶ queue ─▶ committer:
 //	  round trip 1 (ClaimAll):       BEGIN
@@ -93,12 +93,14 @@
 //	                                 finalize package ids (sorted)
 //	  decide each command in Go (seen before, conflict, not found, accepted)
 //	  round trip 2 (AppendCommands): release ids of rejected commands
-//	                                 Append accepted events (log_head lock)
+//	                                 lock log_head, read the chain head
+//	  chain the accepted events' digests in Go
+//	  round trip 3 (AppendCommands): append the events, move log_head
 //	                                 record command id → sequence
 //	                                 NOTIFY, COMMIT ─▶ one reply per command
 //
 // The log_head lock, which serialises every appending transaction, is held
-// for the second round trip only. Creates and finalizes run before the
+// from the second round trip to the end of the third. Creates and finalizes run before the
 // seen command ids are known; a seen id's create or finalize changes
 // nothing unless the id was reused for another package, and then the
 // batch is decided again without it. On SQLite the same steps run one

@@ -60,7 +60,7 @@ func provider(dialect string, db *sql.DB, lockKey string) (*goose.Provider, erro
 	default:
 		return nil, fmt.Errorf("migrations: unknown dialect %q", dialect)
 	}
-	opts = append(opts, goose.WithDisableGlobalRegistry(true))
+	opts = append(opts, goose.WithDisableGlobalRegistry(true), goose.WithGoMigrations(chainMigration(dialect)))
 	return goose.NewProvider(gd, db, sub, opts...)
 }
 
@@ -79,6 +79,19 @@ func Up(ctx context.Context, dialect string, db *sql.DB, lockKey string) ([]int6
 		out = append(out, r.Source.Version)
 	}
 	return out, nil
+}
+
+// UpTo applies the pending migrations up to and including version (tests
+// use it to build a log as an older binary left it).
+func UpTo(ctx context.Context, dialect string, db *sql.DB, lockKey string, version int64) error {
+	p, err := provider(dialect, db, lockKey)
+	if err != nil {
+		return err
+	}
+	if _, err := p.UpTo(ctx, version); err != nil {
+		return fmt.Errorf("migrations: up to %d: %w", version, err)
+	}
+	return nil
 }
 
 // Down rolls back every applied migration (used by migrate fresh).

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"crypto/ed25519"
 	"fmt"
 	"strings"
 	"time"
@@ -42,6 +43,11 @@ const (
 	// MaxBatchesInFlight bounds the atomic batches awaiting their commit
 	// ack (the server allows 50 per stream, abandoned ones included).
 	MaxBatchesInFlight = 4
+	// DefaultCheckpointInterval is how often the active relay signs a
+	// checkpoint of its position when it has moved (Config.CheckpointKey).
+	DefaultCheckpointInterval = time.Minute
+	// CheckpointHistory is how many checkpoints per log the bucket keeps.
+	CheckpointHistory = 64
 )
 
 // Subjects is the stream's subject filter; every event subject is below it.
@@ -91,6 +97,24 @@ type Config struct {
 	// ShutdownTimeout bounds how long Run waits for in-flight acks after its
 	// context is cancelled (DefaultShutdownTimeout).
 	ShutdownTimeout time.Duration
+	// AllowStreamDeletes makes the relay create the stream without
+	// DenyDelete and DenyPurge and accept an existing stream that allows
+	// deleting or purging messages. By default it creates the stream with
+	// both denied and refuses one that allows either: anyone with
+	// JetStream API rights on the stream could otherwise remove history
+	// that downstream consumers rely on.
+	AllowStreamDeletes bool
+	// CheckpointKey, when set, makes the active relay sign a checkpoint of
+	// its position — log id, sequence and chain digest of the last event
+	// it knows to be in the stream (wire.Checkpoint) — every
+	// CheckpointInterval when it has moved, and put it in the key-value
+	// bucket wire.CheckpointBucket (created with the stream's replicas
+	// when missing) under the log id. The JetStream given to New must then
+	// also implement KeyValueManager.
+	CheckpointKey ed25519.PrivateKey
+	// CheckpointInterval is how often checkpoints are signed
+	// (DefaultCheckpointInterval).
+	CheckpointInterval time.Duration
 	// Logger receives the relay's logs (a no-op logger when nil).
 	Logger *zap.Logger
 	// Registerer, when set, gets the relay's metrics registered.
@@ -124,6 +148,7 @@ func (c Config) withDefaults() Config {
 	def(&c.RetryMin, DefaultRetryMin)
 	def(&c.RetryMax, DefaultRetryMax)
 	def(&c.ShutdownTimeout, DefaultShutdownTimeout)
+	def(&c.CheckpointInterval, DefaultCheckpointInterval)
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
@@ -162,6 +187,10 @@ func (c Config) validate() error {
 		return bad("RetryMax", "must be at least RetryMin (%s), got %s", c.RetryMin, c.RetryMax)
 	case c.ShutdownTimeout < 0:
 		return bad("ShutdownTimeout", "must be positive, got %s", c.ShutdownTimeout)
+	case c.CheckpointKey != nil && len(c.CheckpointKey) != ed25519.PrivateKeySize:
+		return bad("CheckpointKey", "must be an ed25519 private key of %d bytes, got %d", ed25519.PrivateKeySize, len(c.CheckpointKey))
+	case c.CheckpointInterval < 0:
+		return bad("CheckpointInterval", "must be positive, got %s", c.CheckpointInterval)
 	}
 	return nil
 }

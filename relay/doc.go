@@ -22,7 +22,8 @@
 // last one" would splice the log's new history after the stream's old one.
 // So at every synchronisation the relay compares the stream's last event
 // (Artifactstore-Sequence, Nats-Msg-Id and the payload digest, all checked
-// by [Decode], plus type, subject, actor and created_at) with the log's
+// by [Decode], plus type, subject, actor, created_at and chain digest) with
+// the log's
 // event at that sequence, and every later read of the log re-checks the
 // last event read. When they differ, or the log has no event there, Run
 // returns a [*DivergedError] (wrapping [ErrDivergedHistory]) naming the
@@ -159,8 +160,18 @@
 // artifactstore_relay_published_total (rate() of it is the publish rate),
 // artifactstore_relay_batches_total and artifactstore_relay_publish_batch
 // (atomic batches),
-// artifactstore_relay_errors_total{kind="database|nats|fenced|timeout|stream"},
-// artifactstore_relay_resyncs_total and artifactstore_relay_leader (1 on the
-// active relay). [ReadStatus] and [ReadPosition] read the same position from
-// the stream itself, without a running relay.
+// artifactstore_relay_errors_total{kind="database|nats|fenced|timeout|stream|checkpoint"},
+// artifactstore_relay_resyncs_total, artifactstore_relay_leader (1 on the
+// active relay) and artifactstore_relay_checkpoint_sequence. [ReadStatus]
+// and [ReadPosition] read the same position from the stream itself,
+// without a running relay.
+//
+// # Tamper evidence
+//
+// The relay creates the stream denying message deletes and purges, and
+// refuses a stream that allows them unless Config.AllowStreamDeletes.
+// Given Config.CheckpointKey, the active relay signs checkpoints of its
+// position (log id, sequence, chain digest) into the key-value bucket
+// ARTIFACTSTORE_CHECKPOINTS; [ReadCheckpoint] reads the latest, and
+// [StreamCheck] compares the stream with the log for artifactstore verify.
 package relay

@@ -51,12 +51,18 @@ type ConflictError struct {
 	Field string
 	// Got is the existing stream's value, Want the relay's configuration.
 	Got, Want string
+	// Hint, when set, says how to resolve it.
+	Hint string
 }
 
 // Error implements error.
 func (e *ConflictError) Error() string {
-	return fmt.Sprintf("relay: stream %s exists with a conflicting config: %s is %s, want %s (fix the stream or the relay's configuration)",
-		e.Stream, e.Field, e.Got, e.Want)
+	hint := e.Hint
+	if hint == "" {
+		hint = "fix the stream or the relay's configuration"
+	}
+	return fmt.Sprintf("relay: stream %s exists with a conflicting config: %s is %s, want %s (%s)",
+		e.Stream, e.Field, e.Got, e.Want, hint)
 }
 
 // Unwrap returns ErrStreamConflict.

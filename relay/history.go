@@ -28,6 +28,9 @@ func sameEvent(held, logged store.Event) string {
 		return "actor"
 	case !held.CreatedAt.Equal(logged.CreatedAt):
 		return "created_at"
+	case held.ChainDigest != (store.Digest{}) && held.ChainDigest != logged.ChainDigest:
+		// (A message relayed before the log had a chain has none.)
+		return "chain_digest"
 	}
 	return ""
 }

@@ -10,11 +10,12 @@ import (
 
 // Error kinds of the artifactstore_relay_errors_total counter.
 const (
-	errKindDatabase = "database" // reading the log failed
-	errKindNATS     = "nats"     // a request or publish to NATS failed
-	errKindFenced   = "fenced"   // JetStream refused a publish: another relay published in between
-	errKindTimeout  = "timeout"  // a publish was not acknowledged in time
-	errKindStream   = "stream"   // the stream is misconfigured or belongs to another log
+	errKindDatabase   = "database"   // reading the log failed
+	errKindNATS       = "nats"       // a request or publish to NATS failed
+	errKindFenced     = "fenced"     // JetStream refused a publish: another relay published in between
+	errKindTimeout    = "timeout"    // a publish was not acknowledged in time
+	errKindStream     = "stream"     // the stream is misconfigured or belongs to another log
+	errKindCheckpoint = "checkpoint" // signing or putting a checkpoint failed
 )
 
 type metrics struct {
@@ -27,6 +28,7 @@ type metrics struct {
 	abandoned    prometheus.Counter
 	errors       *prometheus.CounterVec
 	leader       prometheus.Gauge
+	checkpoint   prometheus.Gauge
 	all          []prometheus.Collector
 }
 
@@ -55,14 +57,18 @@ func newMetrics(stream string) *metrics {
 	})
 	m.errors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "artifactstore_relay_errors_total", ConstLabels: labels,
-		Help: "Relay errors by kind (database, nats, fenced, timeout, stream).",
+		Help: "Relay errors by kind (database, nats, fenced, timeout, stream, checkpoint).",
 	}, []string{"kind"})
-	for _, k := range []string{errKindDatabase, errKindNATS, errKindFenced, errKindTimeout, errKindStream} {
+	for _, k := range []string{errKindDatabase, errKindNATS, errKindFenced, errKindTimeout, errKindStream, errKindCheckpoint} {
 		m.errors.WithLabelValues(k)
 	}
 	m.leader = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "artifactstore_relay_leader", ConstLabels: labels,
 		Help: "1 while this relay holds the leader lock and publishes, 0 as a standby.",
+	})
+	m.checkpoint = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "artifactstore_relay_checkpoint_sequence", ConstLabels: labels,
+		Help: "Log sequence of the last signed checkpoint this relay published (Config.CheckpointKey).",
 	})
 	position := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "artifactstore_relay_position", ConstLabels: labels,
@@ -76,7 +82,8 @@ func newMetrics(stream string) *metrics {
 		Name: "artifactstore_relay_lag", ConstLabels: labels,
 		Help: "Log head minus relay position: committed events not yet in the stream.",
 	}, func() float64 { return float64(max(0, m.head.Load()-m.position.Load())) })
-	m.all = []prometheus.Collector{m.published, m.batches, m.publishBatch, m.resyncs, m.abandoned, m.errors, m.leader, position, head, lag}
+	m.all = []prometheus.Collector{m.published, m.batches, m.publishBatch, m.resyncs, m.abandoned, m.errors, m.leader, m.checkpoint,
+		position, head, lag}
 	return m
 }
 

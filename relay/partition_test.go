@@ -20,6 +20,7 @@ import (
 func TestPredecessorsAfterTrim(t *testing.T) {
 	t.Parallel()
 	e := setup(t)
+	e.allowDeletes = true // the test purges the stream
 	ctx := context.Background()
 	e.appendEvents(t, e.db, 60, 7)
 	in := e.newRelay(t, e.db, nil).start(t)

@@ -49,6 +49,9 @@ type Relay struct {
 	// warnedNoAtomic is set once the relay warned that the stream does not
 	// allow the atomic batches it is configured for (Run goroutine only).
 	warnedNoAtomic bool
+	// checkpoints signs and publishes checkpoints while the relay is
+	// active (nil without Config.CheckpointKey).
+	checkpoints *checkpointer
 
 	// Test hooks (export_test.go): hook is called at each stage of the
 	// pipeline with the event sequence concerned; noLock skips the leader
@@ -71,11 +74,22 @@ func New(db store.DB, js JetStream, cfg Config) (*Relay, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	var kvm KeyValueManager
+	if cfg.CheckpointKey != nil {
+		var ok bool
+		if kvm, ok = js.(KeyValueManager); !ok {
+			return nil, errors.New("relay: New: Config.CheckpointKey needs a JetStream that manages key-value buckets (relay.KeyValueManager)")
+		}
+	}
 	m := newMetrics(cfg.Stream)
 	if err := m.register(cfg.Registerer); err != nil {
 		return nil, err
 	}
-	return &Relay{db: db, js: js, cfg: cfg, log: cfg.Logger.Named("relay").With(zap.String("stream", cfg.Stream)), m: m}, nil
+	r := &Relay{db: db, js: js, cfg: cfg, log: cfg.Logger.Named("relay").With(zap.String("stream", cfg.Stream)), m: m}
+	if kvm != nil {
+		r.checkpoints = &checkpointer{r: r, kvm: kvm}
+	}
+	return r, nil
 }
 
 // Position returns the log sequence of the last event this relay knows to
@@ -220,6 +234,9 @@ func (r *Relay) lead(parent context.Context, lost <-chan struct{}) error {
 		case <-ctx.Done():
 		}
 	})
+	if r.checkpoints != nil {
+		wg.Go(func() { r.checkpoints.run(ctx) })
+	}
 	bo := r.retryBackoff()
 	for {
 		progressed, err := r.session(ctx)

@@ -35,9 +35,12 @@ type env struct {
 	js     jetstream.JetStream
 	stream string
 	// batch is the relays' Config.PublishBatch (0: event by event).
-	batch  int
-	ids    sync.Mutex
-	nextID int
+	batch int
+	// allowDeletes is the relays' Config.AllowStreamDeletes, for tests
+	// that delete or purge messages on purpose.
+	allowDeletes bool
+	ids          sync.Mutex
+	nextID       int
 }
 
 // testBatch is the atomic batch size of the batching variants: with the
@@ -73,18 +76,19 @@ func setupDB(t *testing.T, db store.DB) *env {
 // config is a relay config with short timings for tests.
 func (e *env) config(t *testing.T) relay.Config {
 	return relay.Config{
-		Stream:            e.stream,
-		Logger:            testenv.Logger(t),
-		Registerer:        prometheus.NewRegistry(),
-		MaxInFlight:       64,
-		BatchSize:         100,
-		PollInterval:      200 * time.Millisecond,
-		AckTimeout:        2 * time.Second,
-		LockRetryInterval: 20 * time.Millisecond,
-		RetryMin:          10 * time.Millisecond,
-		RetryMax:          200 * time.Millisecond,
-		ShutdownTimeout:   200 * time.Millisecond,
-		PublishBatch:      e.batch,
+		Stream:             e.stream,
+		Logger:             testenv.Logger(t),
+		Registerer:         prometheus.NewRegistry(),
+		MaxInFlight:        64,
+		BatchSize:          100,
+		PollInterval:       200 * time.Millisecond,
+		AckTimeout:         2 * time.Second,
+		LockRetryInterval:  20 * time.Millisecond,
+		RetryMin:           10 * time.Millisecond,
+		RetryMax:           200 * time.Millisecond,
+		ShutdownTimeout:    200 * time.Millisecond,
+		PublishBatch:       e.batch,
+		AllowStreamDeletes: e.allowDeletes,
 	}
 }
 
@@ -244,6 +248,7 @@ func (e *env) requireStreamEqualsLog(t *testing.T) {
 				"Artifactstore-Log-Id":             logID,
 				"Artifactstore-Partition":          strconv.Itoa(part),
 				"Artifactstore-Partition-Previous": strconv.FormatInt(prev[part], 10),
+				"Artifactstore-Chain-Digest":       want.ChainDigest.String(),
 			} {
 				require.Equal(t, []string{value}, h.Values(name), "event %d header %s", want.Sequence, name)
 			}
@@ -732,6 +737,7 @@ func TestEnsureStream(t *testing.T) {
 func TestTruncatedStream(t *testing.T) {
 	t.Parallel()
 	e := setup(t)
+	e.allowDeletes = true // the test purges the stream
 	e.appendEvents(t, e.db, 5, 5)
 	in := e.newRelay(t, e.db, nil).start(t)
 	e.awaitCaughtUp(t, 10*time.Second)

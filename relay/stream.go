@@ -53,7 +53,8 @@ type JetStream interface {
 const errCodeSubjectOverlap jetstream.ErrorCode = 10065
 
 // StreamConfig returns the configuration EnsureStream creates the stream
-// with: atomic publishing is allowed when cfg.PublishBatch is set.
+// with: atomic publishing is allowed when cfg.PublishBatch is set;
+// deleting and purging messages are denied unless cfg.AllowStreamDeletes.
 func StreamConfig(cfg Config) jetstream.StreamConfig {
 	cfg = cfg.withDefaults()
 	return jetstream.StreamConfig{
@@ -67,13 +68,16 @@ func StreamConfig(cfg Config) jetstream.StreamConfig {
 		Duplicates:  cfg.DuplicateWindow,
 
 		AllowAtomicPublish: cfg.PublishBatch > 0,
+		DenyDelete:         !cfg.AllowStreamDeletes,
+		DenyPurge:          !cfg.AllowStreamDeletes,
 	}
 }
 
 // EnsureStream creates the events stream with StreamConfig(cfg), or checks
 // that the existing one matches it: subjects, file storage, limits
 // retention, replicas and duplicate window, not sealed, not a mirror, no
-// subject transform. Whether it allows atomic publishing is not checked:
+// subject transform, and (unless cfg.AllowStreamDeletes) deleting and
+// purging messages denied. Whether it allows atomic publishing is not checked:
 // the relay publishes per event into a stream that does not. A conflicting stream returns a *ConflictError (wrapping
 // ErrStreamConflict); it is never changed. ctx bounds the requests.
 func EnsureStream(ctx context.Context, js StreamManager, cfg Config) (jetstream.Stream, error) {
@@ -98,7 +102,10 @@ func EnsureStream(ctx context.Context, js StreamManager, cfg Config) (jetstream.
 		if err != nil {
 			return nil, fmt.Errorf("relay: ensuring stream %s: %w", cfg.Stream, err)
 		}
-		return s, checkStream(cfg.Stream, want, s.CachedInfo().Config)
+		if err := checkStream(cfg.Stream, want, s.CachedInfo().Config); err != nil {
+			return s, err
+		}
+		return s, checkDeletes(cfg, s.CachedInfo().Config)
 	}
 }
 
@@ -127,6 +134,22 @@ func checkStream(name string, want, got jetstream.StreamConfig) error {
 		return conflict("no_ack", true, false)
 	}
 	return nil
+}
+
+// checkDeletes refuses a stream that allows deleting or purging messages,
+// unless the relay is told to accept one.
+func checkDeletes(cfg Config, got jetstream.StreamConfig) error {
+	if cfg.AllowStreamDeletes || got.DenyDelete && got.DenyPurge {
+		return nil
+	}
+	field := "deny_delete"
+	if got.DenyDelete {
+		field = "deny_purge"
+	}
+	return &ConflictError{Stream: cfg.Stream, Field: field, Got: "false", Want: "true",
+		Hint: fmt.Sprintf("anyone with JetStream API rights could remove history downstream consumers rely on: "+
+			"deny both (nats stream edit %s --deny-delete --deny-purge, as a NATS admin; it cannot be undone), "+
+			"or run the relay with --allow-stream-deletes", cfg.Stream)}
 }
 
 // Position is where the events stream stands: its last message.

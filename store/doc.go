@@ -29,6 +29,16 @@
 // created_at is taken under the same lock as max(clock_timestamp(), previous
 // created_at), so it never decreases along the sequence.
 //
+// # The hash chain
+//
+// log_head also carries the chain digest of the last event. Under the same
+// lock, the writer chains the new events to it ([ChainDigest]: BLAKE3 over
+// the event's fields and the previous digest; PostgreSQL has no BLAKE3, so
+// its dialect computes it between the counter update and the insert) and
+// moves it to the last one's. The chain thus follows commit order whatever
+// the batching, and [VerifyLog] recomputes it to show the log was not
+// rewritten.
+//
 // # Views
 //
 // The registry views (artifact_packages, retention_state) are written only

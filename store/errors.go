@@ -28,6 +28,10 @@ var (
 	ErrUnavailable = errors.New("store: database unavailable")
 	// ErrLockHeld is returned when a named leader lock is held by another session.
 	ErrLockHeld = errors.New("store: lock held by another session")
+	// ErrHistoryBroken is wrapped by *BreakError: an event of the log (or
+	// of a copy of it) is missing, out of place, or not what its payload or
+	// chain digest says.
+	ErrHistoryBroken = errors.New("store: history broken")
 	// ErrOutcomeUnknown wraps the error of a call that sent COMMIT and lost
 	// the connection before the answer: the transaction may or may not
 	// have committed.

@@ -16,8 +16,8 @@ const DefaultMaxPayload = 64 << 10
 // SubjectKindPackage is the subject kind of every package event.
 const SubjectKindPackage = "package"
 
-// Event is one immutable entry of the log. Sequence and CreatedAt are
-// assigned by the database on write; everything else is set by the writer.
+// Event is one immutable entry of the log. Sequence, CreatedAt and
+// ChainDigest are assigned on write; everything else is set by the writer.
 type Event struct {
 	// Sequence is the event's position in the log, strictly increasing in
 	// commit order.
@@ -37,6 +37,11 @@ type Event struct {
 	PayloadDigest Digest
 	// CreatedAt is the commit-side time the database gave the event.
 	CreatedAt time.Time
+	// ChainDigest links the event to every event before it (ChainDigest,
+	// computed by the database's writer under the commit-order lock). The
+	// zero Digest means unknown: a stream message relayed before the log
+	// had a chain.
+	ChainDigest Digest
 }
 
 // NewEvent returns a validated event with its payload digest computed. The

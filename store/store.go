@@ -20,6 +20,10 @@ type DB interface {
 	Head(ctx context.Context) (int64, error)
 	// LogID returns the random id the log was given when first migrated.
 	LogID(ctx context.Context) (string, error)
+	// ChainHead returns the log's last committed sequence and its chain
+	// digest, as the log's head row records them (the writers update it
+	// with every append, in the same transaction).
+	ChainHead(ctx context.Context) (ChainHead, error)
 	// AppendSignal returns a channel that is closed the next time events
 	// may have been appended (by this process or, on PostgreSQL, any
 	// other). Take it before reading the log, then wait on it together with

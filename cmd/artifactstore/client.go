@@ -28,6 +28,7 @@ const (
 	exitUnavailble = 5 // unavailable, or no service answering
 	exitDenied     = 6 // permission_denied
 	exitReused     = 7 // command_id_reused
+	exitBroken     = 8 // verify, events tail: the history does not verify
 )
 
 // cliError carries an exit code and a message without a stack of wrapping.

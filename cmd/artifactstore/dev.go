@@ -116,7 +116,9 @@ func (c devCmd) Run(ctx context.Context, g *globals) error {
 		return err
 	}
 	rcfg := c.relayConfig(log, d.srv)
-	rcfg.PublishBatch = c.PublishBatch
+	if err := c.relayFlags.apply(&rcfg); err != nil {
+		return err
+	}
 	r, err := relay.New(db, rjs, rcfg)
 	if err != nil {
 		return err

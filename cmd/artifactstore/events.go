@@ -11,10 +11,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/artifactstore/artifactstore/internal/wire"
+	"github.com/artifactstore/artifactstore/store"
 )
 
 type eventsCmd struct {
-	Tail eventsTailCmd `cmd:"" help:"Follow the events stream from a log sequence, verifying every payload digest."`
+	Tail eventsTailCmd `cmd:"" help:"Follow the events stream from a log sequence, verifying every payload digest and the hash chain."`
 }
 
 type eventsTailCmd struct {
@@ -34,7 +35,16 @@ type tailedEvent struct {
 	Actor         string          `json:"actor"`
 	CreatedAt     time.Time       `json:"created_at"`
 	PayloadDigest string          `json:"payload_digest"`
+	ChainDigest   string          `json:"chain_digest,omitempty"`
 	Payload       json.RawMessage `json:"payload"`
+}
+
+// chainNote is what the text output says of the event's chain digest.
+func chainNote(e store.Event) string {
+	if e.ChainDigest == (store.Digest{}) {
+		return ""
+	}
+	return ", chain " + e.ChainDigest.String()[:12]
 }
 
 func (c eventsTailCmd) Run(ctx context.Context, g *globals) error {
@@ -74,6 +84,7 @@ func (c eventsTailCmd) Run(ctx context.Context, g *globals) error {
 	defer stop()
 	enc := json.NewEncoder(os.Stdout)
 	n := 0
+	chain := wire.ChainCheck{Contiguous: c.Subject == wire.Subjects}
 	for {
 		m, err := msgs.Next()
 		if err != nil {
@@ -88,6 +99,9 @@ func (c eventsTailCmd) Run(ctx context.Context, g *globals) error {
 			// Digest mismatches and malformed messages are reported, not hidden.
 			return failf(exitError, "invalid message on %s: %v", m.Subject(), err)
 		}
+		if err := chain.Check(wm); err != nil {
+			return failf(exitBroken, "%v", err)
+		}
 		if e.Sequence <= c.Since {
 			continue
 		}
@@ -96,12 +110,16 @@ func (c eventsTailCmd) Run(ctx context.Context, g *globals) error {
 			if !json.Valid(e.Payload) {
 				payload, _ = json.Marshal(string(e.Payload))
 			}
+			var chain string
+			if e.ChainDigest != (store.Digest{}) {
+				chain = e.ChainDigest.String()
+			}
 			if err := enc.Encode(tailedEvent{e.Sequence, e.Type, e.SubjectKind, e.SubjectID, e.Actor, e.CreatedAt,
-				e.PayloadDigest.String(), payload}); err != nil {
+				e.PayloadDigest.String(), chain, payload}); err != nil {
 				return err
 			}
 		} else {
-			fmt.Printf("%d\t%s\t%s\t%s\t%s\tdigest ok\n", e.Sequence, e.CreatedAt.Format(time.RFC3339Nano), e.Type, e.SubjectID, e.Actor)
+			fmt.Printf("%d\t%s\t%s\t%s\t%s\tdigest ok%s\n", e.Sequence, e.CreatedAt.Format(time.RFC3339Nano), e.Type, e.SubjectID, e.Actor, chainNote(e))
 		}
 		n++
 		if c.Limit > 0 && n >= c.Limit {

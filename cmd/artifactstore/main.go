@@ -42,6 +42,8 @@ type cli struct {
 	Projection projectionCmd `cmd:"" help:"Projection versions: rebuild beside the live one, list."`
 	Package    packageCmd    `cmd:"" help:"Package commands and queries over NATS."`
 	Events     eventsCmd     `cmd:"" help:"Read the events stream as a downstream consumer would."`
+	Verify     verifyCmd     `cmd:"" help:"Recompute every payload digest and the hash chain over the log (--stream: and compare the events stream with it); exit 8 naming the first sequence that breaks."`
+	Checkpoint checkpointCmd `cmd:"" help:"Signed checkpoints of the history: make a key pair, fetch the latest."`
 
 	Healthcheck healthcheckCmd `cmd:"" hidden:"" help:"Probe a service's /readyz (exit 0 when ready): the containers' healthcheck."`
 }

@@ -311,9 +311,14 @@ func TestSecurityServicesWithLeastPrivilege(t *testing.T) {
 	migrateUp(t, dbURL)
 	dbEnv := []string{"ARTIFACTSTORE_DATABASE_URL=" + dbURL}
 
+	// The relay signs checkpoints too: it creates the bucket and puts
+	// them with its own permissions.
+	keyFile := filepath.Join(t.TempDir(), "relay.pem")
+	require.Zero(t, runBinary(t, time.Minute, nil, "checkpoint", "keygen", "--out", keyFile).code)
+	args := map[string][]string{"relay": {"--checkpoint-key", keyFile, "--checkpoint-interval", "100ms"}}
 	var procs []*service
 	for _, svc := range []string{"ingest", "relay", "projector"} {
-		procs = append(procs, startService(t, append(natsEnv(t, natsURL, svc), dbEnv...), svc))
+		procs = append(procs, startService(t, append(natsEnv(t, natsURL, svc), dbEnv...), append([]string{svc}, args[svc]...)...))
 	}
 
 	alive := func() bool {
@@ -362,6 +367,16 @@ func TestSecurityServicesWithLeastPrivilege(t *testing.T) {
 		return applied == st.Head
 	}, "status as reader to show the relay and the projection caught up; last: %+v", &r)
 
+	// A reader fetches the signed checkpoint and verifies the log, the
+	// stream and the checkpoint with its own permissions.
+	pubKey := strings.TrimSuffix(keyFile, ".pem") + ".pub.pem"
+	testenv.Eventually(t, time.Minute, func() bool {
+		r = runBinary(t, time.Minute, reader, "checkpoint", "get", "--checkpoint-pubkey", pubKey)
+		return alive() && r.code == 0
+	}, "a reader to get the relay's checkpoint; last: %+v", &r)
+	r = runBinary(t, time.Minute, reader, "verify", "--stream", "--checkpoint", "kv", "--checkpoint-pubkey", pubKey)
+	require.Equal(t, 0, r.code, "a reader verifies the history: %s", r.stderr)
+
 	for _, p := range procs {
 		out := p.output.String()
 		require.NotContains(t, out, "Permissions Violation", "%s needs a permission the example config does not grant:\n%s", p.name, out)
@@ -389,6 +404,7 @@ func TestSecurityServicesWithLeastPrivilege(t *testing.T) {
 			requireDenied(t, nc, errs, "client", "$JS.API.STREAM.PURGE.ARTIFACTSTORE_EVENTS")
 			requireDenied(t, nc, errs, "client", "$JS.API.STREAM.DELETE.ARTIFACTSTORE_EVENTS")
 			requireDenied(t, nc, errs, "client", "$JS.API.STREAM.INFO.ARTIFACTSTORE_EVENTS")
+			requireDenied(t, nc, errs, "client", "$KV.ARTIFACTSTORE_CHECKPOINTS.forged")
 			// micro's own endpoints answer any reply subject too; clients
 			// cannot reach them.
 			requireDenied(t, nc, errs, "client", "$SRV.PING")
@@ -425,6 +441,11 @@ func TestSecurityServicesWithLeastPrivilege(t *testing.T) {
 			ecancel()
 			require.Error(t, err, "a reader must not publish events")
 			refused("artifactstore.events.v1.package.created.forged")
+			kctx, kcancel := context.WithTimeout(ctx, 2*time.Second)
+			_, err = js.Publish(kctx, "$KV.ARTIFACTSTORE_CHECKPOINTS.forged", []byte(`{}`))
+			kcancel()
+			require.Error(t, err, "a reader must not put checkpoints")
+			refused("$KV.ARTIFACTSTORE_CHECKPOINTS.forged")
 		})
 
 		t.Run("NATSPermissionProjectorCannotWriteEvents", func(t *testing.T) {

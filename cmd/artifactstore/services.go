@@ -235,7 +235,25 @@ func relayJetStream(nc *nats.Conn) (jetstream.JetStream, error) {
 
 // relayFlags are the relay's own flags (relay and dev).
 type relayFlags struct {
-	PublishBatch int `name:"publish-batch" env:"ARTIFACTSTORE_PUBLISH_BATCH" default:"0" help:"Publish in JetStream atomic batches of up to this many events (2..1000), synced once per batch: use it when NATS runs with sync_interval: always. 0 publishes event by event."`
+	PublishBatch       int           `name:"publish-batch" env:"ARTIFACTSTORE_PUBLISH_BATCH" default:"0" help:"Publish in JetStream atomic batches of up to this many events (2..1000), synced once per batch: use it when NATS runs with sync_interval: always. 0 publishes event by event."`
+	CheckpointKey      string        `name:"checkpoint-key" env:"ARTIFACTSTORE_CHECKPOINT_KEY" type:"path" help:"ed25519 private key (PEM, PKCS #8: 'artifactstore checkpoint keygen' or 'openssl genpkey -algorithm ed25519'): sign checkpoints of the stream's position and put them in the ARTIFACTSTORE_CHECKPOINTS bucket."`
+	CheckpointInterval time.Duration `name:"checkpoint-interval" env:"ARTIFACTSTORE_CHECKPOINT_INTERVAL" default:"1m" help:"How often to sign a checkpoint (when the position moved)."`
+	AllowStreamDeletes bool          `name:"allow-stream-deletes" env:"ARTIFACTSTORE_ALLOW_STREAM_DELETES" help:"Create the events stream without deny-delete/deny-purge and accept an existing one that allows deleting or purging messages (history downstream consumers rely on could then be removed)."`
+}
+
+// apply sets the relay's own settings in cfg, reading the checkpoint key.
+func (f relayFlags) apply(cfg *relay.Config) error {
+	cfg.PublishBatch = f.PublishBatch
+	cfg.AllowStreamDeletes = f.AllowStreamDeletes
+	cfg.CheckpointInterval = f.CheckpointInterval
+	if f.CheckpointKey != "" {
+		key, err := readPrivateKey(f.CheckpointKey)
+		if err != nil {
+			return failf(exitInvalid, "--checkpoint-key: %v", err)
+		}
+		cfg.CheckpointKey = key
+	}
+	return nil
 }
 
 type relayCmd struct {
@@ -255,7 +273,9 @@ func (c relayCmd) Run(ctx context.Context, g *globals) error {
 		return err
 	}
 	cfg := c.relayConfig(g.log, d.srv)
-	cfg.PublishBatch = c.PublishBatch
+	if err := c.apply(&cfg); err != nil {
+		return err
+	}
 	r, err := relay.New(d.db, js, cfg)
 	if err != nil {
 		return err

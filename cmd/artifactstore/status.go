@@ -24,6 +24,8 @@ type statusCmd struct {
 type statusReport struct {
 	LogID string `json:"log_id"`
 	Head  int64  `json:"head"`
+	// ChainHead is the log head's sequence and chain digest.
+	ChainHead store.ChainHead `json:"chain_head"`
 	// Partitions is the log's partition count P.
 	Partitions  int                `json:"partitions"`
 	Relay       *relayStatus       `json:"relay,omitempty"`
@@ -66,7 +68,7 @@ func (c statusCmd) Run(ctx context.Context, g *globals) error {
 		return enc.Encode(rep)
 	}
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(w, "log\t%s\thead %d\tpartitions %d\n", rep.LogID, rep.Head, rep.Partitions)
+	fmt.Fprintf(w, "log\t%s\thead %d\tpartitions %d\tchain %s\n", rep.LogID, rep.Head, rep.Partitions, rep.ChainHead.Digest)
 	if rep.Relay != nil {
 		fmt.Fprintf(w, "relay\t%s\tposition %d\tlag %d\n", rep.Relay.Stream, rep.Relay.Position, rep.Relay.Lag)
 	} else {
@@ -101,6 +103,9 @@ func collectStatus(ctx context.Context, db store.DB, js relay.StreamLookup, stre
 		return rep, failf(exitUnavailble, "reading the log: %v", err)
 	}
 	if rep.Partitions, err = db.Partitions(ctx); err != nil {
+		return rep, failf(exitUnavailble, "reading the log: %v", err)
+	}
+	if rep.ChainHead, err = db.ChainHead(ctx); err != nil {
 		return rep, failf(exitUnavailble, "reading the log: %v", err)
 	}
 	if js != nil {

@@ -29,7 +29,9 @@ func TestOraclesBite(t *testing.T) {
 		t.Skipf("%s=off", EnvChaos)
 	}
 	pg := newPG(t)
-	e := startEnv(t, pg, "bite", envOptions{ingest: 1, relays: 1, projectors: 1})
+	// The relay accepts a stream that allows deletes: the test deletes a
+	// message (the stream denies it otherwise).
+	e := startEnv(t, pg, "bite", envOptions{ingest: 1, relays: 1, projectors: 1, allowStreamDeletes: true})
 	l := newLoad(t, e, loadOptions{clients: 4, packages: 10})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

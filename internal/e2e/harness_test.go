@@ -271,6 +271,9 @@ type envOptions struct {
 	natsSyncAlways bool
 	// publishBatch is the relays' --publish-batch (0: per event).
 	publishBatch int
+	// allowStreamDeletes runs the relays with --allow-stream-deletes, for
+	// tests that delete stream messages on purpose.
+	allowStreamDeletes bool
 	// binary overrides the artifactstore binary.
 	binary   string
 	logLevel string
@@ -427,9 +430,13 @@ func startEnv(t testing.TB, pg *pgServer, dbName string, opts envOptions) *env {
 	for i := range opts.ingest {
 		e.ingest = append(e.ingest, e.service("ingest", i+1))
 	}
+	relayArgs := []string{"--replicas", fmt.Sprint(opts.natsNodes), "--duplicate-window", opts.dupWindow,
+		"--publish-batch", fmt.Sprint(opts.publishBatch)}
+	if opts.allowStreamDeletes {
+		relayArgs = append(relayArgs, "--allow-stream-deletes")
+	}
 	for i := range opts.relays {
-		e.relays = append(e.relays, e.service("relay", i+1, "--replicas", fmt.Sprint(opts.natsNodes),
-			"--duplicate-window", opts.dupWindow, "--publish-batch", fmt.Sprint(opts.publishBatch)))
+		e.relays = append(e.relays, e.service("relay", i+1, relayArgs...))
 	}
 	for i := range opts.projectors {
 		e.projectors = append(e.projectors, e.newProjector(i+1))

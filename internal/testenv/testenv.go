@@ -393,6 +393,7 @@ func OpenPostgresConfig(t testing.TB, cfg postgres.Config) *postgres.DB {
 		t.Fatalf("testenv: opening postgres: %v", err)
 	}
 	t.Cleanup(db.Close)
+	remember(t, db, pgPlace{cfg.URL, cfg.Schema})
 	if _, err := db.Migrate(ctx); err != nil {
 		t.Fatalf("testenv: migrating: %v", err)
 	}
@@ -403,11 +404,13 @@ func OpenPostgresConfig(t testing.TB, cfg postgres.Config) *postgres.DB {
 func SQLite(t testing.TB) *sqlite.DB {
 	t.Helper()
 	ctx := context.Background()
-	db, err := sqlite.Open(ctx, sqlite.Config{Path: filepath.Join(t.TempDir(), "log.db"), Logger: Logger(t)})
+	path := filepath.Join(t.TempDir(), "log.db")
+	db, err := sqlite.Open(ctx, sqlite.Config{Path: path, Logger: Logger(t)})
 	if err != nil {
 		t.Fatalf("testenv: opening sqlite: %v", err)
 	}
 	t.Cleanup(db.Close)
+	remember(t, db, path)
 	if _, err := db.Migrate(ctx); err != nil {
 		t.Fatalf("testenv: migrating: %v", err)
 	}

@@ -37,6 +37,11 @@ const (
 	// the same partition (0 for its first): a reader of one partition knows
 	// from each message alone whether it missed a predecessor.
 	HeaderPartitionPrevious = "Artifactstore-Partition-Previous"
+	// HeaderChainDigest is the event's chain digest (store.ChainDigest), 64
+	// lowercase hex: a reader of consecutive events checks each against
+	// the one before it (ChainCheck). Messages relayed before the log had
+	// a chain (migration 00008) lack it.
+	HeaderChainDigest = "Artifactstore-Chain-Digest"
 )
 
 // SubjectPrefix starts every event subject.
@@ -111,9 +116,12 @@ func Encode(m Message, extra int) *nats.Msg {
 		strconv.Itoa(m.Partition),
 		strconv.FormatInt(m.Previous, 10),
 	}
-	h := make(nats.Header, len(v)+extra)
+	h := make(nats.Header, len(v)+1+extra)
 	for i, name := range headerNames {
 		h[name] = v[i : i+1 : i+1]
+	}
+	if e.ChainDigest != (store.Digest{}) {
+		h[HeaderChainDigest] = []string{e.ChainDigest.String()}
 	}
 	return &nats.Msg{Subject: Subject(e, m.Partition), Data: e.Payload, Header: h}
 }
@@ -127,7 +135,9 @@ var headerNames = [...]string{HeaderMsgID, HeaderSequence, HeaderEventType, Head
 // subject id and partition, Nats-Msg-Id matches the log id and sequence,
 // the previous sequence is below the sequence, and the digest matches the
 // body. It cannot check the partition against the log's partition count,
-// which it does not know. Errors wrap ErrInvalidMessage.
+// which it does not know, nor the chain digest, which depends on the
+// message before (ChainCheck). A message without a chain digest header
+// decodes with the zero ChainDigest. Errors wrap ErrInvalidMessage.
 func Decode(subject string, h nats.Header, data []byte) (Message, error) {
 	var vals [len(headerNames)]string
 	for i, name := range headerNames {
@@ -157,7 +167,30 @@ func Decode(subject string, h nats.Header, data []byte) (Message, error) {
 	}
 	e.CreatedAt = at.UTC()
 	e.Payload = data
+	if e.ChainDigest, err = decodeChain(h.Values(HeaderChainDigest)); err != nil {
+		return Message{}, err
+	}
 	return m, nil
+}
+
+// decodeChain parses the chain digest header: absent (a message relayed
+// before the log had a chain) or exactly once, 64 lowercase hex, not zero.
+func decodeChain(v []string) (store.Digest, error) {
+	switch len(v) {
+	case 0:
+		return store.Digest{}, nil
+	case 1:
+	default:
+		return store.Digest{}, invalid("header %s appears %d times, want at most once", HeaderChainDigest, len(v))
+	}
+	d, err := store.ParseDigest(v[0])
+	if err != nil {
+		return d, invalid("%s: %v", HeaderChainDigest, err)
+	}
+	if d == (store.Digest{}) {
+		return d, invalid("%s is zero", HeaderChainDigest)
+	}
+	return d, nil
 }
 
 // decodeIdentity checks and parses the headers that identify the event:

@@ -198,3 +198,128 @@ func TestPartitionMatchesFNV1a(t *testing.T) {
 		}
 	}
 }
+
+// chained returns n consecutive events from first on, chained as the log
+// chains them after prev.
+func chained(t testing.TB, first int64, n int, prev store.Digest) []store.Event {
+	var out []store.Event
+	for i := range n {
+		out = append(out, testEvent(t, first+int64(i), "v1.package.created", "ci", fmt.Sprintf(`{"i":%d}`, i)))
+	}
+	store.Chain(prev, out)
+	return out
+}
+
+func TestChainDigestHeader(t *testing.T) {
+	t.Parallel()
+	e := chained(t, 5, 1, store.DigestOf([]byte("4")))[0]
+	m := wire.Encode(msgOf(e), 0)
+	require.Equal(t, []string{e.ChainDigest.String()}, m.Header.Values(wire.HeaderChainDigest))
+	require.Len(t, m.Header, 12)
+	got, err := wire.Decode(m.Subject, wireHeaders(t, m.Header), m.Data)
+	require.NoError(t, err)
+	require.Equal(t, msgOf(e), got, "the chain digest round-trips")
+
+	old := wire.Encode(msgOf(e), 0)
+	old.Header.Del(wire.HeaderChainDigest)
+	got, err = wire.Decode(old.Subject, old.Header, old.Data)
+	require.NoError(t, err, "a message relayed before the log had a chain decodes")
+	require.Equal(t, store.Digest{}, got.Event.ChainDigest)
+
+	for name, mutate := range map[string]func(h nats.Header){
+		"repeated":  func(h nats.Header) { h.Add(wire.HeaderChainDigest, e.ChainDigest.String()) },
+		"short":     func(h nats.Header) { h.Set(wire.HeaderChainDigest, "abcd") },
+		"uppercase": func(h nats.Header) { h.Set(wire.HeaderChainDigest, strings.ToUpper(e.ChainDigest.String())) },
+		"zero":      func(h nats.Header) { h.Set(wire.HeaderChainDigest, strings.Repeat("0", 64)) },
+	} {
+		m := wire.Encode(msgOf(e), 0)
+		mutate(m.Header)
+		_, err := wire.Decode(m.Subject, m.Header, m.Data)
+		require.ErrorIs(t, err, wire.ErrInvalidMessage, name)
+	}
+}
+
+func TestChainCheck(t *testing.T) {
+	t.Parallel()
+	log := chained(t, 1, 8, store.Digest{})
+	msg := func(e store.Event) wire.Message { return msgOf(e) }
+	requireBreak := func(err error, seq int64) {
+		t.Helper()
+		var ce *wire.ChainError
+		require.ErrorAs(t, err, &ce)
+		require.ErrorIs(t, err, wire.ErrChainBroken)
+		require.Equal(t, seq, ce.Sequence, "%v", err)
+	}
+
+	var all wire.ChainCheck
+	all.Contiguous = true
+	for _, e := range log {
+		require.NoError(t, all.Check(msg(e)))
+	}
+
+	// A reader starting mid-stream trusts its first message.
+	var mid wire.ChainCheck
+	for _, e := range log[4:] {
+		require.NoError(t, mid.Check(msg(e)))
+	}
+
+	// A rewritten event (payload and digest changed together, chain
+	// digest kept) breaks at itself.
+	forged := log[3]
+	forged.Payload = []byte(`{"i":"forged"}`)
+	forged.PayloadDigest = store.DigestOf(forged.Payload)
+	var c wire.ChainCheck
+	for _, e := range log[:3] {
+		require.NoError(t, c.Check(msg(e)))
+	}
+	requireBreak(c.Check(msg(forged)), 4)
+	require.NoError(t, c.Check(msg(log[3])), "a failed check changes nothing")
+
+	// Its chain digest recomputed too: the next one breaks.
+	forged.ChainDigest = store.ChainDigest(log[2].ChainDigest, forged)
+	c = wire.ChainCheck{}
+	for _, e := range log[:3] {
+		require.NoError(t, c.Check(msg(e)))
+	}
+	require.NoError(t, c.Check(msg(forged)))
+	requireBreak(c.Check(msg(log[4])), 5)
+
+	// A gap: a break for a reader of everything, not for a filtered one.
+	c = wire.ChainCheck{Contiguous: true}
+	require.NoError(t, c.Check(msg(log[0])))
+	requireBreak(c.Check(msg(log[2])), 2)
+	var filtered wire.ChainCheck
+	require.NoError(t, filtered.Check(msg(log[0])))
+	require.NoError(t, filtered.Check(msg(log[2])))
+	require.NoError(t, filtered.Check(msg(log[3])))
+	requireBreak(filtered.Check(msg(log[1])), 2)
+
+	// Messages from before the chain are not checked; the next chained one
+	// is trusted again.
+	c = wire.ChainCheck{Contiguous: true}
+	unchained := log[1]
+	unchained.ChainDigest = store.Digest{}
+	require.NoError(t, c.Check(msg(log[0])))
+	require.NoError(t, c.Check(msg(unchained)))
+	require.NoError(t, c.Check(msg(log[5])))
+	require.NoError(t, c.Check(msg(log[6])))
+}
+
+// FuzzChainHeader feeds arbitrary chain digest headers to Decode: it must
+// not panic, and what it accepts encodes back to the same header.
+func FuzzChainHeader(f *testing.F) {
+	e := chained(f, 3, 1, store.Digest{})[0]
+	f.Add(e.ChainDigest.String())
+	f.Add(strings.Repeat("0", 64))
+	f.Add("G" + strings.Repeat("a", 63))
+	f.Fuzz(func(t *testing.T, chain string) {
+		m := wire.Encode(msgOf(e), 0)
+		m.Header.Set(wire.HeaderChainDigest, chain)
+		got, err := wire.Decode(m.Subject, m.Header, m.Data)
+		if err != nil {
+			require.ErrorIs(t, err, wire.ErrInvalidMessage)
+			return
+		}
+		require.Equal(t, chain, wire.Encode(got, 0).Header.Get(wire.HeaderChainDigest))
+	})
+}

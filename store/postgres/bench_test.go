@@ -9,6 +9,7 @@ import (
 
 	"github.com/artifactstore/artifactstore/internal/testenv"
 	"github.com/artifactstore/artifactstore/store"
+	"github.com/artifactstore/artifactstore/store/postgres"
 	"github.com/artifactstore/artifactstore/store/storetest"
 )
 
@@ -121,4 +122,87 @@ func BenchmarkReplay100k(b *testing.B) {
 
 func BenchmarkFetch100k(b *testing.B) {
 	storetest.BenchFetch(b, testenv.Postgres(b), 100_000)
+}
+
+// BenchmarkChainCost measures what the hash chain costs appends: the same
+// events appended with it (Append; and ClaimAll then AppendCommands, as
+// ingest commits a batch of creates with its 2 committers) and without it
+// (the statements from before the chain, export_test.go), in 5
+// interleaved rounds on one log; ratio = with / without (medians).
+func BenchmarkChainCost(b *testing.B) {
+	for i, c := range []struct {
+		name                string
+		perTx, writers, txs int
+		commands            bool
+	}{
+		{"append/per_tx=1/writers=1", 1, 1, 1000, false},
+		{"append/per_tx=1/writers=8", 1, 8, 2000, false},
+		{"append/per_tx=100/writers=1", 100, 1, 100, false},
+		{"append/per_tx=100/writers=8", 100, 8, 200, false},
+		{"append/per_tx=1000/writers=1", 1000, 1, 20, false},
+		{"commands/per_tx=20/writers=2", 20, 2, 500, true},
+		{"commands/per_tx=100/writers=2", 100, 2, 200, true},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			db := testenv.Postgres(b)
+			with, without := chainedAppend(db), unchainedAppend(db)
+			if c.commands {
+				with, without = chainedCommands(db), unchainedCommands(db)
+			}
+			storetest.BenchVersus(b, 7, c.writers, c.txs, c.perTx, i*10_000_000, with, without)
+		})
+	}
+}
+
+func chainedAppend(db store.DB) storetest.AppendFunc {
+	return func(ctx context.Context, rows []store.Event) error {
+		return db.InTx(ctx, func(tx store.Tx) error { _, err := tx.Append(ctx, rows...); return err })
+	}
+}
+
+func unchainedAppend(db store.DB) storetest.AppendFunc {
+	return func(ctx context.Context, rows []store.Event) error {
+		return db.InTx(ctx, func(tx store.Tx) error { return postgres.AppendUnchained(ctx, tx, rows) })
+	}
+}
+
+// claim runs ClaimAll for rows as creates with command ids, as ingest
+// does before appending.
+func claim(ctx context.Context, tx commandTx, rows []store.Event) ([]string, error) {
+	ids, fps, pkgs, versions := make([]string, len(rows)), make([][]byte, len(rows)), make([]string, len(rows)), make([]string, len(rows))
+	for i, e := range rows {
+		ids[i], fps[i], pkgs[i], versions[i] = "cmd-"+e.SubjectID, e.PayloadDigest[:], e.SubjectID, "1"
+	}
+	_, _, _, _, err := tx.ClaimAll(ctx, ids, fps, pkgs, pkgs, versions, nil)
+	return ids, err
+}
+
+func chainedCommands(db store.DB) storetest.AppendFunc {
+	return func(ctx context.Context, rows []store.Event) error {
+		return db.InTx(ctx, func(stx store.Tx) error {
+			tx := stx.(store.CommandBatcher)
+			ids, err := claim(ctx, tx, rows)
+			if err != nil {
+				return err
+			}
+			_, err = tx.AppendCommands(ctx, nil, rows, ids, nil)
+			return err
+		})
+	}
+}
+
+func unchainedCommands(db store.DB) storetest.AppendFunc {
+	return func(ctx context.Context, rows []store.Event) error {
+		return db.InTx(ctx, func(stx store.Tx) error {
+			ids, err := claim(ctx, stx.(store.CommandBatcher), rows)
+			if err != nil {
+				return err
+			}
+			return postgres.AppendCommandsUnchained(ctx, stx, rows, ids)
+		})
+	}
+}
+
+func BenchmarkVerify100k(b *testing.B) {
+	storetest.BenchVerify(b, testenv.Postgres(b), 100_000)
 }

@@ -12,8 +12,9 @@ import (
 
 // Set-based, pipelined forms of the command-side methods of store.Tx, for
 // a group-committing writer: tx implements store.CommandBatcher. A
-// batch of commands takes two round trips: ClaimAll (which also begins the
-// transaction) and AppendCommands (which also commits it). Each statement
+// batch of commands takes three round trips: ClaimAll (which also begins
+// the transaction) and AppendCommands (which locks the log's head, then
+// appends and commits). Each statement
 // decides row by row exactly as its single-row counterpart and, like it,
 // never aborts the transaction on a conflict. Rows are taken in the order
 // given, so a caller that passes sorted keys takes its locks in a global
@@ -109,44 +110,30 @@ func (t *tx) CommandReplies(ctx context.Context, ids []string, replyOf func(stor
 	return out, nil
 }
 
-// AppendCommands ends the transaction in one round trip: it forgets the
-// claims of the release ids (rejected commands), appends events, records
-// for every commandIDs[i] other than "" that events[i] answered it (the
-// sequence only: CommandReplies rebuilds the reply from the event), and
-// commits. The log_head lock is thus held for that one round trip. It must
-// be the transaction's last call. An error wrapping store.ErrOutcomeUnknown
-// means the transaction may have committed; any other means it did not.
+// AppendCommands ends the transaction: it forgets the claims of the
+// release ids (rejected commands), appends events, records for every
+// commandIDs[i] other than "" that events[i] answered it (the sequence
+// only: CommandReplies rebuilds the reply from the event), and commits.
+// With events it takes two round trips, the first of which takes the
+// log_head lock (see appendCommandsChained); without, one. It must be the
+// transaction's last call. An error wrapping store.ErrOutcomeUnknown means
+// the transaction may have committed; any other means it did not.
 func (t *tx) AppendCommands(ctx context.Context, release []string, events []store.Event, commandIDs []string, _ func(store.Event) ([]byte, error)) ([]store.Event, error) {
 	b := &pgx.Batch{}
 	if len(release) > 0 {
 		b.Queue("DELETE FROM commands WHERE command_id = ANY($1) AND sequence IS NULL", release)
 	}
-	out := func() []store.Event { return nil }
-	if n := len(events); n > 0 {
-		var err error
-		if out, err = t.queueAppend(b, events); err != nil {
-			return nil, err
-		}
-		var ids []string
-		var offsets []int32
-		for i, id := range commandIDs {
-			if id != "" {
-				ids, offsets = append(ids, id), append(offsets, int32(n-1-i))
-			}
-		}
-		if len(ids) > 0 {
-			// Every id was claimed by this transaction: each row is
-			// found through the conflict on its primary key, which no
-			// plan can turn into a scan, and updated, in one statement.
-			b.Queue(`INSERT INTO commands (command_id, sequence)
-				SELECT u.id, h.sequence - u.off FROM log_head h, unnest($1::text[], $2::int[]) AS u(id, off)
-				ON CONFLICT (command_id) DO UPDATE SET sequence = excluded.sequence WHERE commands.sequence IS NULL`, ids, offsets)
-		}
+	var out []store.Event
+	var err error
+	if len(events) == 0 {
+		err = t.tx.commit(ctx, b)
+	} else if err = t.validate(events); err == nil {
+		out, err = t.appendCommandsChained(ctx, b, events, commandIDs)
 	}
-	if err := t.tx.commit(ctx, b); err != nil {
+	if err != nil {
 		return nil, fmt.Errorf("appending %d events: %w", len(events), err)
 	}
-	return out(), nil
+	return out, nil
 }
 
 // marks reports for each key whether it is among got.

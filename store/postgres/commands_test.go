@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -12,10 +13,11 @@ import (
 	"github.com/artifactstore/artifactstore/store/storetest"
 )
 
-// TestAppendCommandsCommits: AppendCommands commits in its own round trip
-// (InTx has nothing left to do), a statement that fails in its pipeline
-// leaves nothing behind, and a backend that dies before COMMIT reports an
-// unknown outcome — and in that case nothing was committed.
+// TestAppendCommandsCommits: AppendCommands commits (InTx has nothing
+// left to do), a statement that fails in its pipeline leaves nothing
+// behind, a backend that dies before AppendCommands is a known failure,
+// and one that dies in the round trip with COMMIT reports an unknown
+// outcome — and in both cases nothing was committed.
 func TestAppendCommandsCommits(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -59,26 +61,70 @@ func TestAppendCommandsCommits(t *testing.T) {
 	require.Equal(t, int64(1), head, "nothing appended")
 
 	// The backend is terminated between ClaimAll and AppendCommands: the
-	// commit pipeline fails, the outcome is reported unknown, and the
-	// transaction did not commit.
+	// round trip that locks the log head fails before COMMIT was sent, so
+	// the outcome is known: nothing committed, worth retrying.
+	terminate := func(where string) int {
+		var n int
+		require.NoError(t, c.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+			WHERE `+where+` AND pid <> pg_backend_pid() AND backend_xid IS NOT NULL AND datname = current_database()
+			AND EXISTS (SELECT 1 FROM pg_locks l JOIN pg_class r ON r.oid = l.relation JOIN pg_namespace s ON s.oid = r.relnamespace
+				WHERE l.pid = pg_stat_activity.pid AND s.nspname = $1)`, schema).Scan(&n))
+		return n
+	}
 	err = db.InTx(ctx, func(stx store.Tx) error {
 		tx := stx.(store.CommandBatcher)
 		if _, _, _, _, err := tx.ClaimAll(ctx, []string{"c3"}, [][]byte{{1}}, []string{ev2.SubjectID}, []string{"n"}, []string{"2"}, nil); err != nil {
 			return err
 		}
 		// The only backend of this schema's pool in a transaction is ours.
-		var n int
-		require.NoError(t, c.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-			WHERE state LIKE 'idle in transaction%' AND query LIKE 'INSERT INTO package_index%' AND pid <> pg_backend_pid()
-			AND backend_xid IS NOT NULL AND datname = current_database()
-			AND EXISTS (SELECT 1 FROM pg_locks l JOIN pg_class r ON r.oid = l.relation JOIN pg_namespace s ON s.oid = r.relnamespace
-				WHERE l.pid = pg_stat_activity.pid AND s.nspname = $1)`, schema).Scan(&n))
-		require.Equal(t, 1, n, "terminated the transaction's backend")
+		require.Equal(t, 1, terminate("state LIKE 'idle in transaction%' AND query LIKE 'INSERT INTO package_index%'"),
+			"terminated the transaction's backend")
 		_, err := tx.AppendCommands(ctx, nil, []store.Event{ev2}, []string{"c3"}, nil)
 		return err
 	})
+	require.ErrorIs(t, err, store.ErrUnavailable)
+	require.NotErrorIs(t, err, store.ErrOutcomeUnknown)
+	head, err = db.Head(ctx)
+	require.NoError(t, err)
+	require.Equal(t, int64(1), head, "the terminated transaction did not commit")
+
+	// The backend dies while the round trip that ends with COMMIT is on
+	// its way (a trigger holds the statement that records the command's
+	// sequence in it): the outcome is reported unknown, and the
+	// transaction did not commit.
+	_, err = c.Exec(ctx, `CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(60); RETURN NEW; END $$;
+		CREATE TRIGGER slow BEFORE UPDATE ON commands FOR EACH ROW WHEN (NEW.sequence IS NOT NULL) EXECUTE FUNCTION slow()`)
+	require.NoError(t, err)
+	killed := make(chan int, 1)
+	go func() {
+		deadline := time.Now().Add(30 * time.Second)
+		for time.Now().Before(deadline) {
+			if n := terminate("wait_event = 'PgSleep' AND query LIKE 'INSERT INTO commands (command_id, sequence)%'"); n > 0 {
+				killed <- n
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		killed <- 0
+	}()
+	_, err = appendWithCommand(ctx, db, "c4", storetest.Created(t, storetest.PackageID(4), "n", "4", "a"))
+	require.Equal(t, 1, <-killed, "terminated the backend during the commit round trip")
 	require.ErrorIs(t, err, store.ErrOutcomeUnknown)
 	head, err = db.Head(ctx)
 	require.NoError(t, err)
 	require.Equal(t, int64(1), head, "the terminated transaction did not commit")
+}
+
+func appendWithCommand(ctx context.Context, db store.DB, id string, ev store.Event) ([]store.Event, error) {
+	var out []store.Event
+	err := db.InTx(ctx, func(stx store.Tx) error {
+		tx := stx.(store.CommandBatcher)
+		if _, _, _, _, err := tx.ClaimAll(ctx, []string{id}, [][]byte{{1}}, []string{ev.SubjectID}, []string{ev.SubjectID}, []string{"1"}, nil); err != nil {
+			return err
+		}
+		var err error
+		out, err = tx.AppendCommands(ctx, nil, []store.Event{ev}, []string{id}, nil)
+		return err
+	})
+	return out, err
 }

@@ -19,7 +19,7 @@ import (
 // or failure) travel with the next statement that needs an answer, at the
 // latest with COMMIT; and commit sends COMMIT in the same pipeline as the
 // transaction's last statements. A group-committing writer thus holds the
-// log_head lock for one round trip instead of three (see ingest's
+// log_head lock for two round trips instead of four (see ingest's
 // AppendCommands), and a projector batch takes two round trips.
 type txConn struct {
 	c         *pgxpool.Conn

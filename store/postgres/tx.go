@@ -24,62 +24,36 @@ type tx struct {
 }
 
 // Append implements store.Tx. Sequences come from the log_head row, locked
-// until commit (see store/doc.go); the counter update, the insert and the
-// NOTIFY go to the server as one pipelined batch.
+// until commit (see store/doc.go): the counter update returns them with
+// the chain head, the chain digests are computed here under that lock, and
+// the insert (which also records the new chain head) and the NOTIFY travel
+// with the transaction's next round trip (at the latest its COMMIT). An
+// append thus costs the round trips it cost before the chain: the update,
+// then the rest with COMMIT.
 func (t *tx) Append(ctx context.Context, events ...store.Event) ([]store.Event, error) {
 	if len(events) == 0 {
 		return nil, nil
 	}
-	b := &pgx.Batch{}
-	out, err := t.queueAppend(b, events)
-	if err != nil {
+	if err := t.validate(events); err != nil {
 		return nil, err
 	}
-	if err := t.tx.SendBatch(ctx, b).Close(); err != nil {
-		return nil, fmt.Errorf("appending %d events: %w", len(events), translate(err))
-	}
-	return out(), nil
-}
-
-// queueAppend validates events and queues on b the counter update, the
-// insert and the NOTIFY. Once b has been sent without error, the returned
-// function gives the events with their sequences and created_at.
-func (t *tx) queueAppend(b *pgx.Batch, events []store.Event) (func() []store.Event, error) {
 	n := len(events)
-	types := make([]string, n)
-	kinds := make([]string, n)
-	ids := make([]string, n)
-	actors := make([]string, n)
-	payloads := make([][]byte, n)
-	digests := make([][]byte, n)
-	for i := range events {
-		if err := events[i].Validate(t.db.cfg.MaxPayload); err != nil {
-			return nil, fmt.Errorf("event %d: %w", i, err)
-		}
-		types[i], kinds[i], ids[i], actors[i] = events[i].Type, events[i].SubjectKind, events[i].SubjectID, events[i].Actor
-		payloads[i], digests[i] = events[i].Payload, events[i].PayloadDigest[:]
-	}
-	var head int64
-	var at time.Time
+	b := &pgx.Batch{}
+	h := &logHead{}
 	b.Queue(`UPDATE log_head SET sequence = sequence + $1, created_at = greatest(clock_timestamp(), created_at)
-		RETURNING sequence, created_at`, n).QueryRow(func(r pgx.Row) error { return r.Scan(&head, &at) })
-	b.Queue(`INSERT INTO events (`+eventColumns+`)
-		SELECT h.sequence - $1 + u.ord, u.t, u.k, u.i, u.a, u.p, u.d, h.created_at
-		FROM log_head h, unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[], $7::bytea[])
-			WITH ORDINALITY AS u(t, k, i, a, p, d, ord)`,
-		n, types, kinds, ids, actors, payloads, digests)
-	b.Queue(`SELECT pg_notify($1, '')`, t.db.channel)
-	return func() []store.Event {
-		t.appended = true
-		at = at.UTC()
-		out := make([]store.Event, n)
-		for i, e := range events {
-			e.Sequence = head - int64(n) + int64(i) + 1
-			e.CreatedAt = at
-			out[i] = e
+		RETURNING sequence - $1, created_at, chain_digest`, n).QueryRow(func(r pgx.Row) error { return r.Scan(&h.sequence, &h.at, &h.chain) })
+	br := t.tx.SendBatch(ctx, b)
+	rows := newEventRows(events) // while the update travels
+	if err := br.Close(); err != nil {
+		return nil, fmt.Errorf("appending %d events: %w", n, translate(err))
+	}
+	out := t.chainAfter(h, h.at, events, rows.prep)
+	for _, q := range rows.insert(t, out) {
+		if err := t.tx.later(q.SQL, q.Arguments...); err != nil {
+			return nil, err
 		}
-		return out
-	}, nil
+	}
+	return out, nil
 }
 
 // ResetViews implements store.Tx.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/artifactstore/artifactstore/internal/testenv"
 	"github.com/artifactstore/artifactstore/store"
+	"github.com/artifactstore/artifactstore/store/sqlite"
 	"github.com/artifactstore/artifactstore/store/storetest"
 )
 
@@ -122,4 +123,29 @@ func BenchmarkReplay100k(b *testing.B) {
 
 func BenchmarkFetch100k(b *testing.B) {
 	storetest.BenchFetch(b, testenv.SQLite(b), 100_000)
+}
+
+func BenchmarkVerify100k(b *testing.B) {
+	storetest.BenchVerify(b, testenv.SQLite(b), 100_000)
+}
+
+// BenchmarkChainCost measures Append with the hash chain next to the
+// Append from before it (export_test.go), in 7 interleaved rounds on one
+// log; ratio = with / without (medians).
+func BenchmarkChainCost(b *testing.B) {
+	for i, c := range []struct {
+		name       string
+		perTx, txs int
+	}{{"per_tx=1", 1, 1000}, {"per_tx=100", 100, 100}, {"per_tx=1000", 1000, 20}} {
+		b.Run(c.name, func(b *testing.B) {
+			db := testenv.SQLite(b)
+			with := func(ctx context.Context, rows []store.Event) error {
+				return db.InTx(ctx, func(tx store.Tx) error { _, err := tx.Append(ctx, rows...); return err })
+			}
+			without := func(ctx context.Context, rows []store.Event) error {
+				return db.InTx(ctx, func(tx store.Tx) error { return sqlite.AppendUnchained(ctx, tx, rows) })
+			}
+			storetest.BenchVersus(b, 7, 1, c.txs, c.perTx, i*10_000_000, with, without)
+		})
+	}
 }

@@ -131,7 +131,7 @@ func (db *DB) InTx(ctx context.Context, fn func(store.Tx) error) error {
 	return nil
 }
 
-const eventColumns = "sequence, event_type, subject_kind, subject_id, actor, payload, payload_digest, created_at"
+const eventColumns = "sequence, event_type, subject_kind, subject_id, actor, payload, payload_digest, created_at, chain_digest"
 
 // Fetch implements store.DB.
 func (db *DB) Fetch(ctx context.Context, after int64, limit int) ([]store.Event, error) {
@@ -144,12 +144,13 @@ func (db *DB) Fetch(ctx context.Context, after int64, limit int) ([]store.Event,
 	out := make([]store.Event, 0, min(limit, 1024))
 	for rows.Next() {
 		var e store.Event
-		var digest []byte
+		var digest, chain []byte
 		var at int64
-		if err := rows.Scan(&e.Sequence, &e.Type, &e.SubjectKind, &e.SubjectID, &e.Actor, &e.Payload, &digest, &at); err != nil {
+		if err := rows.Scan(&e.Sequence, &e.Type, &e.SubjectKind, &e.SubjectID, &e.Actor, &e.Payload, &digest, &at, &chain); err != nil {
 			return nil, translate(err)
 		}
 		copy(e.PayloadDigest[:], digest)
+		copy(e.ChainDigest[:], chain)
 		e.CreatedAt = fromMicros(at)
 		out = append(out, e)
 	}
@@ -168,6 +169,15 @@ func (db *DB) LogID(ctx context.Context) (string, error) {
 	var id string
 	err := db.db.QueryRowContext(ctx, "SELECT log_id FROM log_meta").Scan(&id)
 	return id, translate(err)
+}
+
+// ChainHead implements store.DB.
+func (db *DB) ChainHead(ctx context.Context) (store.ChainHead, error) {
+	var h store.ChainHead
+	var chain []byte
+	err := db.db.QueryRowContext(ctx, "SELECT sequence, chain_digest FROM log_head").Scan(&h.Sequence, &chain)
+	copy(h.Digest[:], chain)
+	return h, translate(err)
 }
 
 // AppendSignal implements store.DB; it fires on this process's appends.

@@ -17,8 +17,9 @@ type tx struct {
 }
 
 // Append implements store.Tx. The transaction already holds SQLite's write
-// lock (BEGIN IMMEDIATE); the log_head row gives the sequences and a
-// created_at that never decreases.
+// lock (BEGIN IMMEDIATE); the log_head row gives the sequences, a
+// created_at that never decreases and the chain digest the new events are
+// chained to, and takes the last one's.
 func (t *tx) Append(ctx context.Context, events ...store.Event) ([]store.Event, error) {
 	if len(events) == 0 {
 		return nil, nil
@@ -29,26 +30,36 @@ func (t *tx) Append(ctx context.Context, events ...store.Event) ([]store.Event, 
 		}
 	}
 	n := len(events)
+	prep := store.PrepareChain(events)
 	var head, at int64
+	var chain []byte
 	err := t.tx.QueryRowContext(ctx, `UPDATE log_head SET sequence = sequence + ?, created_at = max(?, created_at)
-		RETURNING sequence, created_at`, n, micros(time.Now())).Scan(&head, &at)
+		RETURNING sequence, created_at, chain_digest`, n, micros(time.Now())).Scan(&head, &at, &chain)
 	if err != nil {
 		return nil, fmt.Errorf("appending %d events: %w", n, translate(err))
 	}
-	stmt, err := t.tx.PrepareContext(ctx, "INSERT INTO events ("+eventColumns+") VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
-	if err != nil {
-		return nil, translate(err)
-	}
-	defer stmt.Close()
 	out := make([]store.Event, n)
 	for i, e := range events {
 		e.Sequence = head - int64(n) + int64(i) + 1
 		e.CreatedAt = fromMicros(at)
+		out[i] = e
+	}
+	var prev store.Digest
+	copy(prev[:], chain)
+	last := prep.Chain(prev, out)
+	stmt, err := t.tx.PrepareContext(ctx, "INSERT INTO events ("+eventColumns+") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+	if err != nil {
+		return nil, translate(err)
+	}
+	defer stmt.Close()
+	for i, e := range out {
 		if _, err := stmt.ExecContext(ctx, e.Sequence, e.Type, e.SubjectKind, e.SubjectID, e.Actor, e.Payload,
-			e.PayloadDigest[:], at); err != nil {
+			e.PayloadDigest[:], at, e.ChainDigest[:]); err != nil {
 			return nil, fmt.Errorf("appending event %d: %w", i, translate(err))
 		}
-		out[i] = e
+	}
+	if _, err := t.tx.ExecContext(ctx, "UPDATE log_head SET chain_digest = ?", last[:]); err != nil {
+		return nil, fmt.Errorf("appending %d events: %w", n, translate(err))
 	}
 	t.appended = true
 	return out, nil

@@ -119,6 +119,50 @@ func BenchAppend(b *testing.B, open func(b *testing.B) store.DB, base Baseline, 
 	}
 }
 
+// AppendFunc commits rows in one transaction, one way or another.
+type AppendFunc func(ctx context.Context, rows []store.Event) error
+
+// BenchVersus measures subject and base alternately (which goes first
+// alternates too) for rounds rounds, each committing txs transactions of
+// perTx fresh events on writers connections, and reports the medians in
+// events/s, their ratio, and the median of each round's ratio. start keeps the events' package ids apart
+// from other benchmarks' on the same log.
+func BenchVersus(b *testing.B, rounds, writers, txs, perTx, start int, subject, base AppendFunc) {
+	ctx := context.Background()
+	n := txs * perTx
+	var got, raw []float64
+	for b.Loop() {
+		for round := range rounds {
+			sides := []struct {
+				fn  AppendFunc
+				out *[]float64
+			}{{subject, &got}, {base, &raw}}
+			if round%2 == 1 {
+				sides[0], sides[1] = sides[1], sides[0]
+			}
+			for i, side := range sides {
+				events := benchEvents(b, start+(2*round+i)*n, n)
+				r, err := drive(ctx, writers, txs, perTx, events, side.fn)
+				if err != nil {
+					b.Fatal(err)
+				}
+				*side.out = append(*side.out, r)
+			}
+		}
+		start += 2 * rounds * n
+	}
+	pairs := make([]float64, len(got))
+	for i := range got {
+		pairs[i] = got[i] / raw[i]
+	}
+	b.ReportMetric(median(got), "events/s")
+	b.ReportMetric(median(raw), "base_events/s")
+	b.ReportMetric(median(got)/median(raw), "ratio")
+	// Each round's two sides ran back to back: the median of their ratios
+	// is less swayed by the machine's load drifting between rounds.
+	b.ReportMetric(median(pairs), "round_ratio")
+}
+
 // BenchReplay measures Replay of n events (creates, a third finalized)
 // next to a raw batched upsert of the same final view rows.
 func BenchReplay(b *testing.B, db store.DB, base Baseline, n int) {
@@ -202,4 +246,57 @@ func BenchFetch(b *testing.B, db store.DB, n int) {
 		}
 	}
 	b.ReportMetric(median(got), "events/s")
+}
+
+// BenchVerify measures store.VerifyLog over a log of n events next to
+// paging through the same log with Fetch (store.All, pages of 1000, what
+// BenchFetch measures), in interleaved rounds, and reports both rates and
+// their ratio (medians).
+func BenchVerify(b *testing.B, db store.DB, n int) {
+	ctx := context.Background()
+	for chunk := range slices.Chunk(benchEvents(b, 0, n), 1000) {
+		Append(b, db, chunk...)
+	}
+	fetch := func() error {
+		count := 0
+		for _, err := range store.All(ctx, db, 0, 1000) {
+			if err != nil {
+				return err
+			}
+			count++
+		}
+		if count != n {
+			return fmt.Errorf("read %d of %d", count, n)
+		}
+		return nil
+	}
+	verify := func() error {
+		res, err := store.VerifyLog(ctx, db, store.VerifyOptions{})
+		if err == nil && res.To != int64(n) {
+			err = fmt.Errorf("verified %d of %d", res.To, n)
+		}
+		return err
+	}
+	var got, raw []float64
+	for b.Loop() {
+		for round := range Rounds * 2 {
+			sides := []struct {
+				fn  func() error
+				out *[]float64
+			}{{verify, &got}, {fetch, &raw}}
+			if round%2 == 1 {
+				sides[0], sides[1] = sides[1], sides[0]
+			}
+			for _, side := range sides {
+				start := time.Now()
+				if err := side.fn(); err != nil {
+					b.Fatal(err)
+				}
+				*side.out = append(*side.out, float64(n)/time.Since(start).Seconds())
+			}
+		}
+	}
+	b.ReportMetric(median(got), "events/s")
+	b.ReportMetric(median(raw), "fetch_events/s")
+	b.ReportMetric(median(got)/median(raw), "ratio")
 }

@@ -19,7 +19,7 @@ import (
 
 // Run runs every case of the suite against the dialect open returns.
 func Run(t *testing.T, open Opener) {
-	for _, c := range cases {
+	for _, c := range append(cases, chainCases...) {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			c.fn(t, open(t))
