@@ -168,7 +168,7 @@ func unchainedAppend(db store.DB) storetest.AppendFunc {
 
 // claim runs ClaimAll for rows as creates with command ids, as ingest
 // does before appending.
-func claim(ctx context.Context, tx commandTx, rows []store.Event) ([]string, error) {
+func claim(ctx context.Context, tx store.CommandBatcher, rows []store.Event) ([]string, error) {
 	ids, fps, pkgs, versions := make([]string, len(rows)), make([][]byte, len(rows)), make([]string, len(rows)), make([]string, len(rows))
 	for i, e := range rows {
 		ids[i], fps[i], pkgs[i], versions[i] = "cmd-"+e.SubjectID, e.PayloadDigest[:], e.SubjectID, "1"
