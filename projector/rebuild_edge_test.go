@@ -1,0 +1,156 @@
+package projector
+
+import (
+	"context"
+	"net/url"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/artifactstore/artifactstore/internal/testenv"
+	"github.com/artifactstore/artifactstore/store"
+	"github.com/artifactstore/artifactstore/store/postgres"
+	"github.com/artifactstore/artifactstore/store/storetest"
+)
+
+// adminConn is a connection of the database's owner, closed at cleanup.
+func adminConn(t *testing.T, e *env) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), e.pg.URL)
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+// openAs opens a store on the test's schema as a new login role that is a
+// member of group, with a pool of conns connections (without migrating:
+// the service roles may not).
+func openAs(t *testing.T, e *env, group string, conns int32) store.DB {
+	t.Helper()
+	ctx := context.Background()
+	login := testenv.Name("login")
+	admin := adminConn(t, e)
+	_, err := admin.Exec(ctx, "CREATE ROLE "+login+" LOGIN IN ROLE "+group)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		c, err := pgx.Connect(context.Background(), e.pg.URL)
+		if err == nil {
+			_, _ = c.Exec(context.Background(), "DROP ROLE IF EXISTS "+login)
+			c.Close(context.Background())
+		}
+	})
+	u, err := url.Parse(e.pg.URL)
+	require.NoError(t, err)
+	u.User = url.User(login)
+	db, err := postgres.Open(ctx, postgres.Config{URL: u.String(), Schema: e.pg.Schema, MaxConns: conns, Logger: testenv.Logger(t)})
+	require.NoError(t, err)
+	t.Cleanup(db.Close)
+	return db
+}
+
+// createRoles makes the least-privilege roles on the test's schema,
+// dropped at cleanup.
+func createRoles(t *testing.T, e *env) postgres.Roles {
+	t.Helper()
+	roles, err := e.db.(*postgres.DB).CreateRoles(context.Background(), testenv.Name("r"))
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		ctx := context.Background()
+		c, err := pgx.Connect(ctx, e.pg.URL)
+		if err != nil {
+			return
+		}
+		defer c.Close(ctx)
+		for _, role := range []string{roles.Ingest, roles.Relay, roles.Projector, roles.Reader} {
+			_, _ = c.Exec(ctx, "DROP OWNED BY "+role)
+			_, _ = c.Exec(ctx, "DROP ROLE IF EXISTS "+role)
+		}
+	})
+	return roles
+}
+
+// hammer runs get and list queries on every handle from 8 goroutines at
+// once, so that every pooled connection prepares (and caches) them.
+func hammer(t *testing.T, before int, dbs ...store.DB) {
+	t.Helper()
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errs := make(chan error, 8*len(dbs))
+	for _, db := range dbs {
+		for g := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range 40 {
+					if err := checkGet(ctx, db, (g*40+i)%before); err != nil {
+						errs <- err
+						return
+					}
+					if _, err := db.ListPackages(ctx, store.PackageFilter{Name: "name-" + strconv.Itoa(i%17), Limit: 20}); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+}
+
+// sessions counts the open sessions of login roles that are members of
+// group (superusers, members of every role, aside).
+func sessions(t *testing.T, e *env, group string) int {
+	t.Helper()
+	var n int
+	require.NoError(t, adminConn(t, e).QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity a
+		JOIN pg_roles r ON r.rolname = a.usename WHERE pg_has_role(r.oid, $1, 'MEMBER') AND r.rolname <> $1 AND NOT r.rolsuper`, group).Scan(&n))
+	return n
+}
+
+// TestRebuildKeepsWarmConnectionsAndRolesWorking: connections that prepared
+// the ingest queries and the projector's statements against the old tables
+// (pgx's statement cache, PostgreSQL's plan cache) keep working after two
+// switches and drops, and so do the least-privilege roles: a reader, an
+// ingest that appends, and a live worker running as the projector role.
+func TestRebuildKeepsWarmConnectionsAndRolesWorking(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	roles := createRoles(t, e)
+	const before = 600
+	appendPackages(t, e.db, 0, before)
+	e.relay(t)
+	e.startWith(t, fastConfig("live"), e.srv.Connect(t), openAs(t, e, roles.Projector, 0))
+	reader, ingest := openAs(t, e, roles.Reader, 4), openAs(t, e, roles.Ingest, 4)
+	require.Eventually(t, func() bool { return caughtUp(t, e.db, DefaultProjection, expected(t, e.db, e.parts)) }, time.Minute, 20*time.Millisecond)
+	hammer(t, before, reader, ingest)
+	require.Equal(t, 4, sessions(t, e, roles.Reader), "every pooled reader connection is warm")
+	require.Equal(t, 4, sessions(t, e, roles.Ingest), "every pooled ingest connection is warm")
+
+	for round, version := range []int{2, 3} {
+		res, err := Rebuild(ctx, e.db, e.js, RebuildConfig{Logger: testenv.Logger(t)})
+		require.NoError(t, err)
+		require.Equal(t, version, res.Version)
+		hammer(t, before, reader, ingest)
+		require.Equal(t, 4, sessions(t, e, roles.Reader), "the same connections answered")
+		from := before + round*100
+		evs := []store.Event{}
+		for i := from; i < from+100; i++ {
+			evs = append(evs, storetest.Created(t, storetest.PackageID(i), "name-"+strconv.Itoa(i%17), "1."+strconv.Itoa(i), "ci"))
+		}
+		storetest.Append(t, ingest, evs...)
+		e.relay(t)
+		require.Eventually(t, func() bool { return caughtUp(t, e.db, DefaultProjection, expected(t, e.db, e.parts)) }, time.Minute, 20*time.Millisecond)
+		p, err := reader.Package(ctx, storetest.PackageID(from+99))
+		require.NoError(t, err, "the live worker (projector role) applied events after the switch")
+		require.Equal(t, store.StatusOpen, p.Status)
+	}
+	requireReplayEqual(t, e.db)
+}
