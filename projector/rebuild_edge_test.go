@@ -154,3 +154,61 @@ func TestRebuildKeepsWarmConnectionsAndRolesWorking(t *testing.T) {
 	}
 	requireReplayEqual(t, e.db)
 }
+
+// TestRebuildRefusedWhileObjectsDependOnTheLiveTables: a SQL reader's view
+// over artifact_packages, or a trigger a team put on it, follows the table
+// it was made on. A switch would leave it on the old version's tables, and
+// dropping those (DROP SCHEMA ... CASCADE) would drop it. The rebuild is
+// refused with an error naming it, at the start (nothing is built) and at
+// the switch (a view made during the load): the live version and the
+// reader's objects stay as they were, and once they are gone a rerun
+// resumes the loaded version.
+func TestRebuildRefusedWhileObjectsDependOnTheLiveTables(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	appendPackages(t, e.db, 0, 300)
+	e.relay(t)
+	e.start(t, fastConfig("live"))
+	require.Eventually(t, func() bool { return caughtUp(t, e.db, DefaultProjection, expected(t, e.db, e.parts)) }, time.Minute, 20*time.Millisecond)
+	admin := adminConn(t, e)
+	exec := func(sql string) {
+		t.Helper()
+		_, err := admin.Exec(ctx, sql)
+		require.NoError(t, err, sql)
+	}
+	view := pgx.Identifier{e.pg.Schema, "finalized"}.Sanitize()
+	finalized := func() int {
+		t.Helper()
+		var n int
+		require.NoError(t, admin.QueryRow(ctx, "SELECT count(*) FROM "+view).Scan(&n))
+		return n
+	}
+	exec("CREATE VIEW " + view + " AS SELECT package_id FROM " + pgx.Identifier{e.pg.Schema, "artifact_packages"}.Sanitize() + " WHERE status = 'finalized'")
+	require.Equal(t, 150, finalized())
+
+	_, err := Rebuild(ctx, e.db, e.js, RebuildConfig{Logger: testenv.Logger(t)})
+	require.ErrorIs(t, err, postgres.ErrDependents)
+	require.ErrorContains(t, err, "finalized")
+	requireVersions(t, e.db, map[int]string{1: store.VersionLive})
+	requireSchemas(t, e, 0)
+	require.Equal(t, 150, finalized())
+
+	exec("DROP VIEW " + view)
+	_, err = Rebuild(ctx, e.db, e.js, RebuildConfig{Logger: testenv.Logger(t), afterLoad: func() error {
+		exec("CREATE VIEW " + view + " AS SELECT package_id FROM " + pgx.Identifier{e.pg.Schema, "artifact_packages"}.Sanitize() + " WHERE status = 'finalized'")
+		return nil
+	}})
+	require.ErrorIs(t, err, postgres.ErrDependents, "a view made during the load is seen at the switch")
+	requireVersions(t, e.db, map[int]string{1: store.VersionLive, 2: store.VersionBuilding})
+	appendPackages(t, e.db, 300, 302)
+	e.relay(t)
+	require.Eventually(t, func() bool { return caughtUp(t, e.db, DefaultProjection, expected(t, e.db, e.parts)) }, time.Minute, 20*time.Millisecond)
+	require.Equal(t, 151, finalized(), "the view still reads the live tables")
+
+	exec("DROP VIEW " + view)
+	res, err := Rebuild(ctx, e.db, e.js, RebuildConfig{Logger: testenv.Logger(t)})
+	require.NoError(t, err)
+	require.True(t, res.Resumed)
+	requireVersions(t, e.db, map[int]string{1: store.VersionDropped, 2: store.VersionLive})
+	requireReplayEqual(t, e.db)
+}

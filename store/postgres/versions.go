@@ -19,6 +19,13 @@ var ErrVersionBuilding = errors.New("postgres: the projection already has a vers
 // operation needs (switching a version that is not building, say).
 var ErrVersionState = errors.New("postgres: projection version in the wrong state")
 
+// ErrDependents is returned by BeginVersion and SwitchVersion while objects
+// other than the projection's own indexes and constraints (views, foreign
+// keys of other tables, triggers, publications, policies) depend on its live
+// tables: a switch would leave them on the old version's tables, and
+// dropping those would drop them.
+var ErrDependents = errors.New("postgres: other objects depend on the projection's live tables")
+
 var _ store.Rebuilder = (*DB)(nil)
 
 const versionColumns = "projection, version, state, coalesce(schema_name, ''), loaded_to IS NOT NULL, coalesce(loaded_to, 0), created_at, live_at"
@@ -90,6 +97,9 @@ func (db *DB) BeginVersion(ctx context.Context, projection string) (store.Projec
 			Schema: versionSchema(schema, projection, next)}
 		if len(v.Schema) > 63 {
 			return fmt.Errorf("postgres: schema name %q is longer than 63 bytes", v.Schema)
+		}
+		if err := refuseDependents(ctx, t, schema, tables.names); err != nil {
+			return err
 		}
 		sch := pgx.Identifier{v.Schema}.Sanitize()
 		stmts := []string{"DROP SCHEMA IF EXISTS " + sch + " CASCADE", "CREATE SCHEMA " + sch,
@@ -307,6 +317,11 @@ func (db *DB) SwitchVersion(ctx context.Context, v store.ProjectionVersion, opts
 		if err := swapTables(ctx, t, tables.names, schema, v.Schema, retired.Schema); err != nil {
 			return err
 		}
+		// Checked once the old tables are locked (moved): none can be
+		// added since.
+		if err := refuseDependents(ctx, t, retired.Schema, tables.names); err != nil {
+			return err
+		}
 		return recordSwitch(ctx, t, v, retired, live, at)
 	})
 	return retired, translate(err)
@@ -345,6 +360,27 @@ func swapTables(ctx context.Context, t *tx, names []string, schema, newSchema, r
 		}
 	}
 	return nil
+}
+
+// refuseDependents returns ErrDependents, naming them, when objects other
+// than the tables' own (indexes, constraints, defaults, row and toast
+// types) depend on the tables names of schema.
+func refuseDependents(ctx context.Context, t *tx, schema string, names []string) error {
+	rows, err := t.tx.Query(ctx, `WITH tables AS (
+			SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = ANY($2))
+		SELECT DISTINCT pg_describe_object(d.classid, d.objid, 0) FROM pg_depend d
+		WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid IN (SELECT oid FROM tables) AND d.deptype <> 'i'
+			AND d.classid NOT IN ('pg_class'::regclass, 'pg_attrdef'::regclass)
+			AND NOT (d.classid = 'pg_constraint'::regclass AND d.objid IN (SELECT k.oid FROM pg_constraint k WHERE k.conrelid IN (SELECT oid FROM tables)))
+		ORDER BY 1`, schema, names)
+	if err != nil {
+		return err
+	}
+	objs, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil || len(objs) == 0 {
+		return err
+	}
+	return fmt.Errorf("%w: %s (drop them, rebuild, and create them again)", ErrDependents, strings.Join(objs, "; "))
 }
 
 // recordSwitch moves the live checkpoints forward to at, drops the new
