@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -210,5 +211,100 @@ func TestRebuildRefusedWhileObjectsDependOnTheLiveTables(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, res.Resumed)
 	requireVersions(t, e.db, map[int]string{1: store.VersionDropped, 2: store.VersionLive})
+	requireReplayEqual(t, e.db)
+}
+
+// blockedBy waits for a backend of application app that holder blocks,
+// and returns its pid (the activity is in the failure message).
+func blockedBy(t *testing.T, e *env, holder *pgx.Conn, app string) int {
+	t.Helper()
+	admin := adminConn(t, e)
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(10 * time.Millisecond) {
+		var pid int
+		// Directly, or behind a batch that waits for holder in the
+		// row's lock queue.
+		err := admin.QueryRow(context.Background(), `SELECT a.pid FROM pg_stat_activity a
+			WHERE a.application_name = $1 AND ($2 = ANY(pg_blocking_pids(a.pid))
+				OR EXISTS (SELECT FROM unnest(pg_blocking_pids(a.pid)) b WHERE $2 = ANY(pg_blocking_pids(b))))`,
+			app, holder.PgConn().PID()).Scan(&pid)
+		if err == nil {
+			return pid
+		}
+		require.ErrorIs(t, err, pgx.ErrNoRows)
+		if time.Now().After(deadline) {
+			t.Fatalf("no backend of %s blocked by pid %d; activity:\n%s", app, holder.PgConn().PID(), activity(t, admin))
+		}
+	}
+}
+
+func activity(t *testing.T, c *pgx.Conn) string {
+	rows, err := c.Query(context.Background(), `SELECT pid || ' ' || application_name || ' ' || coalesce(wait_event_type, '') || ' ' || state || ' blocked by ' || pg_blocking_pids(pid)::text || ' ' || left(query, 80) FROM pg_stat_activity WHERE datname = current_database()`)
+	require.NoError(t, err)
+	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
+	return strings.Join(lines, "\n")
+}
+
+// TestRebuildSwitchTerminatedWhileWaiting terminates the switch's backend
+// (pg_terminate_backend) while it waits for the live checkpoints (a batch
+// in flight) and again while it waits for the live tables (a reader's
+// transaction): each time nothing changes, the switch is tried again on
+// another connection, and it goes through once the locks are free.
+func TestRebuildSwitchTerminatedWhileWaiting(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	appendPackages(t, e.db, 0, 500)
+	e.relay(t)
+	e.start(t, fastConfig("live"))
+	require.Eventually(t, func() bool { return caughtUp(t, e.db, DefaultProjection, expected(t, e.db, e.parts)) }, time.Minute, 20*time.Millisecond)
+	const app = "review-rebuild"
+	rdb := testenv.OpenPostgresConfig(t, postgres.Config{URL: e.pg.URL, Schema: e.pg.Schema, ApplicationName: app})
+	live, err := e.db.DumpViews(ctx)
+	require.NoError(t, err)
+
+	tables, cps := adminConn(t, e), adminConn(t, e)
+	for _, c := range []*pgx.Conn{tables, cps} {
+		_, err := c.Exec(ctx, "BEGIN; SET LOCAL search_path TO "+pgx.Identifier{e.pg.Schema}.Sanitize())
+		require.NoError(t, err)
+	}
+	_, err = tables.Exec(ctx, "SELECT count(*) FROM artifact_packages")
+	require.NoError(t, err)
+	_, err = cps.Exec(ctx, "SELECT * FROM checkpoints WHERE projection = 'registry' AND partition = 0 FOR UPDATE")
+	require.NoError(t, err)
+
+	type result struct {
+		res RebuildResult
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, err := Rebuild(ctx, rdb, e.js, RebuildConfig{Logger: testenv.Logger(t), LockTimeout: time.Minute})
+		done <- result{res, err}
+	}()
+	terminate := func(holder *pgx.Conn) {
+		t.Helper()
+		var ok bool
+		require.NoError(t, adminConn(t, e).QueryRow(ctx, "SELECT pg_terminate_backend($1)", blockedBy(t, e, holder, app)).Scan(&ok))
+		require.True(t, ok)
+	}
+	terminate(cps)
+	blockedBy(t, e, cps, app) // tried again
+	requireDump(t, e.db, live)
+	requireVersions(t, e.db, map[int]string{1: store.VersionLive, 2: store.VersionBuilding})
+	_, err = cps.Exec(ctx, "COMMIT")
+	require.NoError(t, err)
+
+	terminate(tables)
+	blockedBy(t, e, tables, app) // tried again
+	_, err = tables.Exec(ctx, "COMMIT")
+	require.NoError(t, err)
+	r := <-done
+	require.NoError(t, r.err)
+	require.Equal(t, 2, r.res.Version)
+	requireVersions(t, e.db, map[int]string{1: store.VersionDropped, 2: store.VersionLive})
+	requireSchemas(t, e, 0)
+	appendPackages(t, e.db, 500, 600)
+	e.relay(t)
+	require.Eventually(t, func() bool { return caughtUp(t, e.db, DefaultProjection, expected(t, e.db, e.parts)) }, time.Minute, 20*time.Millisecond)
 	requireReplayEqual(t, e.db)
 }
