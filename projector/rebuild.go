@@ -321,6 +321,17 @@ func (r *rebuild) switchOver(ctx context.Context, v store.ProjectionVersion) err
 		if err == nil {
 			break
 		}
+		if errors.Is(err, store.ErrOutcomeUnknown) {
+			// The answer was lost: the catalog says whether it committed.
+			sw, done, cerr := r.switched(ctx, v)
+			if cerr != nil {
+				return cerr
+			}
+			if done {
+				retired = sw
+				break
+			}
+		}
 		if !store.Temporary(err) || attempt == 5 || ctx.Err() != nil {
 			return fmt.Errorf("projector: switching to version %d: %w", v.Version, err)
 		}
@@ -329,4 +340,25 @@ func (r *rebuild) switchOver(ctx context.Context, v store.ProjectionVersion) err
 	r.res.Retired, r.res.SwitchedAt = retired.Version, at
 	r.log.Info("version live", zap.Int("version", v.Version), zap.Int("retired", retired.Version), zap.Int64("sequence", r.res.SwitchedAt))
 	return r.rb.DropVersion(ctx, retired)
+}
+
+// switched reports whether v is live in the catalog, and returns the
+// version it retired.
+func (r *rebuild) switched(ctx context.Context, v store.ProjectionVersion) (store.ProjectionVersion, bool, error) {
+	vs, err := r.rb.ProjectionVersions(ctx)
+	if err != nil {
+		return store.ProjectionVersion{}, false, err
+	}
+	var retired store.ProjectionVersion
+	live := false
+	for _, c := range vs {
+		switch {
+		case c.Projection != v.Projection:
+		case c.Version == v.Version:
+			live = c.State == store.VersionLive
+		case c.State == store.VersionRetired:
+			retired = c
+		}
+	}
+	return retired, live, nil
 }

@@ -2,10 +2,12 @@ package projector
 
 import (
 	"context"
+	"fmt"
 	"net/url"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -306,5 +308,42 @@ func TestRebuildSwitchTerminatedWhileWaiting(t *testing.T) {
 	appendPackages(t, e.db, 500, 600)
 	e.relay(t)
 	require.Eventually(t, func() bool { return caughtUp(t, e.db, DefaultProjection, expected(t, e.db, e.parts)) }, time.Minute, 20*time.Millisecond)
+	requireReplayEqual(t, e.db)
+}
+
+// answerLost is a store whose first successful SwitchVersion loses its
+// answer: the switch committed, the caller gets store.ErrOutcomeUnknown
+// (a connection cut during COMMIT).
+type answerLost struct {
+	*postgres.DB
+	lost atomic.Bool
+}
+
+func (d *answerLost) SwitchVersion(ctx context.Context, v store.ProjectionVersion, opts store.SwitchOptions) (store.ProjectionVersion, error) {
+	retired, err := d.DB.SwitchVersion(ctx, v, opts)
+	if err == nil && d.lost.CompareAndSwap(false, true) {
+		return store.ProjectionVersion{}, fmt.Errorf("%w: %w: connection reset by peer", store.ErrOutcomeUnknown, store.ErrUnavailable)
+	}
+	return retired, err
+}
+
+// TestRebuildSwitchCommittedButItsAnswerLost: a switch whose COMMIT went
+// through but whose answer was lost is not an error: the rebuild sees the
+// version live in the catalog, drops the old one and reports success.
+func TestRebuildSwitchCommittedButItsAnswerLost(t *testing.T) {
+	e := setup(t)
+	appendPackages(t, e.db, 0, 300)
+	e.relay(t)
+	e.start(t, fastConfig("live"))
+	require.Eventually(t, func() bool { return caughtUp(t, e.db, DefaultProjection, expected(t, e.db, e.parts)) }, time.Minute, 20*time.Millisecond)
+	db := &answerLost{DB: e.db.(*postgres.DB)}
+	res, err := Rebuild(context.Background(), db, e.js, RebuildConfig{Logger: testenv.Logger(t)})
+	require.True(t, db.lost.Load())
+	require.NoError(t, err)
+	require.Equal(t, 2, res.Version)
+	require.Equal(t, 1, res.Retired)
+	require.Equal(t, int64(450), res.SwitchedAt)
+	requireVersions(t, e.db, map[int]string{1: store.VersionDropped, 2: store.VersionLive})
+	requireSchemas(t, e, 0)
 	requireReplayEqual(t, e.db)
 }
