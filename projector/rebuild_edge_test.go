@@ -347,3 +347,60 @@ func TestRebuildSwitchCommittedButItsAnswerLost(t *testing.T) {
 	requireSchemas(t, e, 0)
 	requireReplayEqual(t, e.db)
 }
+
+// failsAt applies the registry views, except event seq, which fails (a
+// handler bug).
+type failsAt struct{ seq int64 }
+
+func (f failsAt) Reset(ctx context.Context, tx store.Tx) error { return store.RegistryViews{}.Reset(ctx, tx) }
+func (f failsAt) Apply(ctx context.Context, tx store.ViewTx, e store.Event) error {
+	if e.Sequence == f.seq {
+		return fmt.Errorf("a handler bug at %d", e.Sequence)
+	}
+	return store.RegistryViews{}.Apply(ctx, tx, e)
+}
+
+// TestRebuildWithAFixedHandlerResumesAParkedPartition: the live version
+// parked a partition on a handler bug; a rebuild with the fixed handler
+// applies the event, and the switch moves the parked partition's
+// checkpoint past it only because the new version applied it. The live
+// worker resumes the partition after its retry pause.
+func TestRebuildWithAFixedHandlerResumesAParkedPartition(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	appendPackages(t, e.db, 0, 200)
+	e.relay(t)
+	var bad store.Event
+	for ev, err := range store.All(ctx, e.db, 0, 0) {
+		require.NoError(t, err)
+		if ev.SubjectID == storetest.PackageID(10) && ev.Type == store.TypePackageFinalized {
+			bad = ev
+		}
+	}
+	require.NotZero(t, bad.Sequence)
+	cfg := fastConfig("live")
+	cfg.Views, cfg.ParkRetry = failsAt{bad.Sequence}, 500*time.Millisecond
+	e.start(t, cfg)
+	p := Partition(bad.SubjectID, e.parts)
+	testenv.Eventually(t, time.Minute, func() bool {
+		parked, err := e.db.Parked(ctx)
+		require.NoError(t, err)
+		return len(parked) == 1 && parked[0].Sequence == bad.Sequence
+	}, "partition %d to park on event %d", p, bad.Sequence)
+
+	res, err := Rebuild(ctx, e.db, e.js, RebuildConfig{Logger: testenv.Logger(t)})
+	require.NoError(t, err)
+	require.Equal(t, 2, res.Version)
+	parked, err := e.db.Parked(ctx)
+	require.NoError(t, err)
+	require.Empty(t, parked)
+	pkg, err := e.db.Package(ctx, bad.SubjectID)
+	require.NoError(t, err)
+	require.Equal(t, store.StatusFinalized, pkg.Status, "the new version applied the event the old one parked on")
+	require.True(t, caughtUp(t, e.db, DefaultProjection, expected(t, e.db, e.parts)))
+
+	appendPackages(t, e.db, 200, 400)
+	e.relay(t)
+	require.Eventually(t, func() bool { return caughtUp(t, e.db, DefaultProjection, expected(t, e.db, e.parts)) }, time.Minute, 20*time.Millisecond)
+	requireReplayEqual(t, e.db)
+}
