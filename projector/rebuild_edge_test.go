@@ -404,3 +404,37 @@ func TestRebuildWithAFixedHandlerResumesAParkedPartition(t *testing.T) {
 	require.Eventually(t, func() bool { return caughtUp(t, e.db, DefaultProjection, expected(t, e.db, e.parts)) }, time.Minute, 20*time.Millisecond)
 	requireReplayEqual(t, e.db)
 }
+
+// TestRebuildStopsOnAPoisonEvent: an event the handlers refuse stops the
+// load with an error naming it; the live version (which parked the
+// partition) is untouched, and the half-built version is abandoned by the
+// next run, which stops the same way.
+func TestRebuildStopsOnAPoisonEvent(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	appendPackages(t, e.db, 0, 100)
+	poison := storetest.Append(t, e.db, storetest.Finalized(t, "ghost", "ci", store.DigestOf([]byte("ghost"))))[0]
+	appendPackages(t, e.db, 100, 200)
+	e.relay(t)
+	e.start(t, fastConfig("live"))
+	testenv.Eventually(t, time.Minute, func() bool {
+		parked, err := e.db.Parked(ctx)
+		require.NoError(t, err)
+		return len(parked) == 1
+	}, "the live version to park on the poison event")
+	live, err := e.db.DumpViews(ctx)
+	require.NoError(t, err)
+
+	for version := 2; version <= 3; version++ {
+		_, err = Rebuild(ctx, e.db, e.js, RebuildConfig{Logger: testenv.Logger(t)})
+		require.ErrorContains(t, err, "sequence "+strconv.FormatInt(poison.Sequence, 10))
+		require.ErrorContains(t, err, "ghost")
+		vs, err := e.db.(store.Versions).ProjectionVersions(ctx)
+		require.NoError(t, err)
+		require.Equal(t, store.VersionBuilding, vs[version-1].State)
+		require.False(t, vs[version-1].Loaded)
+		requireDump(t, e.db, live)
+	}
+	requireVersions(t, e.db, map[int]string{1: store.VersionLive, 2: store.VersionDropped, 3: store.VersionBuilding})
+	requireSchemas(t, e, 1)
+}
