@@ -7,9 +7,11 @@ import (
 	"slices"
 	"time"
 
+	"github.com/sethvargo/go-retry"
 	"github.com/sourcegraph/conc"
 	"go.uber.org/zap"
 
+	"github.com/artifactstore/artifactstore/internal/backoff"
 	"github.com/artifactstore/artifactstore/store"
 )
 
@@ -339,8 +341,33 @@ func (r *rebuild) switchOver(ctx context.Context, v store.ProjectionVersion) err
 	}
 	r.res.Retired, r.res.SwitchedAt = retired.Version, at
 	r.log.Info("version live", zap.Int("version", v.Version), zap.Int("retired", retired.Version), zap.Int64("sequence", r.res.SwitchedAt))
-	return r.rb.DropVersion(ctx, retired)
+	return r.drop(ctx, v, retired)
 }
+
+// drop drops the retired version's tables, trying again after temporary
+// errors: the new version is live already, and a rebuild that failed here
+// would leave them to the next rebuild.
+func (r *rebuild) drop(ctx context.Context, v, retired store.ProjectionVersion) error {
+	var last error
+	bo := retry.WithMaxRetries(4, backoff.WithNotify(func(d time.Duration) {
+		r.log.Warn("dropping the retired version failed; trying again", zap.Int("retired", retired.Version),
+			zap.Duration("backoff", d), zap.Error(last))
+	}, dropRetry.Backoff()))
+	err := retry.Do(ctx, bo, func(ctx context.Context) error {
+		if last = r.rb.DropVersion(ctx, retired); store.Temporary(last) {
+			return retry.RetryableError(last)
+		}
+		return last
+	})
+	if err != nil {
+		return fmt.Errorf("projector: version %d is live, but dropping version %d failed (the next rebuild drops it first): %w",
+			v.Version, retired.Version, err)
+	}
+	return nil
+}
+
+// dropRetry is the pause before dropping a retired version is tried again.
+var dropRetry = backoff.Policy{Min: 100 * time.Millisecond, Max: 2 * time.Second}
 
 // switched reports whether v is live in the catalog, and returns the
 // version it retired.

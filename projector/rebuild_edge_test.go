@@ -239,6 +239,15 @@ func blockedBy(t *testing.T, e *env, holder *pgx.Conn, app string) int {
 	}
 }
 
+// terminate ends (pg_terminate_backend) the backend of app that holder
+// blocks.
+func terminate(t *testing.T, e *env, holder *pgx.Conn, app string) {
+	t.Helper()
+	var ok bool
+	require.NoError(t, adminConn(t, e).QueryRow(context.Background(), "SELECT pg_terminate_backend($1)", blockedBy(t, e, holder, app)).Scan(&ok))
+	require.True(t, ok)
+}
+
 func activity(t *testing.T, c *pgx.Conn) string {
 	rows, err := c.Query(context.Background(), `SELECT pid || ' ' || application_name || ' ' || coalesce(wait_event_type, '') || ' ' || state || ' blocked by ' || pg_blocking_pids(pid)::text || ' ' || left(query, 80) FROM pg_stat_activity WHERE datname = current_database()`)
 	require.NoError(t, err)
@@ -283,20 +292,14 @@ func TestRebuildSwitchTerminatedWhileWaiting(t *testing.T) {
 		res, err := Rebuild(ctx, rdb, e.js, RebuildConfig{Logger: testenv.Logger(t), LockTimeout: time.Minute})
 		done <- result{res, err}
 	}()
-	terminate := func(holder *pgx.Conn) {
-		t.Helper()
-		var ok bool
-		require.NoError(t, adminConn(t, e).QueryRow(ctx, "SELECT pg_terminate_backend($1)", blockedBy(t, e, holder, app)).Scan(&ok))
-		require.True(t, ok)
-	}
-	terminate(cps)
+	terminate(t, e, cps, app)
 	blockedBy(t, e, cps, app) // tried again
 	requireDump(t, e.db, live)
 	requireVersions(t, e.db, map[int]string{1: store.VersionLive, 2: store.VersionBuilding})
 	_, err = cps.Exec(ctx, "COMMIT")
 	require.NoError(t, err)
 
-	terminate(tables)
+	terminate(t, e, tables, app)
 	blockedBy(t, e, tables, app) // tried again
 	_, err = tables.Exec(ctx, "COMMIT")
 	require.NoError(t, err)
@@ -352,7 +355,9 @@ func TestRebuildSwitchCommittedButItsAnswerLost(t *testing.T) {
 // handler bug).
 type failsAt struct{ seq int64 }
 
-func (f failsAt) Reset(ctx context.Context, tx store.Tx) error { return store.RegistryViews{}.Reset(ctx, tx) }
+func (f failsAt) Reset(ctx context.Context, tx store.Tx) error {
+	return store.RegistryViews{}.Reset(ctx, tx)
+}
 func (f failsAt) Apply(ctx context.Context, tx store.ViewTx, e store.Event) error {
 	if e.Sequence == f.seq {
 		return fmt.Errorf("a handler bug at %d", e.Sequence)
@@ -437,4 +442,58 @@ func TestRebuildStopsOnAPoisonEvent(t *testing.T) {
 	}
 	requireVersions(t, e.db, map[int]string{1: store.VersionLive, 2: store.VersionDropped, 3: store.VersionBuilding})
 	requireSchemas(t, e, 1)
+}
+
+// dropHook is a store that calls before ahead of its first DropVersion.
+type dropHook struct {
+	*postgres.DB
+	before func(v store.ProjectionVersion)
+}
+
+func (d *dropHook) DropVersion(ctx context.Context, v store.ProjectionVersion) error {
+	if d.before != nil {
+		d.before(v)
+		d.before = nil
+	}
+	return d.DB.DropVersion(ctx, v)
+}
+
+// TestRebuildDropTerminatedWhileWaiting terminates the backend dropping the
+// retired version while a reader's transaction holds one of its tables:
+// the new version is live already, and the drop is tried again instead of
+// failing the rebuild (whose rerun would build yet another version to get
+// rid of the old one).
+func TestRebuildDropTerminatedWhileWaiting(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	appendPackages(t, e.db, 0, 300)
+	e.relay(t)
+	e.start(t, fastConfig("live"))
+	require.Eventually(t, func() bool { return caughtUp(t, e.db, DefaultProjection, expected(t, e.db, e.parts)) }, time.Minute, 20*time.Millisecond)
+	const app = "review-rebuild-drop"
+	holder := adminConn(t, e)
+	locked := make(chan error, 1)
+	db := &dropHook{DB: testenv.OpenPostgresConfig(t, postgres.Config{URL: e.pg.URL, Schema: e.pg.Schema, ApplicationName: app}),
+		before: func(v store.ProjectionVersion) {
+			_, err := holder.Exec(ctx, "BEGIN; LOCK TABLE "+pgx.Identifier{v.Schema, "artifact_packages"}.Sanitize()+" IN ACCESS SHARE MODE")
+			locked <- err
+		}}
+	done := make(chan error, 1)
+	go func() {
+		_, err := Rebuild(ctx, db, e.js, RebuildConfig{Logger: testenv.Logger(t)})
+		done <- err
+	}()
+	require.NoError(t, <-locked)
+	terminate(t, e, holder, app)
+	select {
+	case err := <-done:
+		t.Fatalf("the rebuild ended on the terminated drop: %v", err)
+	default:
+	}
+	blockedBy(t, e, holder, app) // tried again
+	_, err := holder.Exec(ctx, "COMMIT")
+	require.NoError(t, err)
+	require.NoError(t, <-done)
+	requireVersions(t, e.db, map[int]string{1: store.VersionDropped, 2: store.VersionLive})
+	requireSchemas(t, e, 0)
 }
