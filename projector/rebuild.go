@@ -55,6 +55,9 @@ type RebuildConfig struct {
 	// LockTimeout bounds the switch's waits for locks (5s); a switch that
 	// times out changes nothing and is tried again.
 	LockTimeout time.Duration
+	// TableLockTimeout bounds the switch's wait for the live tables
+	// (200ms): queries on them queue behind it.
+	TableLockTimeout time.Duration
 	// Poll is how often the follow phase checks the lag (200ms).
 	Poll time.Duration
 	// Progress, when set, is called as the rebuild goes.
@@ -93,6 +96,9 @@ func (c *RebuildConfig) setDefaults() {
 	}
 	if c.LockTimeout <= 0 {
 		c.LockTimeout = 5 * time.Second
+	}
+	if c.TableLockTimeout <= 0 {
+		c.TableLockTimeout = 200 * time.Millisecond
 	}
 	if c.Poll <= 0 {
 		c.Poll = 200 * time.Millisecond
@@ -301,11 +307,11 @@ func (r *rebuild) position(ctx context.Context, v store.ProjectionVersion) (appl
 	return lowest(v.Checkpoints()), head, lowest(r.cfg.Projection), nil
 }
 
-// switchOver makes v live, retrying a switch that timed out on a lock, and
-// drops the retired version.
+// switchOver makes v live, trying again (with pauses, up to 10 times) a
+// switch that timed out on a lock, and drops the retired version.
 func (r *rebuild) switchOver(ctx context.Context, v store.ProjectionVersion) error {
 	var at int64
-	opts := store.SwitchOptions{Partitions: r.parts, LockTimeout: r.cfg.LockTimeout,
+	opts := store.SwitchOptions{Partitions: r.parts, LockTimeout: r.cfg.LockTimeout, TableLockTimeout: r.cfg.TableLockTimeout,
 		CatchUp: func(ctx context.Context, tx store.Tx) (int64, error) {
 			var err error
 			at, err = store.ReplayTx(ctx, r.db, tx, r.cfg.Views, store.ReplayOptions{Projection: v.Checkpoints(),
@@ -313,36 +319,41 @@ func (r *rebuild) switchOver(ctx context.Context, v store.ProjectionVersion) err
 			return at, err
 		}}
 	var retired store.ProjectionVersion
-	for attempt := 1; ; attempt++ {
+	var last error
+	bo := retry.WithMaxRetries(10, backoff.WithNotify(func(d time.Duration) {
+		r.log.Warn("switch failed; trying again", zap.Duration("backoff", d), zap.Error(last))
+	}, switchRetry.Backoff()))
+	err := retry.Do(ctx, bo, func(ctx context.Context) error {
 		_, head, _, err := r.position(ctx, v)
 		if err != nil {
 			return err
 		}
 		r.cfg.Progress(RebuildProgress{Version: v.Version, Phase: PhaseSwitch, Applied: head, Target: head})
-		retired, err = r.rb.SwitchVersion(ctx, v, opts)
-		if err == nil {
-			break
-		}
-		if errors.Is(err, store.ErrOutcomeUnknown) {
+		if retired, last = r.rb.SwitchVersion(ctx, v, opts); errors.Is(last, store.ErrOutcomeUnknown) {
 			// The answer was lost: the catalog says whether it committed.
-			sw, done, cerr := r.switched(ctx, v)
-			if cerr != nil {
-				return cerr
-			}
-			if done {
-				retired = sw
-				break
+			sw, done, err := r.switched(ctx, v)
+			if err != nil {
+				return err
+			} else if done {
+				retired, last = sw, nil
 			}
 		}
-		if !store.Temporary(err) || attempt == 5 || ctx.Err() != nil {
-			return fmt.Errorf("projector: switching to version %d: %w", v.Version, err)
+		if store.Temporary(last) {
+			return retry.RetryableError(last)
 		}
-		r.log.Warn("switch failed; trying again", zap.Int("attempt", attempt), zap.Error(err))
+		return last
+	})
+	if err != nil {
+		return fmt.Errorf("projector: switching to version %d: %w", v.Version, err)
 	}
 	r.res.Retired, r.res.SwitchedAt = retired.Version, at
 	r.log.Info("version live", zap.Int("version", v.Version), zap.Int("retired", retired.Version), zap.Int64("sequence", r.res.SwitchedAt))
 	return r.drop(ctx, v, retired)
 }
+
+// switchRetry is the pause before a switch that timed out on a lock is
+// tried again.
+var switchRetry = backoff.Policy{Min: 100 * time.Millisecond, Max: 5 * time.Second, JitterPercent: 20}
 
 // drop drops the retired version's tables, trying again after temporary
 // errors: the new version is live already, and a rebuild that failed here

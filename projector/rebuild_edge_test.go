@@ -497,3 +497,61 @@ func TestRebuildDropTerminatedWhileWaiting(t *testing.T) {
 	requireVersions(t, e.db, map[int]string{1: store.VersionDropped, 2: store.VersionLive})
 	requireSchemas(t, e, 0)
 }
+
+// TestRebuildSwitchDoesNotStallQueriesBehindALongReader: a reader's long
+// transaction (a report, pg_dump) holds the live tables. While the switch
+// waits to move them, every query on them queues behind it; the switch
+// gives up its wait quickly and tries again instead, so queries keep
+// answering, and it goes through once the reader is done.
+func TestRebuildSwitchDoesNotStallQueriesBehindALongReader(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	appendPackages(t, e.db, 0, 300)
+	e.relay(t)
+	e.start(t, fastConfig("live"))
+	require.Eventually(t, func() bool { return caughtUp(t, e.db, DefaultProjection, expected(t, e.db, e.parts)) }, time.Minute, 20*time.Millisecond)
+	reader := adminConn(t, e)
+	_, err := reader.Exec(ctx, "BEGIN; SELECT count(*) FROM "+pgx.Identifier{e.pg.Schema, "artifact_packages"}.Sanitize())
+	require.NoError(t, err)
+
+	q := e.open(t)
+	stop := make(chan struct{})
+	var slowest atomic.Int64
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			began := time.Now()
+			if err := checkGet(ctx, q, 3); err != nil {
+				t.Errorf("a query failed during the rebuild: %v", err)
+				return
+			}
+			if d := time.Since(began); d > time.Duration(slowest.Load()) {
+				slowest.Store(int64(d))
+			}
+		}
+	}()
+	attempts := 0
+	var released error
+	_, err = Rebuild(ctx, e.db, e.js, RebuildConfig{Logger: testenv.Logger(t), Progress: func(p RebuildProgress) {
+		if p.Phase == PhaseSwitch {
+			if attempts++; attempts == 3 { // the reader is done
+				_, released = reader.Exec(ctx, "COMMIT")
+			}
+		}
+	}})
+	close(stop)
+	wg.Wait()
+	require.NoError(t, err)
+	require.NoError(t, released)
+	require.Equal(t, 3, attempts)
+	t.Logf("slowest query during the rebuild: %s", time.Duration(slowest.Load()))
+	require.Less(t, time.Duration(slowest.Load()), 2*time.Second, "queries queued behind the switch's wait for the live tables")
+	requireVersions(t, e.db, map[int]string{1: store.VersionDropped, 2: store.VersionLive})
+}

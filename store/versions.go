@@ -97,4 +97,9 @@ type SwitchOptions struct {
 	// LockTimeout bounds each wait for a lock (projector batches and
 	// queries in flight); 0 waits as long as ctx allows.
 	LockTimeout time.Duration
+	// TableLockTimeout, when set, bounds instead the wait for the live
+	// tables themselves: every query on them queues behind that wait (a
+	// reader's long transaction would stall them all), so it is kept short
+	// and the switch tried again.
+	TableLockTimeout time.Duration
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -300,10 +301,8 @@ func (db *DB) SwitchVersion(ctx context.Context, v store.ProjectionVersion, opts
 		if retired.Version == 0 {
 			return fmt.Errorf("%w: %s has no live version", ErrVersionState, v.Projection)
 		}
-		if opts.LockTimeout > 0 {
-			if _, err := t.tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", opts.LockTimeout.Milliseconds())); err != nil {
-				return err
-			}
+		if err := setLockTimeout(ctx, t, opts.LockTimeout); err != nil {
+			return err
 		}
 		live, err := t.LockCheckpoints(ctx, v.Projection, opts.Partitions)
 		if err != nil {
@@ -314,7 +313,15 @@ func (db *DB) SwitchVersion(ctx context.Context, v store.ProjectionVersion, opts
 			return err
 		}
 		retired.State, retired.Schema = store.VersionRetired, versionSchema(schema, v.Projection, retired.Version)
+		if opts.TableLockTimeout > 0 {
+			if err := setLockTimeout(ctx, t, opts.TableLockTimeout); err != nil {
+				return err
+			}
+		}
 		if err := swapTables(ctx, t, tables.names, schema, v.Schema, retired.Schema); err != nil {
+			return err
+		}
+		if err := setLockTimeout(ctx, t, opts.LockTimeout); err != nil {
 			return err
 		}
 		// Checked once the old tables are locked (moved): none can be
@@ -325,6 +332,17 @@ func (db *DB) SwitchVersion(ctx context.Context, v store.ProjectionVersion, opts
 		return recordSwitch(ctx, t, v, retired, live, at)
 	})
 	return retired, translate(err)
+}
+
+// setLockTimeout bounds the transaction's waits for locks from now on (d,
+// or the session's setting when d is 0).
+func setLockTimeout(ctx context.Context, t *tx, d time.Duration) error {
+	stmt := "SET LOCAL lock_timeout TO DEFAULT"
+	if d > 0 {
+		stmt = fmt.Sprintf("SET LOCAL lock_timeout = %d", max(d.Milliseconds(), 1))
+	}
+	_, err := t.tx.Exec(ctx, stmt)
+	return err
 }
 
 // catchUpVersion runs catchUp with v's tables first in search_path.
