@@ -555,3 +555,38 @@ func TestRebuildSwitchDoesNotStallQueriesBehindALongReader(t *testing.T) {
 	require.Less(t, time.Duration(slowest.Load()), 2*time.Second, "queries queued behind the switch's wait for the live tables")
 	requireVersions(t, e.db, map[int]string{1: store.VersionDropped, 2: store.VersionLive})
 }
+
+// TestRebuildOnOddSchemaNames rebuilds in log schemas whose names need
+// quoting: upper case, a hyphen and a space.
+func TestRebuildOnOddSchemaNames(t *testing.T) {
+	for _, schema := range []string{"Upper_" + testenv.Name("T"), "odd-name " + testenv.Name("x")} {
+		t.Run(schema, func(t *testing.T) {
+			url := testenv.PostgresURL(t)
+			t.Cleanup(func() {
+				c, err := pgx.Connect(context.Background(), url)
+				if err != nil {
+					return
+				}
+				defer c.Close(context.Background())
+				for _, s := range []string{schema, schema + "_registry_v1", schema + "_registry_v2"} {
+					_, _ = c.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+pgx.Identifier{s}.Sanitize()+" CASCADE")
+				}
+			})
+			open := func(t testing.TB) store.DB { return testenv.OpenPostgres(t, url, schema) }
+			e := setupWith(t, open(t), open)
+			e.pg = postgres.Config{URL: url, Schema: schema}
+			appendPackages(t, e.db, 0, 300)
+			e.relay(t)
+			e.start(t, fastConfig("live"))
+			require.Eventually(t, func() bool { return caughtUp(t, e.db, DefaultProjection, expected(t, e.db, e.parts)) }, time.Minute, 20*time.Millisecond)
+			res, err := Rebuild(context.Background(), e.db, e.js, RebuildConfig{Logger: testenv.Logger(t)})
+			require.NoError(t, err)
+			require.Equal(t, 2, res.Version)
+			requireVersions(t, e.db, map[int]string{1: store.VersionDropped, 2: store.VersionLive})
+			appendPackages(t, e.db, 300, 350)
+			e.relay(t)
+			require.Eventually(t, func() bool { return caughtUp(t, e.db, DefaultProjection, expected(t, e.db, e.parts)) }, time.Minute, 20*time.Millisecond)
+			requireReplayEqual(t, e.db)
+		})
+	}
+}
