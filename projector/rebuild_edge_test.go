@@ -590,3 +590,58 @@ func TestRebuildOnOddSchemaNames(t *testing.T) {
 		})
 	}
 }
+
+// TestRebuildBesideReplayReset runs replay --reset of the live version over
+// and over while a rebuild loads, follows and switches under live load:
+// both lock the live checkpoints first, so each waits for the other, and
+// the views equal a replay at the end.
+func TestRebuildBesideReplayReset(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	appendPackages(t, e.db, 0, 1000)
+	e.relay(t)
+	e.start(t, fastConfig("live"))
+	require.Eventually(t, func() bool { return caughtUp(t, e.db, DefaultProjection, expected(t, e.db, e.parts)) }, time.Minute, 20*time.Millisecond)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var replays atomic.Int64
+	replayer := e.open(t)
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := store.Replay(ctx, replayer, store.RegistryViews{}, store.ReplayOptions{Reset: true, Partitions: e.parts}); err != nil {
+				t.Errorf("replay --reset beside the rebuild: %v", err)
+				return
+			}
+			replays.Add(1)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		for n := 1000; ; n += 20 {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			appendPackages(t, e.db, n, n+20)
+			e.relay(t)
+		}
+	}()
+	res, err := Rebuild(ctx, e.db, e.js, RebuildConfig{Logger: testenv.Logger(t), SwitchLag: 50})
+	close(stop)
+	wg.Wait()
+	require.NoError(t, err)
+	require.Equal(t, 2, res.Version)
+	require.Positive(t, replays.Load())
+	t.Logf("%d replays --reset beside the rebuild", replays.Load())
+	e.relay(t)
+	require.Eventually(t, func() bool { return caughtUp(t, e.db, DefaultProjection, expected(t, e.db, e.parts)) }, time.Minute, 20*time.Millisecond)
+	requireReplayEqual(t, e.db)
+}
