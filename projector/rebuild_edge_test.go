@@ -2,6 +2,7 @@ package projector
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"strconv"
@@ -641,6 +642,86 @@ func TestRebuildBesideReplayReset(t *testing.T) {
 	require.Equal(t, 2, res.Version)
 	require.Positive(t, replays.Load())
 	t.Logf("%d replays --reset beside the rebuild", replays.Load())
+	e.relay(t)
+	require.Eventually(t, func() bool { return caughtUp(t, e.db, DefaultProjection, expected(t, e.db, e.parts)) }, time.Minute, 20*time.Millisecond)
+	requireReplayEqual(t, e.db)
+}
+
+// TestRebuildCatchUpWithStatementsPreparedOnTheLiveTables: the switch's
+// catch-up runs on a connection of the rebuild's store, whose connections
+// prepared the view reads and bulk upserts against the live tables before
+// (pgx caches statements, PostgreSQL their plans). With the version's
+// schema first in search_path inside the switch, they must write the new
+// version's tables: events applied to the old ones would be missing from
+// the new version while its checkpoints say they are in.
+func TestRebuildCatchUpWithStatementsPreparedOnTheLiveTables(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	appendPackages(t, e.db, 0, 500)
+	e.relay(t)
+	e.start(t, fastConfig("live"))
+	require.Eventually(t, func() bool { return caughtUp(t, e.db, DefaultProjection, expected(t, e.db, e.parts)) }, time.Minute, 20*time.Millisecond)
+	rdb := testenv.OpenPostgresConfig(t, postgres.Config{URL: e.pg.URL, Schema: e.pg.Schema, MaxConns: 2})
+	warm := func() {
+		t.Helper()
+		rolledBack := errors.New("rolled back")
+		var wg sync.WaitGroup
+		barrier := make(chan struct{})
+		for range 2 { // both connections at once
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				err := rdb.InTx(ctx, func(tx store.Tx) error {
+					<-barrier
+					p, err := tx.GetPackage(ctx, storetest.PackageID(1))
+					if err != nil {
+						return err
+					}
+					r, err := tx.GetRetention(ctx, storetest.PackageID(1))
+					if err != nil {
+						return err
+					}
+					if err := tx.PutPackages(ctx, []store.Package{p}); err != nil {
+						return err
+					}
+					if err := tx.PutRetentions(ctx, []store.Retention{r}); err != nil {
+						return err
+					}
+					_, err = tx.Checkpoint(ctx, DefaultProjection, 0)
+					if err != nil {
+						return err
+					}
+					return rolledBack
+				})
+				if !errors.Is(err, rolledBack) {
+					t.Errorf("warming a connection: %v", err)
+				}
+			}()
+		}
+		close(barrier)
+		wg.Wait()
+	}
+	warm()
+	res, err := Rebuild(ctx, rdb, e.js, RebuildConfig{Logger: testenv.Logger(t), SwitchLag: 10,
+		afterLoad: func() error {
+			// Updates and new packages the switch applies from the log
+			// (not relayed), on connections warmed again.
+			appendPackages(t, e.db, 500, 700)
+			var evs []store.Event
+			for i := 1; i < 200; i += 2 {
+				evs = append(evs, storetest.Finalized(t, storetest.PackageID(i), "ci", store.DigestOf([]byte("late"))))
+			}
+			storetest.Append(t, e.db, evs...)
+			warm()
+			return nil
+		}})
+	require.NoError(t, err)
+	head, err := e.db.Head(ctx)
+	require.NoError(t, err)
+	require.Equal(t, head, res.SwitchedAt, "the switch applied the log up to its head")
+	p, err := e.db.Package(ctx, storetest.PackageID(199))
+	require.NoError(t, err)
+	require.Equal(t, store.StatusFinalized, p.Status, "the catch-up's updates are in the new live tables")
 	e.relay(t)
 	require.Eventually(t, func() bool { return caughtUp(t, e.db, DefaultProjection, expected(t, e.db, e.parts)) }, time.Minute, 20*time.Millisecond)
 	requireReplayEqual(t, e.db)
