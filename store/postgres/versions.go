@@ -386,7 +386,9 @@ func swapTables(ctx context.Context, t *tx, names []string, schema, newSchema, r
 func refuseDependents(ctx context.Context, t *tx, schema string, names []string) error {
 	rows, err := t.tx.Query(ctx, `WITH tables AS (
 			SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = ANY($2))
-		SELECT DISTINCT pg_describe_object(d.classid, d.objid, 0) FROM pg_depend d
+		SELECT DISTINCT CASE WHEN d.classid = 'pg_rewrite'::regclass -- a view's rule: name the view
+			THEN (SELECT pg_describe_object('pg_class'::regclass, r.ev_class, 0) FROM pg_rewrite r WHERE r.oid = d.objid)
+			ELSE pg_describe_object(d.classid, d.objid, 0) END FROM pg_depend d
 		WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid IN (SELECT oid FROM tables) AND d.deptype <> 'i'
 			AND d.classid NOT IN ('pg_class'::regclass, 'pg_attrdef'::regclass)
 			AND NOT (d.classid = 'pg_constraint'::regclass AND d.objid IN (SELECT k.oid FROM pg_constraint k WHERE k.conrelid IN (SELECT oid FROM tables)))
