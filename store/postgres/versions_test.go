@@ -113,3 +113,58 @@ func TestVersionDBNeverWritesTheLiveTables(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, store.VersionDropped, vs[1].State)
 }
+
+// versionSchemas returns the version schemas of the log's schema.
+func versionSchemas(t *testing.T, conn *pgx.Conn, schema string) []string {
+	t.Helper()
+	rows, err := conn.Query(context.Background(), `SELECT nspname FROM pg_namespace WHERE nspname LIKE $1 ORDER BY 1`,
+		schema+`\_registry\_v%`)
+	require.NoError(t, err)
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
+	return names
+}
+
+// switchTo switches to v, catching it up with a replay of the log.
+func switchTo(t *testing.T, db *postgres.DB, v store.ProjectionVersion) store.ProjectionVersion {
+	t.Helper()
+	ctx := context.Background()
+	retired, err := db.SwitchVersion(ctx, v, store.SwitchOptions{Partitions: 4, CatchUp: func(ctx context.Context, tx store.Tx) (int64, error) {
+		return store.ReplayTx(ctx, db, tx, store.RegistryViews{}, store.ReplayOptions{Projection: v.Checkpoints(), Partitions: 4})
+	}})
+	require.NoError(t, err)
+	return retired
+}
+
+// TestFreshDropsVersionSchemas: migrate fresh after a rebuild that died
+// between its switch and its drop (a retired version's schema left) and
+// during another's load (a building one) leaves no version schema behind;
+// the next rebuild's switch would otherwise find the retired version's
+// schema name taken.
+func TestFreshDropsVersionSchemas(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url, schema := testenv.Schema(t)
+	db := testenv.OpenPostgres(t, url, schema)
+	conn, err := pgx.Connect(ctx, url)
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+
+	v, err := db.BeginVersion(ctx, "registry")
+	require.NoError(t, err)
+	require.NoError(t, db.FinishLoad(ctx, v, 0))
+	switchTo(t, db, v) // and died before dropping version 1
+	_, err = db.BeginVersion(ctx, "registry")
+	require.NoError(t, err) // and died during its load
+	require.Len(t, versionSchemas(t, conn, schema), 2)
+
+	require.NoError(t, db.Fresh(ctx))
+	require.Empty(t, versionSchemas(t, conn, schema))
+	v, err = db.BeginVersion(ctx, "registry")
+	require.NoError(t, err)
+	require.Equal(t, 2, v.Version)
+	require.NoError(t, db.FinishLoad(ctx, v, 0))
+	retired := switchTo(t, db, v)
+	require.NoError(t, db.DropVersion(ctx, retired))
+	require.Empty(t, versionSchemas(t, conn, schema))
+}
