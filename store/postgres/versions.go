@@ -130,35 +130,42 @@ func versionSchema(logSchema, projection string, version int) string {
 }
 
 // copyGrants gives each table of to the privileges the same table of from
-// grants (the roles of a least-privilege deployment), and every grantee
-// usage of the schema to.
+// grants (the roles of a least-privilege deployment, PUBLIC, grant
+// options), and every grantee usage of the schema to.
 func copyGrants(ctx context.Context, t *tx, from, to string, names []string) error {
 	grantees := map[string]bool{}
 	for _, name := range names {
-		rows, err := t.tx.Query(ctx, `SELECT a.privilege_type, r.rolname
+		rows, err := t.tx.Query(ctx, `SELECT a.privilege_type, coalesce(quote_ident(r.rolname), 'PUBLIC'), a.is_grantable
 			FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace,
-			     aclexplode(c.relacl) a JOIN pg_roles r ON r.oid = a.grantee
+			     aclexplode(c.relacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee
 			WHERE n.nspname = $1 AND c.relname = $2 AND a.grantee <> c.relowner`, from, name)
 		if err != nil {
 			return err
 		}
-		grants, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) ([2]string, error) {
-			var g [2]string
-			return g, r.Scan(&g[0], &g[1])
+		type grant struct {
+			privilege, grantee string
+			grantable          bool
+		}
+		grants, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (grant, error) {
+			var g grant
+			return g, r.Scan(&g.privilege, &g.grantee, &g.grantable)
 		})
 		if err != nil {
 			return err
 		}
 		for _, g := range grants {
-			grantees[g[1]] = true
-			stmt := fmt.Sprintf("GRANT %s ON %s TO %s", g[0], pgx.Identifier{to, name}.Sanitize(), pgx.Identifier{g[1]}.Sanitize())
+			grantees[g.grantee] = true
+			stmt := fmt.Sprintf("GRANT %s ON %s TO %s", g.privilege, pgx.Identifier{to, name}.Sanitize(), g.grantee)
+			if g.grantable {
+				stmt += " WITH GRANT OPTION"
+			}
 			if _, err := t.tx.Exec(ctx, stmt); err != nil {
 				return fmt.Errorf("copying grants: %w", err)
 			}
 		}
 	}
 	for role := range grantees {
-		stmt := fmt.Sprintf("GRANT USAGE ON SCHEMA %s TO %s", pgx.Identifier{to}.Sanitize(), pgx.Identifier{role}.Sanitize())
+		stmt := fmt.Sprintf("GRANT USAGE ON SCHEMA %s TO %s", pgx.Identifier{to}.Sanitize(), role)
 		if _, err := t.tx.Exec(ctx, stmt); err != nil {
 			return fmt.Errorf("copying grants: %w", err)
 		}

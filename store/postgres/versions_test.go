@@ -33,7 +33,7 @@ func describeTables(t *testing.T, conn *pgx.Conn, schema string) string {
 		UNION ALL
 		SELECT i.tablename || ' index ' || i.indexname || ' ' || i.indexdef FROM pg_indexes i WHERE i.schemaname = $1
 		UNION ALL
-		SELECT g.table_name || ' grant ' || g.grantee || ' ' || g.privilege_type FROM information_schema.role_table_grants g
+		SELECT g.table_name || ' grant ' || g.grantee || ' ' || g.privilege_type || ' grantable=' || g.is_grantable FROM information_schema.role_table_grants g
 			WHERE g.table_schema = $1 AND g.grantee <> current_user
 		ORDER BY 1`, schema)
 	require.NoError(t, err)
@@ -62,6 +62,10 @@ func TestVersionTablesMatchLive(t *testing.T) {
 	conn, err := pgx.Connect(ctx, url)
 	require.NoError(t, err)
 	defer conn.Close(ctx)
+	// Grants an operator added: to everyone, and one the grantee may pass on.
+	_, err = conn.Exec(ctx, "GRANT SELECT ON "+pgx.Identifier{schema, "retention_state"}.Sanitize()+" TO PUBLIC; "+
+		"GRANT SELECT ON "+pgx.Identifier{schema, "artifact_packages"}.Sanitize()+" TO "+roles.Relay+" WITH GRANT OPTION")
+	require.NoError(t, err)
 
 	v, err := db.BeginVersion(ctx, "registry")
 	require.NoError(t, err)
@@ -75,6 +79,8 @@ func TestVersionTablesMatchLive(t *testing.T) {
 	require.NoError(t, db.FinishLoad(ctx, v, 0))
 	require.Equal(t, describeTables(t, conn, schema), describeTables(t, conn, v.Schema))
 	require.Contains(t, describeTables(t, conn, schema), "grant "+roles.Reader+" SELECT")
+	require.Contains(t, describeTables(t, conn, schema), "retention_state grant PUBLIC SELECT")
+	require.Contains(t, describeTables(t, conn, schema), "artifact_packages grant "+roles.Relay+" SELECT grantable=YES")
 }
 
 // TestVersionDBNeverWritesTheLiveTables: a version store whose schema lost
