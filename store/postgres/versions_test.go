@@ -174,3 +174,32 @@ func TestFreshDropsVersionSchemas(t *testing.T) {
 	require.NoError(t, db.DropVersion(ctx, retired))
 	require.Empty(t, versionSchemas(t, conn, schema))
 }
+
+// TestBeginVersionRefusesASchemaNameTooLong: PostgreSQL would truncate a
+// version schema's name past 63 bytes (two versions could then share a
+// schema); BeginVersion refuses with a clear error and records nothing.
+func TestBeginVersionRefusesASchemaNameTooLong(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := testenv.PostgresURL(t)
+	schema := testenv.Name(strings.Repeat("l", 39)) // 52 bytes: its versions' schemas would need 64
+	t.Cleanup(func() {
+		c, err := pgx.Connect(context.Background(), url)
+		if err == nil {
+			_, _ = c.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+schema+" CASCADE")
+			c.Close(context.Background())
+		}
+	})
+	db := testenv.OpenPostgres(t, url, schema)
+	_, err := db.BeginVersion(ctx, "registry")
+	require.ErrorContains(t, err, "longer than 63 bytes")
+	vs, err := db.ProjectionVersions(ctx)
+	require.NoError(t, err)
+	require.Len(t, vs, 1)
+	conn, err := pgx.Connect(ctx, url)
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	var n int
+	require.NoError(t, conn.QueryRow(ctx, "SELECT count(*) FROM pg_namespace WHERE nspname LIKE $1", schema[:40]+"%").Scan(&n))
+	require.Equal(t, 1, n, "only the log's schema")
+}
