@@ -343,6 +343,13 @@ func (r *rebuild) switchOver(ctx context.Context, v store.ProjectionVersion) err
 		}
 		return last
 	})
+	if errors.Is(err, store.ErrVersionObsolete) {
+		r.log.Warn("abandoning a version that can never switch", zap.Int("version", v.Version), zap.Error(err))
+		if derr := r.rb.DropVersion(ctx, v); derr != nil {
+			return fmt.Errorf("projector: abandoning version %d: %w (after %w)", v.Version, derr, err)
+		}
+		return fmt.Errorf("projector: version %d abandoned: %w", v.Version, err)
+	}
 	if err != nil {
 		return fmt.Errorf("projector: switching to version %d: %w", v.Version, err)
 	}

@@ -726,3 +726,39 @@ func TestRebuildCatchUpWithStatementsPreparedOnTheLiveTables(t *testing.T) {
 	require.Eventually(t, func() bool { return caughtUp(t, e.db, DefaultProjection, expected(t, e.db, e.parts)) }, time.Minute, 20*time.Millisecond)
 	requireReplayEqual(t, e.db)
 }
+
+// TestRebuildAfterAMigrationChangedTheLiveTables: a migration adds a column
+// to the live tables while a version is built. The switch would take the
+// column away; it is refused and the version, which can never switch, is
+// abandoned. A new rebuild is refused before it builds anything while the
+// code's tables and the database's differ.
+func TestRebuildAfterAMigrationChangedTheLiveTables(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	appendPackages(t, e.db, 0, 300)
+	e.relay(t)
+	e.start(t, fastConfig("live"))
+	require.Eventually(t, func() bool { return caughtUp(t, e.db, DefaultProjection, expected(t, e.db, e.parts)) }, time.Minute, 20*time.Millisecond)
+	admin := adminConn(t, e)
+	table := pgx.Identifier{e.pg.Schema, "artifact_packages"}.Sanitize()
+	_, err := Rebuild(ctx, e.db, e.js, RebuildConfig{Logger: testenv.Logger(t), afterLoad: func() error {
+		_, err := admin.Exec(ctx, "ALTER TABLE "+table+" ADD COLUMN note text")
+		return err
+	}})
+	require.ErrorIs(t, err, store.ErrVersionObsolete)
+	requireVersions(t, e.db, map[int]string{1: store.VersionLive, 2: store.VersionDropped})
+	requireSchemas(t, e, 0)
+	var note *string
+	require.NoError(t, admin.QueryRow(ctx, "SELECT note FROM "+table+" LIMIT 1").Scan(&note), "the migrated column stays")
+
+	_, err = Rebuild(ctx, e.db, e.js, RebuildConfig{Logger: testenv.Logger(t)})
+	require.ErrorIs(t, err, store.ErrVersionObsolete)
+	requireVersions(t, e.db, map[int]string{1: store.VersionLive, 2: store.VersionDropped})
+
+	_, err = admin.Exec(ctx, "ALTER TABLE "+table+" DROP COLUMN note")
+	require.NoError(t, err)
+	res, err := Rebuild(ctx, e.db, e.js, RebuildConfig{Logger: testenv.Logger(t)})
+	require.NoError(t, err)
+	require.Equal(t, 3, res.Version)
+	requireReplayEqual(t, e.db)
+}

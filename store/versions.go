@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"time"
 )
@@ -19,6 +20,12 @@ const (
 	// version abandoned.
 	VersionDropped = "dropped"
 )
+
+// ErrVersionObsolete is returned by Rebuilder.SwitchVersion when a
+// version's tables are no longer defined as the live ones (a migration
+// changed those while it was built): it can never switch, and a rebuild
+// abandons it.
+var ErrVersionObsolete = errors.New("store: the projection version's tables are not defined as the live ones")
 
 // ProjectionVersion is one version of a projection kept in the log's
 // database.

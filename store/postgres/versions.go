@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -113,6 +114,9 @@ func (db *DB) BeginVersion(ctx context.Context, projection string) (store.Projec
 			if _, err := t.tx.Exec(ctx, s); err != nil {
 				return fmt.Errorf("creating version %d of %s: %w", next, projection, err)
 			}
+		}
+		if err := sameColumns(ctx, t, tables.names, schema, v.Schema); err != nil {
+			return fmt.Errorf("%w: %w (migrate the database, or use the binary that matches it)", store.ErrVersionObsolete, err)
 		}
 		if err := copyGrants(ctx, t, schema, v.Schema, tables.names); err != nil {
 			return err
@@ -331,10 +335,13 @@ func (db *DB) SwitchVersion(ctx context.Context, v store.ProjectionVersion, opts
 		if err := setLockTimeout(ctx, t, opts.LockTimeout); err != nil {
 			return err
 		}
-		// Checked once the old tables are locked (moved): none can be
-		// added since.
+		// Checked once the old tables are locked (moved): no dependent
+		// can be added, no migration can change them since.
 		if err := refuseDependents(ctx, t, retired.Schema, tables.names); err != nil {
 			return err
+		}
+		if err := sameColumns(ctx, t, tables.names, retired.Schema, schema); err != nil {
+			return fmt.Errorf("%w: %w (a migration changed the live tables while version %d was built)", store.ErrVersionObsolete, err, v.Version)
 		}
 		return recordSwitch(ctx, t, v, retired, live, at)
 	})
@@ -408,6 +415,37 @@ func refuseDependents(ctx context.Context, t *tx, schema string, names []string)
 		return err
 	}
 	return fmt.Errorf("%w: %s (drop them, rebuild, and create them again)", ErrDependents, strings.Join(objs, "; "))
+}
+
+// sameColumns returns an error naming the columns by which a table of
+// names differs between schemas a and b (name, type, nullability and
+// default, in order).
+func sameColumns(ctx context.Context, t *tx, names []string, a, b string) error {
+	columns := func(schema, name string) ([]string, error) {
+		rows, err := t.tx.Query(ctx, `SELECT a.attname || ' ' || format_type(a.atttypid, a.atttypmod) ||
+				CASE WHEN a.attnotnull THEN ' not null' ELSE '' END || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), '')
+			FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+			WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum`,
+			pgx.Identifier{schema, name}.Sanitize())
+		if err != nil {
+			return nil, err
+		}
+		return pgx.CollectRows(rows, pgx.RowTo[string])
+	}
+	for _, name := range names {
+		was, err := columns(a, name)
+		if err != nil {
+			return err
+		}
+		now, err := columns(b, name)
+		if err != nil {
+			return err
+		}
+		if !slices.Equal(was, now) {
+			return fmt.Errorf("%s had columns (%s), the new version's has (%s)", name, strings.Join(was, ", "), strings.Join(now, ", "))
+		}
+	}
+	return nil
 }
 
 // recordSwitch moves the live checkpoints forward to at, drops the new

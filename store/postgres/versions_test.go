@@ -203,3 +203,45 @@ func TestBeginVersionRefusesASchemaNameTooLong(t *testing.T) {
 	require.NoError(t, conn.QueryRow(ctx, "SELECT count(*) FROM pg_namespace WHERE nspname LIKE $1", schema[:40]+"%").Scan(&n))
 	require.Equal(t, 1, n, "only the log's schema")
 }
+
+// TestSwitchRefusedWhenTheLiveTablesChanged: a migration that changed the
+// live tables while a version was built (a column added) is not undone by
+// the switch: it is refused, changing nothing.
+func TestSwitchRefusedWhenTheLiveTablesChanged(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url, schema := testenv.Schema(t)
+	db := testenv.OpenPostgres(t, url, schema)
+	conn, err := pgx.Connect(ctx, url)
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	v, err := db.BeginVersion(ctx, "registry")
+	require.NoError(t, err)
+	require.NoError(t, db.FinishLoad(ctx, v, 0))
+	_, err = conn.Exec(ctx, "ALTER TABLE "+pgx.Identifier{schema, "artifact_packages"}.Sanitize()+" ADD COLUMN note text")
+	require.NoError(t, err)
+
+	_, err = db.SwitchVersion(ctx, v, store.SwitchOptions{Partitions: 4, CatchUp: func(ctx context.Context, tx store.Tx) (int64, error) {
+		return store.ReplayTx(ctx, db, tx, store.RegistryViews{}, store.ReplayOptions{Projection: v.Checkpoints(), Partitions: 4})
+	}})
+	require.ErrorIs(t, err, store.ErrVersionObsolete)
+	require.ErrorContains(t, err, "note text")
+	vs, err := db.ProjectionVersions(ctx)
+	require.NoError(t, err)
+	require.Equal(t, store.VersionLive, vs[0].State)
+	require.Equal(t, store.VersionBuilding, vs[1].State)
+	var n int
+	require.NoError(t, conn.QueryRow(ctx, `SELECT count(*) FROM information_schema.columns
+		WHERE table_schema = $1 AND table_name = 'artifact_packages' AND column_name = 'note'`, schema).Scan(&n))
+	require.Equal(t, 1, n, "the live table keeps its migrated column")
+
+	// A new version would not match either: refused before it is built.
+	_, err = db.BeginVersion(ctx, "registry")
+	require.ErrorIs(t, err, postgres.ErrVersionBuilding)
+	require.NoError(t, db.DropVersion(ctx, v))
+	_, err = db.BeginVersion(ctx, "registry")
+	require.ErrorIs(t, err, store.ErrVersionObsolete)
+	vs, err = db.ProjectionVersions(ctx)
+	require.NoError(t, err)
+	require.Len(t, vs, 2, "nothing recorded")
+}
