@@ -64,7 +64,8 @@ func TestProjectionRebuildAndList(t *testing.T) {
 }
 
 // TestProjectionRebuildRefusedWhileAViewDependsOnTheLiveTables: exit 4,
-// naming the view, and nothing built.
+// naming the view, and nothing built; exit 4 too when the live tables are
+// not defined as this binary's.
 func TestProjectionRebuildRefusedWhileAViewDependsOnTheLiveTables(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -84,6 +85,12 @@ func TestProjectionRebuildRefusedWhileAViewDependsOnTheLiveTables(t *testing.T) 
 	require.Equal(t, 0, r.code, r.stderr)
 	require.Regexp(t, `registry\s+1\s+live`, r.stdout)
 	require.NotContains(t, r.stdout, "building")
+
+	_, err = conn.Exec(ctx, "DROP VIEW open_packages; ALTER TABLE artifact_packages ADD COLUMN note text")
+	require.NoError(t, err)
+	r = runBinary(t, time.Minute, env, "projection", "rebuild")
+	require.Equal(t, exitConflict, r.code, r.stderr)
+	require.Contains(t, r.stderr, "not defined as the live ones")
 }
 
 func TestProjectionRebuildRefusedOnSQLite(t *testing.T) {
