@@ -104,8 +104,10 @@
 // it locks the live checkpoints (so no batch commits), applies the rest
 // from the log, swaps the tables under the same names and moves the live
 // checkpoints forward. Live workers' compare-and-set then fails once; they
-// re-read the checkpoint and go on after it. A rebuild killed during its
-// load is abandoned by the next run, one killed after it is resumed.
+// re-read the checkpoint and go on after it. Queries queue behind the
+// switch while it waits for the live tables, so that wait is short
+// (TableLockTimeout) and the switch is tried again. A rebuild killed during
+// its load is abandoned by the next run, one killed after it is resumed.
 //
 // # Limits
 //

@@ -7,9 +7,11 @@ import (
 	"slices"
 	"time"
 
+	"github.com/sethvargo/go-retry"
 	"github.com/sourcegraph/conc"
 	"go.uber.org/zap"
 
+	"github.com/artifactstore/artifactstore/internal/backoff"
 	"github.com/artifactstore/artifactstore/store"
 )
 
@@ -53,6 +55,9 @@ type RebuildConfig struct {
 	// LockTimeout bounds the switch's waits for locks (5s); a switch that
 	// times out changes nothing and is tried again.
 	LockTimeout time.Duration
+	// TableLockTimeout bounds the switch's wait for the live tables
+	// (200ms): queries on them queue behind it.
+	TableLockTimeout time.Duration
 	// Poll is how often the follow phase checks the lag (200ms).
 	Poll time.Duration
 	// Progress, when set, is called as the rebuild goes.
@@ -91,6 +96,9 @@ func (c *RebuildConfig) setDefaults() {
 	}
 	if c.LockTimeout <= 0 {
 		c.LockTimeout = 5 * time.Second
+	}
+	if c.TableLockTimeout <= 0 {
+		c.TableLockTimeout = 200 * time.Millisecond
 	}
 	if c.Poll <= 0 {
 		c.Poll = 200 * time.Millisecond
@@ -299,11 +307,11 @@ func (r *rebuild) position(ctx context.Context, v store.ProjectionVersion) (appl
 	return lowest(v.Checkpoints()), head, lowest(r.cfg.Projection), nil
 }
 
-// switchOver makes v live, retrying a switch that timed out on a lock, and
-// drops the retired version.
+// switchOver makes v live, trying again (with pauses, up to 10 times) a
+// switch that timed out on a lock, and drops the retired version.
 func (r *rebuild) switchOver(ctx context.Context, v store.ProjectionVersion) error {
 	var at int64
-	opts := store.SwitchOptions{Partitions: r.parts, LockTimeout: r.cfg.LockTimeout,
+	opts := store.SwitchOptions{Partitions: r.parts, LockTimeout: r.cfg.LockTimeout, TableLockTimeout: r.cfg.TableLockTimeout,
 		CatchUp: func(ctx context.Context, tx store.Tx) (int64, error) {
 			var err error
 			at, err = store.ReplayTx(ctx, r.db, tx, r.cfg.Views, store.ReplayOptions{Projection: v.Checkpoints(),
@@ -311,22 +319,91 @@ func (r *rebuild) switchOver(ctx context.Context, v store.ProjectionVersion) err
 			return at, err
 		}}
 	var retired store.ProjectionVersion
-	for attempt := 1; ; attempt++ {
+	var last error
+	bo := retry.WithMaxRetries(10, backoff.WithNotify(func(d time.Duration) {
+		r.log.Warn("switch failed; trying again", zap.Duration("backoff", d), zap.Error(last))
+	}, switchRetry.Backoff()))
+	err := retry.Do(ctx, bo, func(ctx context.Context) error {
 		_, head, _, err := r.position(ctx, v)
 		if err != nil {
 			return err
 		}
 		r.cfg.Progress(RebuildProgress{Version: v.Version, Phase: PhaseSwitch, Applied: head, Target: head})
-		retired, err = r.rb.SwitchVersion(ctx, v, opts)
-		if err == nil {
-			break
+		if retired, last = r.rb.SwitchVersion(ctx, v, opts); errors.Is(last, store.ErrOutcomeUnknown) {
+			// The answer was lost: the catalog says whether it committed.
+			sw, done, err := r.switched(ctx, v)
+			if err != nil {
+				return err
+			} else if done {
+				retired, last = sw, nil
+			}
 		}
-		if !store.Temporary(err) || attempt == 5 || ctx.Err() != nil {
-			return fmt.Errorf("projector: switching to version %d: %w", v.Version, err)
+		if store.Temporary(last) {
+			return retry.RetryableError(last)
 		}
-		r.log.Warn("switch failed; trying again", zap.Int("attempt", attempt), zap.Error(err))
+		return last
+	})
+	if errors.Is(err, store.ErrVersionObsolete) {
+		r.log.Warn("abandoning a version that can never switch", zap.Int("version", v.Version), zap.Error(err))
+		if derr := r.rb.DropVersion(ctx, v); derr != nil {
+			return fmt.Errorf("projector: abandoning version %d: %w (after %w)", v.Version, derr, err)
+		}
+		return fmt.Errorf("projector: version %d abandoned: %w", v.Version, err)
+	}
+	if err != nil {
+		return fmt.Errorf("projector: switching to version %d: %w", v.Version, err)
 	}
 	r.res.Retired, r.res.SwitchedAt = retired.Version, at
 	r.log.Info("version live", zap.Int("version", v.Version), zap.Int("retired", retired.Version), zap.Int64("sequence", r.res.SwitchedAt))
-	return r.rb.DropVersion(ctx, retired)
+	return r.drop(ctx, v, retired)
+}
+
+// switchRetry is the pause before a switch that timed out on a lock is
+// tried again.
+var switchRetry = backoff.Policy{Min: 100 * time.Millisecond, Max: 5 * time.Second, JitterPercent: 20}
+
+// drop drops the retired version's tables, trying again after temporary
+// errors: the new version is live already, and a rebuild that failed here
+// would leave them to the next rebuild.
+func (r *rebuild) drop(ctx context.Context, v, retired store.ProjectionVersion) error {
+	var last error
+	bo := retry.WithMaxRetries(4, backoff.WithNotify(func(d time.Duration) {
+		r.log.Warn("dropping the retired version failed; trying again", zap.Int("retired", retired.Version),
+			zap.Duration("backoff", d), zap.Error(last))
+	}, dropRetry.Backoff()))
+	err := retry.Do(ctx, bo, func(ctx context.Context) error {
+		if last = r.rb.DropVersion(ctx, retired); store.Temporary(last) {
+			return retry.RetryableError(last)
+		}
+		return last
+	})
+	if err != nil {
+		return fmt.Errorf("projector: version %d is live, but dropping version %d failed (the next rebuild drops it first): %w",
+			v.Version, retired.Version, err)
+	}
+	return nil
+}
+
+// dropRetry is the pause before dropping a retired version is tried again.
+var dropRetry = backoff.Policy{Min: 100 * time.Millisecond, Max: 2 * time.Second}
+
+// switched reports whether v is live in the catalog, and returns the
+// version it retired.
+func (r *rebuild) switched(ctx context.Context, v store.ProjectionVersion) (store.ProjectionVersion, bool, error) {
+	vs, err := r.rb.ProjectionVersions(ctx)
+	if err != nil {
+		return store.ProjectionVersion{}, false, err
+	}
+	var retired store.ProjectionVersion
+	live := false
+	for _, c := range vs {
+		switch {
+		case c.Projection != v.Projection:
+		case c.Version == v.Version:
+			live = c.State == store.VersionLive
+		case c.State == store.VersionRetired:
+			retired = c
+		}
+	}
+	return retired, live, nil
 }

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"time"
 )
@@ -19,6 +20,12 @@ const (
 	// version abandoned.
 	VersionDropped = "dropped"
 )
+
+// ErrVersionObsolete is returned by Rebuilder.SwitchVersion when a
+// version's tables are no longer defined as the live ones (a migration
+// changed those while it was built): it can never switch, and a rebuild
+// abandons it.
+var ErrVersionObsolete = errors.New("store: the projection version's tables are not defined as the live ones")
 
 // ProjectionVersion is one version of a projection kept in the log's
 // database.
@@ -97,4 +104,9 @@ type SwitchOptions struct {
 	// LockTimeout bounds each wait for a lock (projector batches and
 	// queries in flight); 0 waits as long as ctx allows.
 	LockTimeout time.Duration
+	// TableLockTimeout, when set, bounds instead the wait for the live
+	// tables themselves: every query on them queues behind that wait (a
+	// reader's long transaction would stall them all), so it is kept short
+	// and the switch tried again.
+	TableLockTimeout time.Duration
 }

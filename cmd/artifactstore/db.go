@@ -71,7 +71,8 @@ var userinfoPassword = regexp.MustCompile(`(://[^:/@]*:)[^@]*@`)
 var passwordParam = regexp.MustCompile(`(?i)(password=)[^&]*`)
 
 // schemaOf returns the single schema a postgres URL's search_path names, or
-// "" (the server's default search_path).
+// "" (the server's default search_path). Like PostgreSQL it folds an
+// unquoted name to lower case (the store quotes the name it is given).
 func schemaOf(dbURL string) string {
 	u, err := url.Parse(dbURL)
 	if err != nil {
@@ -81,7 +82,10 @@ func schemaOf(dbURL string) string {
 	if sp == "" || strings.ContainsAny(sp, ", ") {
 		return ""
 	}
-	return strings.Trim(sp, `"`)
+	if len(sp) > 1 && strings.HasPrefix(sp, `"`) && strings.HasSuffix(sp, `"`) {
+		return sp[1 : len(sp)-1]
+	}
+	return strings.ToLower(sp)
 }
 
 // redactURL hides a URL's password (and any password= parameter), also in

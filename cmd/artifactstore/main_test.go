@@ -296,6 +296,10 @@ func TestSchemaOf(t *testing.T) {
 		"postgres://h/db?search_path=a,public":          "",
 		"postgres://h/db":                               "",
 		"postgres://h/db?sslmode=disable&search_path=x": "x",
+		// As PostgreSQL reads a search_path: unquoted names fold to lower
+		// case, quoted ones are taken as they are.
+		"postgres://h/db?search_path=Tenant_A":       "tenant_a",
+		"postgres://h/db?search_path=%22Tenant_A%22": "Tenant_A",
 	} {
 		require.Equal(t, want, schemaOf(in), in)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/artifactstore/artifactstore/projector"
 	"github.com/artifactstore/artifactstore/store"
+	"github.com/artifactstore/artifactstore/store/postgres"
 )
 
 type projectionCmd struct {
@@ -52,7 +53,7 @@ func (c projectionRebuildCmd) Run(ctx context.Context, g *globals) error {
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return failf(exitNotFound, "%v", err)
-	case errors.Is(err, projector.ErrRebuildRunning):
+	case errors.Is(err, projector.ErrRebuildRunning), errors.Is(err, postgres.ErrDependents), errors.Is(err, store.ErrVersionObsolete):
 		return failf(exitConflict, "%v", err)
 	case err != nil:
 		return err

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/artifactstore/artifactstore/internal/testenv"
@@ -60,6 +61,36 @@ func TestProjectionRebuildAndList(t *testing.T) {
 	r = runBinary(t, time.Minute, env, "projection", "rebuild", "nope")
 	require.Equal(t, exitNotFound, r.code, r.stderr)
 	require.Contains(t, r.stderr, `no projection "nope"`)
+}
+
+// TestProjectionRebuildRefusedWhileAViewDependsOnTheLiveTables: exit 4,
+// naming the view, and nothing built; exit 4 too when the live tables are
+// not defined as this binary's.
+func TestProjectionRebuildRefusedWhileAViewDependsOnTheLiveTables(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dbURL := testenv.Database(t)
+	env := []string{"ARTIFACTSTORE_DATABASE_URL=" + dbURL, "ARTIFACTSTORE_NATS_URL=" + testenv.NATS(t).URL()}
+	r := runBinary(t, time.Minute, env, "migrate", "up")
+	require.Equal(t, 0, r.code, "migrate up: %s", r.stderr)
+	conn, err := pgx.Connect(ctx, dbURL)
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	_, err = conn.Exec(ctx, "CREATE VIEW open_packages AS SELECT package_id FROM artifact_packages WHERE status = 'open'")
+	require.NoError(t, err)
+	r = runBinary(t, time.Minute, env, "projection", "rebuild")
+	require.Equal(t, exitConflict, r.code, r.stderr)
+	require.Contains(t, r.stderr, "depend on the projection's live tables: view open_packages")
+	r = runBinary(t, time.Minute, env, "projection", "list")
+	require.Equal(t, 0, r.code, r.stderr)
+	require.Regexp(t, `registry\s+1\s+live`, r.stdout)
+	require.NotContains(t, r.stdout, "building")
+
+	_, err = conn.Exec(ctx, "DROP VIEW open_packages; ALTER TABLE artifact_packages ADD COLUMN note text")
+	require.NoError(t, err)
+	r = runBinary(t, time.Minute, env, "projection", "rebuild")
+	require.Equal(t, exitConflict, r.code, r.stderr)
+	require.Contains(t, r.stderr, "not defined as the live ones")
 }
 
 func TestProjectionRebuildRefusedOnSQLite(t *testing.T) {

@@ -23,4 +23,15 @@ CREATE UNIQUE INDEX projection_versions_one_building ON projection_versions (pro
 INSERT INTO projection_versions (projection, version, state, live_at) VALUES ('registry', 1, 'live', now());
 
 -- +goose Down
+-- The schemas of versions being built or retired go with the catalog: left
+-- behind, their names would be taken when a later rebuild needs them.
+-- +goose StatementBegin
+DO $$
+DECLARE s text;
+BEGIN
+    FOR s IN SELECT schema_name FROM projection_versions WHERE state IN ('building', 'retired') LOOP
+        EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', s);
+    END LOOP;
+END $$;
+-- +goose StatementEnd
 DROP TABLE projection_versions;

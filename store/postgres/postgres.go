@@ -143,10 +143,14 @@ func (db *DB) Close() {
 	db.pool.Close()
 }
 
-// searchPath is the connections' search_path ("" keeps the server's).
+// searchPath is the connections' search_path ("" keeps the server's), the
+// schemas quoted as the rest of the package quotes them.
 func searchPath(cfg Config) string {
 	if cfg.ViewSchema == "" {
-		return cfg.Schema
+		if cfg.Schema == "" {
+			return ""
+		}
+		return pgx.Identifier{cfg.Schema}.Sanitize()
 	}
 	log := cfg.Schema
 	if log == "" {

@@ -137,8 +137,27 @@ func (t *tx) AdvanceCheckpointAndRead(ctx context.Context, projection string, pa
 
 // LockCheckpoints implements store.Tx. Rows are created and locked in
 // partition order, the order in which a worker that takes several (at its
-// start) takes them, so the two cannot deadlock.
+// start) takes them, so the two cannot deadlock. A row that a transaction
+// it waited for deleted is skipped, and that transaction's new rows are not
+// in the statement's snapshot (replay --reset replaces them): it locks
+// again until two reads agree, so that it never returns holding fewer rows
+// than the projection has.
 func (t *tx) LockCheckpoints(ctx context.Context, projection string, partitions int) ([]store.Checkpoint, error) {
+	var prev []store.Checkpoint
+	for attempt := 0; attempt < 10; attempt++ {
+		cps, err := t.lockCheckpoints(ctx, projection, partitions)
+		if err != nil {
+			return nil, err
+		}
+		if attempt > 0 && slices.Equal(cps, prev) {
+			return cps, nil
+		}
+		prev = cps
+	}
+	return nil, fmt.Errorf("%w: the checkpoints of %s kept being replaced while being locked", store.ErrUnavailable, projection)
+}
+
+func (t *tx) lockCheckpoints(ctx context.Context, projection string, partitions int) ([]store.Checkpoint, error) {
 	if partitions > 0 {
 		if err := t.tx.later(`INSERT INTO checkpoints (projection, partition, sequence)
 			SELECT $1, g, 0 FROM generate_series(0, $2::integer - 1) AS g ORDER BY g

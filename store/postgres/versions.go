@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -18,6 +20,13 @@ var ErrVersionBuilding = errors.New("postgres: the projection already has a vers
 // ErrVersionState is returned when a version is not in the state an
 // operation needs (switching a version that is not building, say).
 var ErrVersionState = errors.New("postgres: projection version in the wrong state")
+
+// ErrDependents is returned by BeginVersion and SwitchVersion while objects
+// other than the projection's own indexes and constraints (views, foreign
+// keys of other tables, triggers, publications, policies) depend on its live
+// tables: a switch would leave them on the old version's tables, and
+// dropping those would drop them.
+var ErrDependents = errors.New("postgres: other objects depend on the projection's live tables")
 
 var _ store.Rebuilder = (*DB)(nil)
 
@@ -91,6 +100,9 @@ func (db *DB) BeginVersion(ctx context.Context, projection string) (store.Projec
 		if len(v.Schema) > 63 {
 			return fmt.Errorf("postgres: schema name %q is longer than 63 bytes", v.Schema)
 		}
+		if err := refuseDependents(ctx, t, schema, tables.names); err != nil {
+			return err
+		}
 		sch := pgx.Identifier{v.Schema}.Sanitize()
 		stmts := []string{"DROP SCHEMA IF EXISTS " + sch + " CASCADE", "CREATE SCHEMA " + sch,
 			"SET LOCAL search_path TO " + sch}
@@ -102,6 +114,9 @@ func (db *DB) BeginVersion(ctx context.Context, projection string) (store.Projec
 			if _, err := t.tx.Exec(ctx, s); err != nil {
 				return fmt.Errorf("creating version %d of %s: %w", next, projection, err)
 			}
+		}
+		if err := sameColumns(ctx, t, tables.names, schema, v.Schema); err != nil {
+			return fmt.Errorf("%w: %w (migrate the database, or use the binary that matches it)", store.ErrVersionObsolete, err)
 		}
 		if err := copyGrants(ctx, t, schema, v.Schema, tables.names); err != nil {
 			return err
@@ -119,35 +134,42 @@ func versionSchema(logSchema, projection string, version int) string {
 }
 
 // copyGrants gives each table of to the privileges the same table of from
-// grants (the roles of a least-privilege deployment), and every grantee
-// usage of the schema to.
+// grants (the roles of a least-privilege deployment, PUBLIC, grant
+// options), and every grantee usage of the schema to.
 func copyGrants(ctx context.Context, t *tx, from, to string, names []string) error {
 	grantees := map[string]bool{}
 	for _, name := range names {
-		rows, err := t.tx.Query(ctx, `SELECT a.privilege_type, r.rolname
+		rows, err := t.tx.Query(ctx, `SELECT a.privilege_type, coalesce(quote_ident(r.rolname), 'PUBLIC'), a.is_grantable
 			FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace,
-			     aclexplode(c.relacl) a JOIN pg_roles r ON r.oid = a.grantee
+			     aclexplode(c.relacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee
 			WHERE n.nspname = $1 AND c.relname = $2 AND a.grantee <> c.relowner`, from, name)
 		if err != nil {
 			return err
 		}
-		grants, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) ([2]string, error) {
-			var g [2]string
-			return g, r.Scan(&g[0], &g[1])
+		type grant struct {
+			privilege, grantee string
+			grantable          bool
+		}
+		grants, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (grant, error) {
+			var g grant
+			return g, r.Scan(&g.privilege, &g.grantee, &g.grantable)
 		})
 		if err != nil {
 			return err
 		}
 		for _, g := range grants {
-			grantees[g[1]] = true
-			stmt := fmt.Sprintf("GRANT %s ON %s TO %s", g[0], pgx.Identifier{to, name}.Sanitize(), pgx.Identifier{g[1]}.Sanitize())
+			grantees[g.grantee] = true
+			stmt := fmt.Sprintf("GRANT %s ON %s TO %s", g.privilege, pgx.Identifier{to, name}.Sanitize(), g.grantee)
+			if g.grantable {
+				stmt += " WITH GRANT OPTION"
+			}
 			if _, err := t.tx.Exec(ctx, stmt); err != nil {
 				return fmt.Errorf("copying grants: %w", err)
 			}
 		}
 	}
 	for role := range grantees {
-		stmt := fmt.Sprintf("GRANT USAGE ON SCHEMA %s TO %s", pgx.Identifier{to}.Sanitize(), pgx.Identifier{role}.Sanitize())
+		stmt := fmt.Sprintf("GRANT USAGE ON SCHEMA %s TO %s", pgx.Identifier{to}.Sanitize(), role)
 		if _, err := t.tx.Exec(ctx, stmt); err != nil {
 			return fmt.Errorf("copying grants: %w", err)
 		}
@@ -290,10 +312,8 @@ func (db *DB) SwitchVersion(ctx context.Context, v store.ProjectionVersion, opts
 		if retired.Version == 0 {
 			return fmt.Errorf("%w: %s has no live version", ErrVersionState, v.Projection)
 		}
-		if opts.LockTimeout > 0 {
-			if _, err := t.tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", opts.LockTimeout.Milliseconds())); err != nil {
-				return err
-			}
+		if err := setLockTimeout(ctx, t, opts.LockTimeout); err != nil {
+			return err
 		}
 		live, err := t.LockCheckpoints(ctx, v.Projection, opts.Partitions)
 		if err != nil {
@@ -304,12 +324,39 @@ func (db *DB) SwitchVersion(ctx context.Context, v store.ProjectionVersion, opts
 			return err
 		}
 		retired.State, retired.Schema = store.VersionRetired, versionSchema(schema, v.Projection, retired.Version)
+		if opts.TableLockTimeout > 0 {
+			if err := setLockTimeout(ctx, t, opts.TableLockTimeout); err != nil {
+				return err
+			}
+		}
 		if err := swapTables(ctx, t, tables.names, schema, v.Schema, retired.Schema); err != nil {
 			return err
+		}
+		if err := setLockTimeout(ctx, t, opts.LockTimeout); err != nil {
+			return err
+		}
+		// Checked once the old tables are locked (moved): no dependent
+		// can be added, no migration can change them since.
+		if err := refuseDependents(ctx, t, retired.Schema, tables.names); err != nil {
+			return err
+		}
+		if err := sameColumns(ctx, t, tables.names, retired.Schema, schema); err != nil {
+			return fmt.Errorf("%w: %w (a migration changed the live tables while version %d was built)", store.ErrVersionObsolete, err, v.Version)
 		}
 		return recordSwitch(ctx, t, v, retired, live, at)
 	})
 	return retired, translate(err)
+}
+
+// setLockTimeout bounds the transaction's waits for locks from now on (d,
+// or the session's setting when d is 0).
+func setLockTimeout(ctx context.Context, t *tx, d time.Duration) error {
+	stmt := "SET LOCAL lock_timeout TO DEFAULT"
+	if d > 0 {
+		stmt = fmt.Sprintf("SET LOCAL lock_timeout = %d", max(d.Milliseconds(), 1))
+	}
+	_, err := t.tx.Exec(ctx, stmt)
+	return err
 }
 
 // catchUpVersion runs catchUp with v's tables first in search_path.
@@ -342,6 +389,60 @@ func swapTables(ctx context.Context, t *tx, names []string, schema, newSchema, r
 	for _, s := range stmts {
 		if _, err := t.tx.Exec(ctx, s); err != nil {
 			return fmt.Errorf("switching tables: %w", err)
+		}
+	}
+	return nil
+}
+
+// refuseDependents returns ErrDependents, naming them, when objects other
+// than the tables' own (indexes, constraints, defaults, row and toast
+// types) depend on the tables names of schema.
+func refuseDependents(ctx context.Context, t *tx, schema string, names []string) error {
+	rows, err := t.tx.Query(ctx, `WITH tables AS (
+			SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = ANY($2))
+		SELECT DISTINCT CASE WHEN d.classid = 'pg_rewrite'::regclass -- a view's rule: name the view
+			THEN (SELECT pg_describe_object('pg_class'::regclass, r.ev_class, 0) FROM pg_rewrite r WHERE r.oid = d.objid)
+			ELSE pg_describe_object(d.classid, d.objid, 0) END FROM pg_depend d
+		WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid IN (SELECT oid FROM tables) AND d.deptype <> 'i'
+			AND d.classid NOT IN ('pg_class'::regclass, 'pg_attrdef'::regclass)
+			AND NOT (d.classid = 'pg_constraint'::regclass AND d.objid IN (SELECT k.oid FROM pg_constraint k WHERE k.conrelid IN (SELECT oid FROM tables)))
+		ORDER BY 1`, schema, names)
+	if err != nil {
+		return err
+	}
+	objs, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil || len(objs) == 0 {
+		return err
+	}
+	return fmt.Errorf("%w: %s (drop them, rebuild, and create them again)", ErrDependents, strings.Join(objs, "; "))
+}
+
+// sameColumns returns an error naming the columns by which a table of
+// names differs between schemas a and b (name, type, nullability and
+// default, in order).
+func sameColumns(ctx context.Context, t *tx, names []string, a, b string) error {
+	columns := func(schema, name string) ([]string, error) {
+		rows, err := t.tx.Query(ctx, `SELECT a.attname || ' ' || format_type(a.atttypid, a.atttypmod) ||
+				CASE WHEN a.attnotnull THEN ' not null' ELSE '' END || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), '')
+			FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+			WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum`,
+			pgx.Identifier{schema, name}.Sanitize())
+		if err != nil {
+			return nil, err
+		}
+		return pgx.CollectRows(rows, pgx.RowTo[string])
+	}
+	for _, name := range names {
+		was, err := columns(a, name)
+		if err != nil {
+			return err
+		}
+		now, err := columns(b, name)
+		if err != nil {
+			return err
+		}
+		if !slices.Equal(was, now) {
+			return fmt.Errorf("%s had columns (%s), the new version's has (%s)", name, strings.Join(was, ", "), strings.Join(now, ", "))
 		}
 	}
 	return nil
