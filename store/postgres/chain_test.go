@@ -19,11 +19,11 @@ import (
 func appendCommands(ctx context.Context, db store.DB, events ...store.Event) ([]store.Event, error) {
 	var out []store.Event
 	err := db.InTx(ctx, func(stx store.Tx) error {
-		ids, err := claim(ctx, stx.(commandTx), events)
+		ids, err := claim(ctx, stx.(store.CommandBatcher), events)
 		if err != nil {
 			return err
 		}
-		out, err = stx.(commandTx).AppendCommands(ctx, nil, events, ids, nil)
+		out, err = stx.(store.CommandBatcher).AppendCommands(ctx, nil, events, ids, nil)
 		return err
 	})
 	return out, err
@@ -44,7 +44,7 @@ func TestAppendCommandsChainsToLockedHead(t *testing.T) {
 
 	var out []store.Event
 	require.NoError(t, db.InTx(ctx, func(stx store.Tx) error {
-		tx := stx.(commandTx)
+		tx := stx.(store.CommandBatcher)
 		events := []store.Event{ev(3), ev(4)}
 		ids, err := claim(ctx, tx, events)
 		require.NoError(t, err)
