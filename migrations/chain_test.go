@@ -126,9 +126,15 @@ func TestChainMigrationSQLite(t *testing.T) {
 	defer db.Close()
 	applied, err := db.Migrate(ctx)
 	require.NoError(t, err)
-	require.Equal(t, []int64{8}, applied)
+	require.Equal(t, int64(8), applied[0], "00008 and what follows it are applied")
 	st, err := db.MigrationStatus(ctx)
 	require.NoError(t, err)
-	require.Equal(t, "00008_chain_digest.go", st[len(st)-1].Name)
+	found := false
+	for _, m := range st {
+		if m.Name == "00008_chain_digest.go" {
+			found = m.Applied
+		}
+	}
+	require.True(t, found, "00008_chain_digest.go applied")
 	checkChained(t, db, raw, migrations.SQLite)
 }

@@ -92,7 +92,10 @@ func openPool(t testing.TB, url, schema string, create bool) *pgxpool.Pool {
 func (e *env) startRelay(t testing.TB, mutate func(*relay.Config)) (stop func()) {
 	t.Helper()
 	cfg := relay.Config{Logger: testenv.Logger(t).Named("relay"), Registerer: prometheus.NewRegistry(), PollInterval: 100 * time.Millisecond,
-		RetryMin: 10 * time.Millisecond, RetryMax: 200 * time.Millisecond, ShutdownTimeout: time.Second}
+		RetryMin: 10 * time.Millisecond, RetryMax: 200 * time.Millisecond, ShutdownTimeout: time.Second,
+		// The gap and hostile-message tests delete messages to make a
+		// stream that lost events.
+		AllowStreamDeletes: true}
 	if mutate != nil {
 		mutate(&cfg)
 	}

@@ -426,8 +426,13 @@ func TestRebuildStopsOnAPoisonEvent(t *testing.T) {
 	testenv.Eventually(t, time.Minute, func() bool {
 		parked, err := e.db.Parked(ctx)
 		require.NoError(t, err)
-		return len(parked) == 1
-	}, "the live version to park on the poison event")
+		if len(parked) != 1 {
+			return false
+		}
+		want := expected(t, e.db, e.parts)
+		want[parked[0].Partition] = 0
+		return caughtUp(t, e.db, DefaultProjection, want)
+	}, "the live version to park on the poison event and apply every other partition")
 	live, err := e.db.DumpViews(ctx)
 	require.NoError(t, err)
 
