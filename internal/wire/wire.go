@@ -139,6 +139,10 @@ var headerNames = [...]string{HeaderMsgID, HeaderSequence, HeaderEventType, Head
 // message before (ChainCheck). A message without a chain digest header
 // decodes with the zero ChainDigest. Errors wrap ErrInvalidMessage.
 func Decode(subject string, h nats.Header, data []byte) (Message, error) {
+	if len(data) == 0 {
+		// The log refuses empty payloads: no event has an empty body.
+		return Message{}, invalid("empty body")
+	}
 	var vals [len(headerNames)]string
 	for i, name := range headerNames {
 		v := h.Values(name)
