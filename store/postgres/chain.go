@@ -6,17 +6,18 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/artifactstore/artifactstore/store"
 )
 
 // The hash chain (store.ChainDigest) is computed here, because PostgreSQL
 // has no BLAKE3, under the log_head lock that also orders the sequences.
-// log_head carries the chain head, so an append reads the previous digest
-// with its sequences. Append (store.Tx) updates log_head first and sends
-// the chained rows with its transaction's COMMIT: the round trips it took
-// before the chain. AppendCommands locks and reads log_head, then writes
-// and commits: one round trip more than before (appendCommandsChained).
+// log_head carries the chain head, so the statement that locks it reads
+// the previous digest with the last sequence: ClaimAll's round trip, or
+// the first Append's. The chained rows, which move the head, travel with
+// the transaction's next round trip (at the latest its COMMIT): the round
+// trips an append took before the chain.
 
 // logHead is the log_head row: the last sequence, the created_at of the
 // last event and its chain digest, plus the server's clock when read.
@@ -52,12 +53,28 @@ func (t *tx) validate(events []store.Event) error {
 	return nil
 }
 
-// chainAfter returns events as appended after base: the next sequences,
-// created_at at (truncated to what the database stores) and their chain
-// digests, finished from prep.
-func (t *tx) chainAfter(base *logHead, at time.Time, events []store.Event, prep store.ChainPrep) []store.Event {
+// chain returns events as appended at the log's head, the statements that
+// write them, and the batch to send them with: the next sequences,
+// created_at (the head's clock, truncated to what the database stores) and
+// their chain digests. Unless the transaction holds the head already, b's
+// statements are sent with the one that locks and reads it (and the batch
+// returned is a new one). The transaction's head moves past events.
+func (t *tx) chain(ctx context.Context, b *pgx.Batch, events []store.Event) ([]store.Event, []*pgx.QueuedQuery, *pgx.Batch, error) {
+	var rows *eventRows
+	if t.head == nil {
+		locked := &logHead{}
+		b.Queue(selectHead + " FOR UPDATE").QueryRow(scanHead(locked))
+		br := t.tx.SendBatch(ctx, b)
+		rows = newEventRows(events) // while the lock is taken
+		if err := br.Close(); err != nil {
+			return nil, nil, nil, translate(err)
+		}
+		t.head, b = locked, &pgx.Batch{}
+	} else {
+		rows = newEventRows(events)
+	}
 	t.appended = true
-	at = store.DBTime(at)
+	base, at := t.head, store.DBTime(t.head.createdAt())
 	out := make([]store.Event, len(events))
 	for i, e := range events {
 		e.Sequence = base.sequence + int64(i) + 1
@@ -66,9 +83,13 @@ func (t *tx) chainAfter(base *logHead, at time.Time, events []store.Event, prep 
 	}
 	var prev store.Digest
 	copy(prev[:], base.chain)
-	prep.Chain(prev, out)
-	return out
+	last := rows.prep.Chain(prev, out)
+	t.head = &logHead{sequence: out[len(out)-1].Sequence, at: at, chain: last[:], clock: at}
+	return out, rows.insert(t, out), b, nil
 }
+
+// byteas has pgx encode a bytea[] parameter without reflection.
+func byteas(b [][]byte) pgtype.FlatArray[[]byte] { return b }
 
 // eventRows are the insert's arrays of what the writer sets, built before
 // the log_head lock is taken, and the chain digests' once they are known.
@@ -106,41 +127,35 @@ func (r *eventRows) insert(t *tx, out []store.Event) []*pgx.QueuedQuery {
 			FROM unnest($5::text[], $6::text[], $7::text[], $8::text[], $9::bytea[], $10::bytea[], $11::bytea[])
 				WITH ORDINALITY AS u(t, k, i, a, p, d, c, ord)`,
 			Arguments: []any{out[0].Sequence - 1, out[0].CreatedAt, n, r.chains[n-1], r.types, r.kinds, r.ids, r.actors,
-				r.payloads, r.digests, r.chains}},
+				byteas(r.payloads), byteas(r.digests), byteas(r.chains)}},
 		{SQL: `SELECT pg_notify($1, '')`, Arguments: []any{t.db.channel}},
 	}
 }
 
 // appendCommandsChained appends events, records which answered which
-// command id and commits, queued after b's statements: that round trip
-// locks log_head and reads it; the events are chained to it here and the
-// next round trip writes them, moves the head and commits. The lock is
-// held from the first to the end of the second. (Guessing the head to
-// save that round trip was tried: with two committers, the server ran the
+// command id and commits, queued after b's statements. The events are
+// chained to the head ClaimAll locked and read with its claims, and one
+// round trip writes them, moves the head and commits; the lock is held
+// from the claims' round trip to the end of this one. (Guessing the head
+// instead of locking it was tried: with two committers, the server ran the
 // second one's batch before the first one's a fifth to a third of the
-// time, and throughput fell to 0.7x; these two round trips measured 1.0x
-// of the single one without the chain.)
+// time, and throughput fell to 0.7x.)
 func (t *tx) appendCommandsChained(ctx context.Context, b *pgx.Batch, events []store.Event, commandIDs []string) ([]store.Event, error) {
-	locked := &logHead{}
-	b.Queue(selectHead + " FOR UPDATE").QueryRow(scanHead(locked))
-	br := t.tx.SendBatch(ctx, b)
-	rows := newEventRows(events) // while the lock is taken
-	if err := br.Close(); err != nil {
-		return nil, translate(err)
+	out, writes, b, err := t.chain(ctx, b, events)
+	if err != nil {
+		return nil, err
 	}
-	out := t.chainAfter(locked, locked.createdAt(), events, rows.prep)
-	b = &pgx.Batch{}
-	t.queueWrites(b, rows, out, commandIDs)
+	b.QueuedQueries = append(b.QueuedQueries, writes...)
+	queueCommandSequences(b, out, commandIDs)
 	if err := t.tx.commit(ctx, b); err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
-// queueWrites queues the events (with the head's update) and the command
-// ids' sequences.
-func (t *tx) queueWrites(b *pgx.Batch, rows *eventRows, out []store.Event, commandIDs []string) {
-	b.QueuedQueries = append(b.QueuedQueries, rows.insert(t, out)...)
+// queueCommandSequences queues the statement that records, for every
+// commandIDs[i] other than "", the sequence of out[i].
+func queueCommandSequences(b *pgx.Batch, out []store.Event, commandIDs []string) {
 	var ids []string
 	var seqs []int64
 	for i, id := range commandIDs {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -19,7 +20,7 @@ import (
 func appendCommands(ctx context.Context, db store.DB, events ...store.Event) ([]store.Event, error) {
 	var out []store.Event
 	err := db.InTx(ctx, func(stx store.Tx) error {
-		ids, err := claim(ctx, stx.(store.CommandBatcher), events)
+		ids, err := claim(ctx, stx, events, true)
 		if err != nil {
 			return err
 		}
@@ -29,9 +30,10 @@ func appendCommands(ctx context.Context, db store.DB, events ...store.Event) ([]
 	return out, err
 }
 
-// TestAppendCommandsChainsToLockedHead: another process appends between a
-// transaction's ClaimAll and its AppendCommands, which chains to the head
-// it locks: the log verifies and the commands point at their events.
+// TestAppendCommandsChainsToLockedHead: another process is appending when
+// a transaction's ClaimAll reads the head: the claims wait for its commit
+// and the events chain to its event; the log verifies and the commands
+// point at their events.
 func TestAppendCommandsChainsToLockedHead(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -42,31 +44,76 @@ func TestAppendCommandsChainsToLockedHead(t *testing.T) {
 	_, err := appendCommands(ctx, db, ev(1), ev(2))
 	require.NoError(t, err)
 
+	holding, release, otherDone := make(chan int), make(chan struct{}), make(chan error, 1)
+	go func() {
+		otherDone <- other.InTx(ctx, func(tx store.Tx) error {
+			if _, err := tx.Append(ctx, ev(5)); err != nil {
+				return err
+			}
+			pid, err := postgres.BackendPID(ctx, tx)
+			if err != nil {
+				return err
+			}
+			holding <- pid
+			<-release
+			return nil
+		})
+	}()
+	pid := <-holding
 	var out []store.Event
-	require.NoError(t, db.InTx(ctx, func(stx store.Tx) error {
-		tx := stx.(store.CommandBatcher)
-		events := []store.Event{ev(3), ev(4)}
-		ids, err := claim(ctx, tx, events)
-		require.NoError(t, err)
-		_, err = appendCommands(ctx, other, ev(5))
-		require.NoError(t, err, "the other process appends meanwhile")
-		out, err = tx.AppendCommands(ctx, nil, events, ids, nil)
-		return err
-	}))
+	ours := make(chan error, 1)
+	go func() {
+		var err error
+		out, err = appendCommands(ctx, db, ev(3), ev(4))
+		ours <- err
+	}()
+	c := conn(t, url, schema)
+	require.Eventually(t, func() bool {
+		var n int
+		require.NoError(t, c.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))", pid).Scan(&n))
+		return n == 1
+	}, 10*time.Second, 5*time.Millisecond, "ClaimAll waits for the other process's append")
+	close(release)
+	require.NoError(t, <-otherDone)
+	require.NoError(t, <-ours)
 	require.Equal(t, []int64{4, 5}, []int64{out[0].Sequence, out[1].Sequence})
 	_, err = store.VerifyLog(ctx, db, store.VerifyOptions{})
 	require.NoError(t, err)
 	got, err := db.Fetch(ctx, 3, 2)
 	require.NoError(t, err)
 	require.Equal(t, out, got)
-	c := conn(t, url, schema)
 	var seq int64
 	require.NoError(t, c.QueryRow(ctx, "SELECT sequence FROM commands WHERE command_id = $1", "cmd-"+out[1].SubjectID).Scan(&seq))
 	require.Equal(t, int64(5), seq)
 }
 
+// TestAppendBetweenClaimAllAndAppendCommands: a plain Append after
+// ClaimAll moves the head ClaimAll read; AppendCommands chains after it.
+func TestAppendBetweenClaimAllAndAppendCommands(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := testenv.Postgres(t)
+	ev := func(i int) store.Event { return storetest.Created(t, storetest.PackageID(i), "g", fmt.Sprint(i), "a") }
+	storetest.Append(t, db, ev(1))
+	var out []store.Event
+	require.NoError(t, db.InTx(ctx, func(tx store.Tx) error {
+		events := []store.Event{ev(2), ev(3)}
+		ids, err := claim(ctx, tx, events, true)
+		require.NoError(t, err)
+		_, err = tx.Append(ctx, ev(4))
+		require.NoError(t, err)
+		out, err = tx.(store.CommandBatcher).AppendCommands(ctx, nil, events, ids, nil)
+		return err
+	}))
+	require.Equal(t, []int64{3, 4}, []int64{out[0].Sequence, out[1].Sequence})
+	res, err := store.VerifyLog(ctx, db, store.VerifyOptions{})
+	require.NoError(t, err)
+	require.Equal(t, int64(4), res.To)
+}
+
 // TestChainUnderConcurrentWriters: two processes, each with three
-// committers (ClaimAll + AppendCommands) and a plain Append writer, all at
+// committers (two ClaimAll + AppendCommands, one AppendCommands alone)
+// and a plain Append writer, all at
 // once: the log is gapless and its chain verifies.
 func TestChainUnderConcurrentWriters(t *testing.T) {
 	t.Parallel()
@@ -87,9 +134,15 @@ func TestChainUnderConcurrentWriters(t *testing.T) {
 						events = append(events, storetest.Created(t, storetest.PackageID(base+j), "c", fmt.Sprint(base+j), "a"))
 					}
 					var err error
-					if w == 3 {
+					switch w {
+					case 3:
 						err = db.InTx(ctx, func(tx store.Tx) error { _, err := tx.Append(ctx, events...); return err })
-					} else {
+					case 2: // without ClaimAll: AppendCommands locks the head itself
+						err = db.InTx(ctx, func(tx store.Tx) error {
+							_, err := tx.(store.CommandBatcher).AppendCommands(ctx, nil, events, make([]string, len(events)), nil)
+							return err
+						})
+					default:
 						_, err = appendCommands(ctx, db, events...)
 					}
 					if err != nil {

@@ -34,7 +34,16 @@ import (
 // finalized (of an id given twice, its first place), exists[i] whether the
 // package is known at all. The packages of this call's creates are known
 // to its finalizes.
+//
+// Its round trip ends by locking and reading the log's head, so that
+// AppendCommands, which follows it at once (after CommandReplies when a
+// command id was seen before), chains and writes the events in one round
+// trip: the chain then costs no round trip the log did not take before it.
 func (t *tx) ClaimAll(ctx context.Context, commandIDs []string, fingerprints [][]byte, createIDs, names, versions, finalIDs []string) (claimed, created, finalized, exists []bool, err error) {
+	return t.claimAll(ctx, true, commandIDs, fingerprints, createIDs, names, versions, finalIDs)
+}
+
+func (t *tx) claimAll(ctx context.Context, lockHead bool, commandIDs []string, fingerprints [][]byte, createIDs, names, versions, finalIDs []string) (claimed, created, finalized, exists []bool, err error) {
 	b := &pgx.Batch{}
 	var gotCommands, gotCreates []string
 	if len(commandIDs) > 0 {
@@ -61,10 +70,18 @@ func (t *tx) ClaimAll(ctx context.Context, commandIDs []string, fingerprints [][
 			SELECT EXISTS (SELECT 1 FROM package_index WHERE package_id = $1), EXISTS (SELECT 1 FROM f)`, id).
 			QueryRow(func(r pgx.Row) error { return r.Scan(&exists[i], &finalized[i]) })
 	}
+	var head *logHead
+	if lockHead && t.head == nil {
+		head = &logHead{}
+		b.Queue(selectHead + " FOR UPDATE").QueryRow(scanHead(head))
+	}
 	if b.Len() > 0 {
 		if err := t.tx.SendBatch(ctx, b).Close(); err != nil {
 			return nil, nil, nil, nil, translate(err)
 		}
+	}
+	if head != nil {
+		t.head = head
 	}
 	return marks(commandIDs, gotCommands), marks(createIDs, gotCreates), finalized, exists, nil
 }
@@ -114,8 +131,8 @@ func (t *tx) CommandReplies(ctx context.Context, ids []string, replyOf func(stor
 // release ids (rejected commands), appends events, records for every
 // commandIDs[i] other than "" that events[i] answered it (the sequence
 // only: CommandReplies rebuilds the reply from the event), and commits.
-// With events it takes two round trips, the first of which takes the
-// log_head lock (see appendCommandsChained); without, one. It must be the
+// It takes one round trip, or two with events when ClaimAll did not lock
+// the log's head (see appendCommandsChained). It must be the
 // transaction's last call. An error wrapping store.ErrOutcomeUnknown means
 // the transaction may have committed; any other means it did not.
 func (t *tx) AppendCommands(ctx context.Context, release []string, events []store.Event, commandIDs []string, _ func(store.Event) ([]byte, error)) ([]store.Event, error) {

@@ -77,7 +77,7 @@ func TestAppendCommandsCommits(t *testing.T) {
 			return err
 		}
 		// The only backend of this schema's pool in a transaction is ours.
-		require.Equal(t, 1, terminate("state LIKE 'idle in transaction%' AND query LIKE 'INSERT INTO package_index%'"),
+		require.Equal(t, 1, terminate("state LIKE 'idle in transaction%' AND query LIKE 'SELECT sequence, created_at, chain_digest%'"),
 			"terminated the transaction's backend")
 		_, err := tx.AppendCommands(ctx, nil, []store.Event{ev2}, []string{"c3"}, nil)
 		return err
@@ -89,30 +89,46 @@ func TestAppendCommandsCommits(t *testing.T) {
 	require.Equal(t, int64(1), head, "the terminated transaction did not commit")
 
 	// The backend dies while the round trip that ends with COMMIT is on
-	// its way (a trigger holds the statement that records the command's
-	// sequence in it): the outcome is reported unknown, and the
-	// transaction did not commit.
+	// its way, in the statement before COMMIT (a trigger holds the one
+	// that records the command's sequence): the server ended the session
+	// before it ran COMMIT, so the outcome is known.
 	_, err = c.Exec(ctx, `CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(60); RETURN NEW; END $$;
 		CREATE TRIGGER slow BEFORE UPDATE ON commands FOR EACH ROW WHEN (NEW.sequence IS NOT NULL) EXECUTE FUNCTION slow()`)
 	require.NoError(t, err)
-	killed := make(chan int, 1)
-	go func() {
-		deadline := time.Now().Add(30 * time.Second)
-		for time.Now().Before(deadline) {
-			if n := terminate("wait_event = 'PgSleep' AND query LIKE 'INSERT INTO commands (command_id, sequence)%'"); n > 0 {
-				killed <- n
-				return
+	killWhen := func(where string) chan int {
+		killed := make(chan int, 1)
+		go func() {
+			deadline := time.Now().Add(30 * time.Second)
+			for time.Now().Before(deadline) {
+				if n := terminate(where); n > 0 {
+					killed <- n
+					return
+				}
+				time.Sleep(10 * time.Millisecond)
 			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		killed <- 0
-	}()
+			killed <- 0
+		}()
+		return killed
+	}
+	killed := killWhen("wait_event = 'PgSleep' AND query LIKE 'INSERT INTO commands (command_id, sequence)%'")
 	_, err = appendWithCommand(ctx, db, "c4", storetest.Created(t, storetest.PackageID(4), "n", "4", "a"))
 	require.Equal(t, 1, <-killed, "terminated the backend during the commit round trip")
+	require.ErrorIs(t, err, store.ErrUnavailable)
+	require.NotErrorIs(t, err, store.ErrOutcomeUnknown)
+
+	// The backend dies during COMMIT itself (a deferred trigger holds it):
+	// the outcome is reported unknown, and the transaction did not commit.
+	_, err = c.Exec(ctx, `DROP TRIGGER slow ON commands;
+		CREATE CONSTRAINT TRIGGER slow AFTER UPDATE ON commands DEFERRABLE INITIALLY DEFERRED
+			FOR EACH ROW WHEN (NEW.sequence IS NOT NULL) EXECUTE FUNCTION slow()`)
+	require.NoError(t, err)
+	killed = killWhen("wait_event = 'PgSleep' AND query = 'commit'")
+	_, err = appendWithCommand(ctx, db, "c5", storetest.Created(t, storetest.PackageID(5), "n", "5", "a"))
+	require.Equal(t, 1, <-killed, "terminated the backend during COMMIT")
 	require.ErrorIs(t, err, store.ErrOutcomeUnknown)
 	head, err = db.Head(ctx)
 	require.NoError(t, err)
-	require.Equal(t, int64(1), head, "the terminated transaction did not commit")
+	require.Equal(t, int64(1), head, "the terminated transactions did not commit")
 }
 
 func appendWithCommand(ctx context.Context, db store.DB, id string, ev store.Event) ([]store.Event, error) {

@@ -144,8 +144,10 @@ func (c *txConn) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 // the server reported (a failed statement, which skips the rest of the
 // pipeline, or a failed COMMIT) means the transaction did not commit; any
 // other error, such as a lost connection or a backend terminated, is
-// wrapped in store.ErrOutcomeUnknown.
+// wrapped in store.ErrOutcomeUnknown — unless the server ended the session
+// (FATAL) before the last of b's statements answered: it never ran COMMIT.
 func (c *txConn) commit(ctx context.Context, b *pgx.Batch) error {
+	beforeCommit := answered(b)
 	b.Queue("commit").Exec(func(ct pgconn.CommandTag) error {
 		if ct.String() == "ROLLBACK" {
 			return pgx.ErrTxCommitRollback
@@ -159,10 +161,34 @@ func (c *txConn) commit(ctx context.Context, b *pgx.Batch) error {
 	}
 	var pgErr *pgconn.PgError
 	if errors.Is(err, pgx.ErrTxCommitRollback) ||
-		errors.As(err, &pgErr) && pgErr.Severity != "FATAL" && pgErr.Severity != "PANIC" {
+		errors.As(err, &pgErr) && (pgErr.Severity != "FATAL" && pgErr.Severity != "PANIC" || !*beforeCommit) {
 		return translate(err)
 	}
 	return fmt.Errorf("%w: %w", store.ErrOutcomeUnknown, translate(err))
+}
+
+// answered returns a flag set once the last of b's statements has
+// answered without error (at once when b has none).
+func answered(b *pgx.Batch) *bool {
+	done := new(bool)
+	n := len(b.QueuedQueries)
+	if n == 0 {
+		*done = true
+		return done
+	}
+	last := b.QueuedQueries[n-1]
+	fn := last.Fn
+	last.Fn = func(br pgx.BatchResults) error {
+		var err error
+		if fn != nil {
+			err = fn(br)
+		} else {
+			_, err = br.Exec()
+		}
+		*done = err == nil
+		return err
+	}
+	return done
 }
 
 // end rolls back what commit did not commit (pending statements are

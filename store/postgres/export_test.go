@@ -33,7 +33,7 @@ func (t *tx) queueUnchained(b *pgx.Batch, events []store.Event) error {
 	}
 	b.Queue(`UPDATE log_head SET sequence = sequence + $1, created_at = greatest(clock_timestamp(), created_at)
 		RETURNING sequence, created_at`, n)
-	b.Queue(unchainedInsert, n, types, kinds, ids, actors, payloads, digests, make([]byte, 32))
+	b.Queue(unchainedInsert, n, types, kinds, ids, actors, byteas(payloads), byteas(digests), make([]byte, 32))
 	b.Queue(`SELECT pg_notify($1, '')`, t.db.channel)
 	t.appended = true
 	return nil
@@ -47,6 +47,13 @@ func AppendUnchained(ctx context.Context, stx store.Tx, events []store.Event) er
 		return err
 	}
 	return translate(t.tx.SendBatch(ctx, b).Close())
+}
+
+// ClaimAllUnlocked is ClaimAll as it was before the chain: it does not
+// lock the log's head.
+func ClaimAllUnlocked(ctx context.Context, stx store.Tx, commandIDs []string, fingerprints [][]byte, createIDs, names, versions, finalIDs []string) error {
+	_, _, _, _, err := stx.(*tx).claimAll(ctx, false, commandIDs, fingerprints, createIDs, names, versions, finalIDs)
+	return err
 }
 
 // AppendCommandsUnchained is AppendCommands as it was before the chain:
@@ -74,4 +81,11 @@ func AppendCommandsUnchained(ctx context.Context, stx store.Tx, events []store.E
 		return fmt.Errorf("appending %d events: %w", n, err)
 	}
 	return nil
+}
+
+// BackendPID returns the process id of the server backend running stx.
+func BackendPID(ctx context.Context, stx store.Tx) (int, error) {
+	var pid int
+	err := stx.(*tx).tx.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid)
+	return pid, err
 }

@@ -21,15 +21,18 @@ type tx struct {
 	db       *DB
 	tx       *txConn
 	appended bool
+	// head is the log's head as this transaction left it, locked since
+	// it was read (ClaimAll or the first append); nil until then.
+	head *logHead
 }
 
 // Append implements store.Tx. Sequences come from the log_head row, locked
-// until commit (see store/doc.go): the counter update returns them with
-// the chain head, the chain digests are computed here under that lock, and
-// the insert (which also records the new chain head) and the NOTIFY travel
-// with the transaction's next round trip (at the latest its COMMIT). An
-// append thus costs the round trips it cost before the chain: the update,
-// then the rest with COMMIT.
+// until commit (see store/doc.go): the first append of a transaction locks
+// and reads it (the chain head with the last sequence), the chain digests
+// are computed here under that lock, and the insert (which also moves the
+// head) and the NOTIFY travel with the transaction's next round trip (at
+// the latest its COMMIT). An append thus costs the round trips it cost
+// before the chain, and the head row is updated once per append.
 func (t *tx) Append(ctx context.Context, events ...store.Event) ([]store.Event, error) {
 	if len(events) == 0 {
 		return nil, nil
@@ -37,18 +40,11 @@ func (t *tx) Append(ctx context.Context, events ...store.Event) ([]store.Event, 
 	if err := t.validate(events); err != nil {
 		return nil, err
 	}
-	n := len(events)
-	b := &pgx.Batch{}
-	h := &logHead{}
-	b.Queue(`UPDATE log_head SET sequence = sequence + $1, created_at = greatest(clock_timestamp(), created_at)
-		RETURNING sequence - $1, created_at, chain_digest`, n).QueryRow(func(r pgx.Row) error { return r.Scan(&h.sequence, &h.at, &h.chain) })
-	br := t.tx.SendBatch(ctx, b)
-	rows := newEventRows(events) // while the update travels
-	if err := br.Close(); err != nil {
-		return nil, fmt.Errorf("appending %d events: %w", n, translate(err))
+	out, writes, _, err := t.chain(ctx, &pgx.Batch{}, events)
+	if err != nil {
+		return nil, fmt.Errorf("appending %d events: %w", len(events), err)
 	}
-	out := t.chainAfter(h, h.at, events, rows.prep)
-	for _, q := range rows.insert(t, out) {
+	for _, q := range writes {
 		if err := t.tx.later(q.SQL, q.Arguments...); err != nil {
 			return nil, err
 		}
