@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/artifactstore/artifactstore/store"
 )
@@ -59,19 +58,15 @@ func (t *tx) validate(events []store.Event) error {
 // their chain digests. Unless the transaction holds the head already, b's
 // statements are sent with the one that locks and reads it (and the batch
 // returned is a new one). The transaction's head moves past events.
-func (t *tx) chain(ctx context.Context, b *pgx.Batch, events []store.Event) ([]store.Event, []*pgx.QueuedQuery, *pgx.Batch, error) {
-	var rows *eventRows
+func (t *tx) chain(ctx context.Context, b *pgx.Batch, events []store.Event, prep func() store.ChainPrep) ([]store.Event, []*pgx.QueuedQuery, *pgx.Batch, error) {
+	rows := newEventRows(events, prep)
 	if t.head == nil {
 		locked := &logHead{}
 		b.Queue(selectHead + " FOR UPDATE").QueryRow(scanHead(locked))
-		br := t.tx.SendBatch(ctx, b)
-		rows = newEventRows(events) // while the lock is taken
-		if err := br.Close(); err != nil {
+		if err := t.tx.SendBatch(ctx, b).Close(); err != nil {
 			return nil, nil, nil, translate(err)
 		}
 		t.head, b = locked, &pgx.Batch{}
-	} else {
-		rows = newEventRows(events)
 	}
 	t.appended = true
 	base, at := t.head, store.DBTime(t.head.createdAt())
@@ -83,51 +78,80 @@ func (t *tx) chain(ctx context.Context, b *pgx.Batch, events []store.Event) ([]s
 	}
 	var prev store.Digest
 	copy(prev[:], base.chain)
-	last := rows.prep.Chain(prev, out)
+	last := rows.prep().Chain(prev, out)
 	t.head = &logHead{sequence: out[len(out)-1].Sequence, at: at, chain: last[:], clock: at}
 	return out, rows.insert(t, out), b, nil
 }
 
-// byteas has pgx encode a bytea[] parameter without reflection.
-func byteas(b [][]byte) pgtype.FlatArray[[]byte] { return b }
-
-// eventRows are the insert's arrays of what the writer sets, built before
-// the log_head lock is taken, and the chain digests' once they are known.
+// eventRows are the insert's parameters, built before the log_head lock
+// is taken: the payloads and payload digests each as one bytea (with the
+// payloads' offsets), so that encoding and sending them under the lock is
+// a copy, not an array of values; the chain digests, one bytea too, are
+// added under the lock.
 type eventRows struct {
 	types, kinds, ids, actors []string
-	payloads, digests, chains [][]byte
-	prep                      store.ChainPrep
+	payloads, digests, chains []byte
+	offsets, lengths          []int32
+	prep                      func() store.ChainPrep
 }
 
-// newEventRows builds the arrays of events and hashes what the chain
-// digests need of them (store.PrepareChain).
-func newEventRows(events []store.Event) *eventRows {
-	n := len(events)
+// newEventRows builds the parameters of events, whose chain prefixes prep
+// returns (prepareChain).
+func newEventRows(events []store.Event, prep func() store.ChainPrep) *eventRows {
+	n, size := len(events), 0
+	for i := range events {
+		size += len(events[i].Payload)
+	}
 	r := &eventRows{types: make([]string, n), kinds: make([]string, n), ids: make([]string, n), actors: make([]string, n),
-		payloads: make([][]byte, n), digests: make([][]byte, n), chains: make([][]byte, n), prep: store.PrepareChain(events)}
+		payloads: make([]byte, 0, size), digests: make([]byte, 0, n*len(store.Digest{})),
+		offsets: make([]int32, n), lengths: make([]int32, n), prep: prep}
 	for i := range events {
 		e := &events[i]
 		r.types[i], r.kinds[i], r.ids[i], r.actors[i] = e.Type, e.SubjectKind, e.SubjectID, e.Actor
-		r.payloads[i], r.digests[i] = e.Payload, e.PayloadDigest[:]
+		r.offsets[i], r.lengths[i] = int32(len(r.payloads)+1), int32(len(e.Payload))
+		r.payloads = append(r.payloads, e.Payload...)
+		r.digests = append(r.digests, e.PayloadDigest[:]...)
 	}
 	return r
+}
+
+// prepareChain hashes what the chain digests need of events before their
+// sequences are known (store.PrepareChain), on another core for batches
+// large enough to be worth it, and returns the wait for its result.
+func prepareChain(events []store.Event) func() store.ChainPrep {
+	if len(events) < 64 {
+		p := store.PrepareChain(events)
+		return func() store.ChainPrep { return p }
+	}
+	done := make(chan store.ChainPrep, 1)
+	go func() { done <- store.PrepareChain(events) }()
+	var p store.ChainPrep
+	return func() store.ChainPrep {
+		if p == nil {
+			p = <-done
+		}
+		return p
+	}
 }
 
 // insert returns the statements that write out, the chained events: the
 // insert, which also moves log_head to the last of them, and the NOTIFY.
 func (r *eventRows) insert(t *tx, out []store.Event) []*pgx.QueuedQuery {
 	n := len(out)
+	r.chains = make([]byte, 0, n*len(store.Digest{}))
 	for i := range out {
-		r.chains[i] = out[i].ChainDigest[:]
+		r.chains = append(r.chains, out[i].ChainDigest[:]...)
 	}
 	return []*pgx.QueuedQuery{
 		{SQL: `WITH head AS (UPDATE log_head SET sequence = $1::bigint + $3, created_at = $2, chain_digest = $4)
 			INSERT INTO events (` + eventColumns + `)
-			SELECT $1::bigint + u.ord, u.t, u.k, u.i, u.a, u.p, u.d, $2::timestamptz, u.c
-			FROM unnest($5::text[], $6::text[], $7::text[], $8::text[], $9::bytea[], $10::bytea[], $11::bytea[])
-				WITH ORDINALITY AS u(t, k, i, a, p, d, c, ord)`,
-			Arguments: []any{out[0].Sequence - 1, out[0].CreatedAt, n, r.chains[n-1], r.types, r.kinds, r.ids, r.actors,
-				byteas(r.payloads), byteas(r.digests), byteas(r.chains)}},
+			SELECT $1::bigint + u.ord, u.t, u.k, u.i, u.a, substring($9::bytea FROM u.o FOR u.l),
+				substring($10::bytea FROM u.ord::integer * 32 - 31 FOR 32), $2::timestamptz,
+				substring($11::bytea FROM u.ord::integer * 32 - 31 FOR 32)
+			FROM unnest($5::text[], $6::text[], $7::text[], $8::text[], $12::integer[], $13::integer[])
+				WITH ORDINALITY AS u(t, k, i, a, o, l, ord)`,
+			Arguments: []any{out[0].Sequence - 1, out[0].CreatedAt, n, out[n-1].ChainDigest[:], r.types, r.kinds, r.ids, r.actors,
+				r.payloads, r.digests, r.chains, r.offsets, r.lengths}},
 		{SQL: `SELECT pg_notify($1, '')`, Arguments: []any{t.db.channel}},
 	}
 }
@@ -140,8 +164,8 @@ func (r *eventRows) insert(t *tx, out []store.Event) []*pgx.QueuedQuery {
 // instead of locking it was tried: with two committers, the server ran the
 // second one's batch before the first one's a fifth to a third of the
 // time, and throughput fell to 0.7x.)
-func (t *tx) appendCommandsChained(ctx context.Context, b *pgx.Batch, events []store.Event, commandIDs []string) ([]store.Event, error) {
-	out, writes, b, err := t.chain(ctx, b, events)
+func (t *tx) appendCommandsChained(ctx context.Context, b *pgx.Batch, events []store.Event, commandIDs []string, prep func() store.ChainPrep) ([]store.Event, error) {
+	out, writes, b, err := t.chain(ctx, b, events, prep)
 	if err != nil {
 		return nil, err
 	}

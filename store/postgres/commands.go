@@ -144,8 +144,12 @@ func (t *tx) AppendCommands(ctx context.Context, release []string, events []stor
 	var err error
 	if len(events) == 0 {
 		err = t.tx.commit(ctx, b)
-	} else if err = t.validate(events); err == nil {
-		out, err = t.appendCommandsChained(ctx, b, events, commandIDs)
+	} else {
+		prep := prepareChain(events) // beside the validation
+		defer prep()
+		if err = t.validate(events); err == nil {
+			out, err = t.appendCommandsChained(ctx, b, events, commandIDs, prep)
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("appending %d events: %w", len(events), err)

@@ -9,37 +9,36 @@ import (
 	"github.com/artifactstore/artifactstore/store"
 )
 
-// The append of the log before it had a hash chain, kept for
-// BenchmarkChainCost's baseline: the counter update, the insert (sequences
-// and created_at taken from log_head on the server) and the NOTIFY in one
-// pipeline, and for the command side the whole end of the transaction in
-// one round trip. The events get the zero chain digest.
+// The append of the log without its hash chain, for BenchmarkChainCost's
+// baseline: what Append and AppendCommands would send if there were no
+// chain to compute. With no digest to wait for, the counter update, the
+// insert (sequences and created_at taken from log_head on the server) and
+// the NOTIFY go in one pipeline, and the command side ends its transaction
+// in one round trip, holding the log_head lock for that round trip only.
+// The parameters are encoded as the chained insert's are (eventRows); the
+// events get the zero chain digest.
 
 const unchainedInsert = `INSERT INTO events (` + eventColumns + `)
-	SELECT h.sequence - $1 + u.ord, u.t, u.k, u.i, u.a, u.p, u.d, h.created_at, $8
-	FROM log_head h, unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[], $7::bytea[])
-		WITH ORDINALITY AS u(t, k, i, a, p, d, ord)`
+	SELECT h.sequence - $1 + u.ord, u.t, u.k, u.i, u.a, substring($6::bytea FROM u.o FOR u.l),
+		substring($7::bytea FROM u.ord::integer * 32 - 31 FOR 32), h.created_at, $10::bytea
+	FROM log_head h, unnest($2::text[], $3::text[], $4::text[], $5::text[], $8::integer[], $9::integer[])
+		WITH ORDINALITY AS u(t, k, i, a, o, l, ord)`
 
 func (t *tx) queueUnchained(b *pgx.Batch, events []store.Event) error {
 	if err := t.validate(events); err != nil {
 		return err
 	}
 	n := len(events)
-	types, kinds, ids, actors := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-	payloads, digests := make([][]byte, n), make([][]byte, n)
-	for i, e := range events {
-		types[i], kinds[i], ids[i], actors[i] = e.Type, e.SubjectKind, e.SubjectID, e.Actor
-		payloads[i], digests[i] = e.Payload, events[i].PayloadDigest[:]
-	}
+	r := newEventRows(events, nil)
 	b.Queue(`UPDATE log_head SET sequence = sequence + $1, created_at = greatest(clock_timestamp(), created_at)
 		RETURNING sequence, created_at`, n)
-	b.Queue(unchainedInsert, n, types, kinds, ids, actors, byteas(payloads), byteas(digests), make([]byte, 32))
+	b.Queue(unchainedInsert, n, r.types, r.kinds, r.ids, r.actors, r.payloads, r.digests, r.offsets, r.lengths, make([]byte, 32))
 	b.Queue(`SELECT pg_notify($1, '')`, t.db.channel)
 	t.appended = true
 	return nil
 }
 
-// AppendUnchained is Append as it was before the chain.
+// AppendUnchained is Append without the chain.
 func AppendUnchained(ctx context.Context, stx store.Tx, events []store.Event) error {
 	t := stx.(*tx)
 	b := &pgx.Batch{}
@@ -49,15 +48,14 @@ func AppendUnchained(ctx context.Context, stx store.Tx, events []store.Event) er
 	return translate(t.tx.SendBatch(ctx, b).Close())
 }
 
-// ClaimAllUnlocked is ClaimAll as it was before the chain: it does not
-// lock the log's head.
+// ClaimAllUnlocked is ClaimAll without the chain: it does not lock the
+// log's head.
 func ClaimAllUnlocked(ctx context.Context, stx store.Tx, commandIDs []string, fingerprints [][]byte, createIDs, names, versions, finalIDs []string) error {
 	_, _, _, _, err := stx.(*tx).claimAll(ctx, false, commandIDs, fingerprints, createIDs, names, versions, finalIDs)
 	return err
 }
 
-// AppendCommandsUnchained is AppendCommands as it was before the chain:
-// one round trip, holding the log_head lock for that round trip only.
+// AppendCommandsUnchained is AppendCommands without the chain.
 func AppendCommandsUnchained(ctx context.Context, stx store.Tx, events []store.Event, commandIDs []string) error {
 	t := stx.(*tx)
 	b := &pgx.Batch{}

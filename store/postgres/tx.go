@@ -37,10 +37,12 @@ func (t *tx) Append(ctx context.Context, events ...store.Event) ([]store.Event, 
 	if len(events) == 0 {
 		return nil, nil
 	}
+	prep := prepareChain(events) // beside the validation
+	defer prep()
 	if err := t.validate(events); err != nil {
 		return nil, err
 	}
-	out, writes, _, err := t.chain(ctx, &pgx.Batch{}, events)
+	out, writes, _, err := t.chain(ctx, &pgx.Batch{}, events, prep)
 	if err != nil {
 		return nil, fmt.Errorf("appending %d events: %w", len(events), err)
 	}
