@@ -87,3 +87,6 @@ func BackendPID(ctx context.Context, stx store.Tx) (int, error) {
 	err := stx.(*tx).tx.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid)
 	return pid, err
 }
+
+// Channel returns the NOTIFY channel of db's log.
+func Channel(db *DB) string { return db.channel }

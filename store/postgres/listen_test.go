@@ -3,6 +3,7 @@ package postgres_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/artifactstore/artifactstore/internal/testenv"
+	"github.com/artifactstore/artifactstore/store/postgres"
 	"github.com/artifactstore/artifactstore/store/storetest"
 )
 
@@ -68,4 +70,46 @@ func TestListenerReconnects(t *testing.T) {
 	// wake-up; the second only by a notification.
 	appendWakes(1)
 	appendWakes(2)
+}
+
+// TestLongSchemaName: a log in a schema whose name takes PostgreSQL's
+// whole 63 bytes appends, and its appends wake another handle's waiters
+// (the NOTIFY channel's name must fit in 63 bytes too).
+func TestLongSchemaName(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := testenv.PostgresURL(t)
+	schema := testenv.Name("t")
+	schema += strings.Repeat("x", 63-len(schema))
+	t.Cleanup(func() {
+		c, err := pgx.Connect(context.Background(), url)
+		if err == nil {
+			_, _ = c.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+schema+" CASCADE")
+			_ = c.Close(context.Background())
+		}
+	})
+	db := testenv.OpenPostgres(t, url, schema)
+	other := testenv.OpenPostgres(t, url, schema)
+	c := conn(t, url, "public")
+	db.AppendSignal()
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		var n int
+		require.NoError(t, c.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE query = $1`,
+			"LISTEN "+pgx.Identifier{postgres.Channel(db)}.Sanitize()).Scan(&n))
+		return n == 1
+	}, "the listener to LISTEN")
+	// The first round may be woken by the listener's own wake-up; the
+	// second only by a notification.
+	for i := range 2 {
+		signal := db.AppendSignal()
+		storetest.Append(t, other, storetest.Created(t, storetest.PackageID(i), "n", fmt.Sprint(i), "a"))
+		select {
+		case <-signal:
+		case <-time.After(20 * time.Second):
+			t.Fatal("an append through another handle wakes waiters")
+		}
+	}
+	head, err := db.Head(ctx)
+	require.NoError(t, err)
+	require.Equal(t, int64(2), head)
 }

@@ -4,6 +4,7 @@ package postgres
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -125,9 +126,21 @@ func Open(ctx context.Context, cfg Config) (*DB, error) {
 		cfg:     cfg,
 		pool:    pool,
 		log:     cfg.Logger.Named("store"),
-		channel: "artifactstore_events_" + schema,
+		channel: eventsChannel(schema),
 		stop:    func() {},
 	}, nil
+}
+
+// eventsChannel is the NOTIFY channel of the log in schema: named after
+// it, or, when that name would not fit PostgreSQL's 63-byte identifiers
+// (a schema name of 43 bytes or more), after a digest of it.
+func eventsChannel(schema string) string {
+	const prefix = "artifactstore_events_"
+	if len(prefix)+len(schema) <= 63 {
+		return prefix + schema
+	}
+	sum := store.DigestOf([]byte(schema))
+	return prefix + hex.EncodeToString(sum[:12])
 }
 
 // Dialect implements store.DB.
