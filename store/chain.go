@@ -144,5 +144,24 @@ func (p ChainPrep) Chain(prev Digest, events []Event) Digest {
 	return prev
 }
 
+// StartPrepareChain starts PrepareChain(events), on another goroutine for
+// batches large enough to be worth it (so that a writer hashes them while
+// it validates them, say), and returns the wait for its result.
+func StartPrepareChain(events []Event) func() ChainPrep {
+	if len(events) < 64 {
+		p := PrepareChain(events)
+		return func() ChainPrep { return p }
+	}
+	done := make(chan ChainPrep, 1)
+	go func() { done <- PrepareChain(events) }()
+	var p ChainPrep
+	return func() ChainPrep {
+		if p == nil {
+			p = <-done
+		}
+		return p
+	}
+}
+
 // Chain is PrepareChain(events).Chain(prev, events).
 func Chain(prev Digest, events []Event) Digest { return PrepareChain(events).Chain(prev, events) }

@@ -1,6 +1,7 @@
 package store_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -84,6 +85,30 @@ func TestChainIsAFold(t *testing.T) {
 			p = whole[i-1].ChainDigest
 		}
 		require.Equal(t, store.ChainDigest(p, e), e.ChainDigest)
+	}
+}
+
+// TestStartPrepareChain: prepared inline (small batches) or on another
+// goroutine (large ones), the prefixes chain to ChainDigest's digests.
+func TestStartPrepareChain(t *testing.T) {
+	t.Parallel()
+	for _, n := range []int{1, 63, 64, 300} {
+		var events []store.Event
+		for i := range n {
+			e := chainEvent(t, fmt.Sprintf("p%d", i), "a", []byte(fmt.Sprint(i)))
+			e.Sequence = int64(i + 1)
+			events = append(events, e)
+		}
+		wait := store.StartPrepareChain(events)
+		store.StartPrepareChain(events)() // a second one may run alongside
+		prev := store.Digest{1}
+		last := wait().Chain(prev, events)
+		for _, e := range events {
+			require.Equal(t, store.ChainDigest(prev, e), e.ChainDigest, "n=%d", n)
+			prev = e.ChainDigest
+		}
+		require.Equal(t, prev, last)
+		require.Equal(t, wait(), wait(), "waiting twice returns the same prefixes")
 	}
 }
 

@@ -96,7 +96,7 @@ type eventRows struct {
 }
 
 // newEventRows builds the parameters of events, whose chain prefixes prep
-// returns (prepareChain).
+// returns (store.StartPrepareChain).
 func newEventRows(events []store.Event, prep func() store.ChainPrep) *eventRows {
 	n, size := len(events), 0
 	for i := range events {
@@ -113,25 +113,6 @@ func newEventRows(events []store.Event, prep func() store.ChainPrep) *eventRows 
 		r.digests = append(r.digests, e.PayloadDigest[:]...)
 	}
 	return r
-}
-
-// prepareChain hashes what the chain digests need of events before their
-// sequences are known (store.PrepareChain), on another core for batches
-// large enough to be worth it, and returns the wait for its result.
-func prepareChain(events []store.Event) func() store.ChainPrep {
-	if len(events) < 64 {
-		p := store.PrepareChain(events)
-		return func() store.ChainPrep { return p }
-	}
-	done := make(chan store.ChainPrep, 1)
-	go func() { done <- store.PrepareChain(events) }()
-	var p store.ChainPrep
-	return func() store.ChainPrep {
-		if p == nil {
-			p = <-done
-		}
-		return p
-	}
 }
 
 // insert returns the statements that write out, the chained events: the

@@ -145,7 +145,7 @@ func (t *tx) AppendCommands(ctx context.Context, release []string, events []stor
 	if len(events) == 0 {
 		err = t.tx.commit(ctx, b)
 	} else {
-		prep := prepareChain(events) // beside the validation
+		prep := store.StartPrepareChain(events) // beside the validation
 		defer prep()
 		if err = t.validate(events); err == nil {
 			out, err = t.appendCommandsChained(ctx, b, events, commandIDs, prep)

@@ -37,7 +37,7 @@ func (t *tx) Append(ctx context.Context, events ...store.Event) ([]store.Event, 
 	if len(events) == 0 {
 		return nil, nil
 	}
-	prep := prepareChain(events) // beside the validation
+	prep := store.StartPrepareChain(events) // beside the validation
 	defer prep()
 	if err := t.validate(events); err != nil {
 		return nil, err

@@ -14,39 +14,43 @@ type tx struct {
 	db       *DB
 	tx       *sql.Tx
 	appended bool
+	head     *logHead // nil until the transaction's first append
 }
 
 // Append implements store.Tx. The transaction already holds SQLite's write
-// lock (BEGIN IMMEDIATE); the log_head row gives the sequences, a
-// created_at that never decreases and the chain digest the new events are
-// chained to, and takes the last one's.
+// lock (BEGIN IMMEDIATE): the log_head row, read once per transaction,
+// gives the sequences, a created_at that never decreases and the chain
+// digest the new events are chained to; one update moves it past them.
 func (t *tx) Append(ctx context.Context, events ...store.Event) ([]store.Event, error) {
 	if len(events) == 0 {
 		return nil, nil
 	}
+	prep := store.StartPrepareChain(events) // beside the validation
+	defer prep()
 	for i := range events {
 		if err := events[i].Validate(t.db.cfg.MaxPayload); err != nil {
 			return nil, fmt.Errorf("event %d: %w", i, err)
 		}
 	}
 	n := len(events)
-	prep := store.PrepareChain(events)
-	var head, at int64
-	var chain []byte
-	err := t.tx.QueryRowContext(ctx, `UPDATE log_head SET sequence = sequence + ?, created_at = max(?, created_at)
-		RETURNING sequence, created_at, chain_digest`, n, micros(time.Now())).Scan(&head, &at, &chain)
-	if err != nil {
-		return nil, fmt.Errorf("appending %d events: %w", n, translate(err))
+	if t.head == nil {
+		h := &logHead{}
+		var chain []byte
+		err := t.tx.QueryRowContext(ctx, "SELECT sequence, created_at, chain_digest FROM log_head").Scan(&h.sequence, &h.at, &chain)
+		if err != nil {
+			return nil, fmt.Errorf("appending %d events: %w", n, translate(err))
+		}
+		copy(h.chain[:], chain)
+		t.head = h
 	}
+	at := max(micros(time.Now()), t.head.at)
 	out := make([]store.Event, n)
 	for i, e := range events {
-		e.Sequence = head - int64(n) + int64(i) + 1
+		e.Sequence = t.head.sequence + int64(i) + 1
 		e.CreatedAt = fromMicros(at)
 		out[i] = e
 	}
-	var prev store.Digest
-	copy(prev[:], chain)
-	last := prep.Chain(prev, out)
+	last := prep().Chain(t.head.chain, out)
 	stmt, err := t.tx.PrepareContext(ctx, "INSERT INTO events ("+eventColumns+") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 	if err != nil {
 		return nil, translate(err)
@@ -58,11 +62,19 @@ func (t *tx) Append(ctx context.Context, events ...store.Event) ([]store.Event, 
 			return nil, fmt.Errorf("appending event %d: %w", i, translate(err))
 		}
 	}
-	if _, err := t.tx.ExecContext(ctx, "UPDATE log_head SET chain_digest = ?", last[:]); err != nil {
+	next := &logHead{sequence: out[n-1].Sequence, at: at, chain: last}
+	if _, err := t.tx.ExecContext(ctx, "UPDATE log_head SET sequence = ?, created_at = ?, chain_digest = ?",
+		next.sequence, next.at, next.chain[:]); err != nil {
 		return nil, fmt.Errorf("appending %d events: %w", n, translate(err))
 	}
-	t.appended = true
+	t.head, t.appended = next, true
 	return out, nil
+}
+
+// logHead is the log_head row as this transaction left it.
+type logHead struct {
+	sequence, at int64 // at: created_at in Unix microseconds
+	chain        store.Digest
 }
 
 // ResetViews implements store.Tx.
