@@ -84,23 +84,25 @@
 // Handlers only decode and validate; accepted commands go to a queue that
 // Config.Committers committers drain, each taking up to Config.MaxBatch
 // commands (lingering at most Config.BatchDelay) into one transaction of
-// three pipelined round trips on PostgreSQL:
+// two pipelined round trips on PostgreSQL:
 //
 //	requests ─▶ decode, validate ─▶ queue ─▶ committer:
 //	  round trip 1 (ClaimAll):       BEGIN
 //	                                 claim command ids (sorted)
 //	                                 claim (name, version) of creates (sorted)
 //	                                 finalize package ids (sorted)
-//	  decide each command in Go (seen before, conflict, not found, accepted)
-//	  round trip 2 (AppendCommands): release ids of rejected commands
 //	                                 lock log_head, read the chain head
+//	  decide each command in Go (seen before, conflict, not found, accepted)
 //	  chain the accepted events' digests in Go
-//	  round trip 3 (AppendCommands): append the events, move log_head
+//	  round trip 2 (AppendCommands): release ids of rejected commands
+//	                                 append the events, move log_head
 //	                                 record command id → sequence
 //	                                 NOTIFY, COMMIT ─▶ one reply per command
 //
 // The log_head lock, which serialises every appending transaction, is held
-// from the second round trip to the end of the third. Creates and finalizes run before the
+// from the end of the first round trip to the end of the second (a batch
+// with a command id seen before reads its first reply in between).
+// Creates and finalizes run before the
 // seen command ids are known; a seen id's create or finalize changes
 // nothing unless the id was reused for another package, and then the
 // batch is decided again without it. On SQLite the same steps run one

@@ -12,32 +12,35 @@
 //
 // A reader that follows the log with "sequence > cursor" must never skip an
 // event whose transaction commits late. Both dialects therefore serialise
-// sequence assignment through a single counter row (log_head): Append runs
-// UPDATE log_head SET sequence = sequence + n RETURNING sequence, which takes
-// the row lock and keeps it until the transaction ends. A second writer's
-// Append waits on that lock, so sequences are handed out strictly in commit
-// order and without gaps (a rolled-back transaction releases its numbers
-// before anybody else takes them). Because Append takes the lock, it should
-// be the last statement before commit; everything else the transaction does
-// (decisions, view writes) runs before it, concurrently with other writers.
-// Writing many events in one transaction costs one counter update, which is
-// what makes batching cheap.
+// sequence assignment through a single counter row (log_head): a
+// transaction's first Append locks it (PostgreSQL: SELECT … FOR UPDATE;
+// SQLite: its BEGIN IMMEDIATE write lock) and keeps the lock until the
+// transaction ends. A second writer waits on that lock, so sequences are
+// handed out strictly in commit order and without gaps (a rolled-back
+// transaction releases its numbers before anybody else takes them).
+// Because Append takes the lock, it should be the last statement before
+// commit; everything else the transaction does (decisions, view writes)
+// runs before it, concurrently with other writers. Writing many events in
+// one transaction costs one counter update, which is what makes batching
+// cheap.
 //
-//	writer A: BEGIN … decide … UPDATE log_head (seq 5..7) INSERT … COMMIT
-//	writer B: BEGIN … decide …        waits ─────────────────▶ UPDATE log_head (seq 8) INSERT … COMMIT
+//	writer A: BEGIN … decide … lock log_head (seq 5..7) INSERT … COMMIT
+//	writer B: BEGIN … decide …     waits ─────────────▶ lock log_head (seq 8) INSERT … COMMIT
 //
-// created_at is taken under the same lock as max(clock_timestamp(), previous
-// created_at), so it never decreases along the sequence.
+// created_at is taken under the same lock as max(the database's clock,
+// previous created_at), so it never decreases along the sequence.
 //
 // # The hash chain
 //
 // log_head also carries the chain digest of the last event. Under the same
 // lock, the writer chains the new events to it ([ChainDigest]: BLAKE3 over
 // the event's fields and the previous digest; PostgreSQL has no BLAKE3, so
-// its dialect computes it between the counter update and the insert) and
-// moves it to the last one's. The chain thus follows commit order whatever
-// the batching, and [VerifyLog] recomputes it to show the log was not
-// rewritten.
+// its dialect reads the head, computes the digests and sends the rows,
+// which also move the head, with its next round trip) and moves it to the
+// last one's. The chain thus follows commit order whatever the batching,
+// and [VerifyLog] recomputes it to show the log was not rewritten. What the
+// writer can hash before the lock (the event's own fields) it hashes then
+// ([StartPrepareChain]); under the lock it hashes one block per event.
 //
 // # Views
 //

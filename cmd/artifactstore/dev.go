@@ -139,7 +139,7 @@ try:
   artifactstore --nats-url %s package create --actor you --name hello --version 1.0.0
   artifactstore --nats-url %s events tail
 
-`, natsURL, redactURL(dbURL), logID, c.Stream, d.srv.Addr(), natsURL, natsURL)
+`, redactURL(natsURL), redactURL(dbURL), logID, c.Stream, d.srv.Addr(), redactURL(natsURL), redactURL(natsURL))
 	ingestc, ist := watchComponent(d.srv, "ingest", svc, svc.Run)
 	d.srv.AddCheck("ingest", ist.check)
 	relayc, rst := watchComponent(d.srv, "relay", r, r.Run)

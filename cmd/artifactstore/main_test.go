@@ -346,3 +346,16 @@ func TestGCPercent(t *testing.T) {
 		t.Fatalf("GC percent with GOGC set: %d, want it untouched (100)", got)
 	}
 }
+
+// TestDevBannerRedactsNATSPassword: dev on an external NATS given with a
+// password prints the URL without it.
+func TestDevBannerRedactsNATSPassword(t *testing.T) {
+	t.Parallel()
+	srv := testenv.NATS(t)
+	authURL := strings.Replace(srv.URL(), "nats://", "nats://dev:s3cr3t-pw@", 1)
+	dev := startDev(t, t.TempDir(), testenv.FreePort(), testenv.FreePort(), "--nats-url", authURL)
+	require.Equal(t, 0, dev.stop(t))
+	require.Contains(t, dev.stderr.String(), "artifactstore dev is running")
+	require.Contains(t, dev.stderr.String(), redactURL(authURL))
+	require.NotContains(t, dev.stderr.String(), "s3cr3t-pw")
+}

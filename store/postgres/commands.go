@@ -12,9 +12,9 @@ import (
 
 // Set-based, pipelined forms of the command-side methods of store.Tx, for
 // a group-committing writer: tx implements store.CommandBatcher. A
-// batch of commands takes three round trips: ClaimAll (which also begins
-// the transaction) and AppendCommands (which locks the log's head, then
-// appends and commits). Each statement
+// batch of commands takes two round trips: ClaimAll (which also begins
+// the transaction and ends by locking the log's head) and AppendCommands
+// (which appends and commits). Each statement
 // decides row by row exactly as its single-row counterpart and, like it,
 // never aborts the transaction on a conflict. Rows are taken in the order
 // given, so a caller that passes sorted keys takes its locks in a global

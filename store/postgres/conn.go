@@ -18,9 +18,9 @@ import (
 // own; statements queued with later (writes whose only result is success
 // or failure) travel with the next statement that needs an answer, at the
 // latest with COMMIT; and commit sends COMMIT in the same pipeline as the
-// transaction's last statements. A group-committing writer thus holds the
-// log_head lock for two round trips instead of four (see ingest's
-// AppendCommands), and a projector batch takes two round trips.
+// transaction's last statements. A group-committing writer's batch thus
+// takes two round trips (see AppendCommands), and so does a projector
+// batch.
 type txConn struct {
 	c         *pgxpool.Conn
 	begun     bool
