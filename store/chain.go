@@ -148,7 +148,7 @@ func (p ChainPrep) Chain(prev Digest, events []Event) Digest {
 // batches large enough to be worth it (so that a writer hashes them while
 // it validates them, say), and returns the wait for its result.
 func StartPrepareChain(events []Event) func() ChainPrep {
-	if len(events) < 64 {
+	if len(events) < 256 {
 		p := PrepareChain(events)
 		return func() ChainPrep { return p }
 	}

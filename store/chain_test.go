@@ -92,7 +92,7 @@ func TestChainIsAFold(t *testing.T) {
 // goroutine (large ones), the prefixes chain to ChainDigest's digests.
 func TestStartPrepareChain(t *testing.T) {
 	t.Parallel()
-	for _, n := range []int{1, 63, 64, 300} {
+	for _, n := range []int{1, 255, 256, 600} {
 		var events []store.Event
 		for i := range n {
 			e := chainEvent(t, fmt.Sprintf("p%d", i), "a", []byte(fmt.Sprint(i)))
