@@ -131,7 +131,9 @@ func (r *eventRows) insert(t *tx, out []store.Event) []*pgx.QueuedQuery {
 				substring($11::bytea FROM u.ord::integer * 32 - 31 FOR 32)
 			FROM unnest($5::text[], $6::text[], $7::text[], $8::text[], $12::integer[], $13::integer[])
 				WITH ORDINALITY AS u(t, k, i, a, o, l, ord)`,
-			Arguments: []any{out[0].Sequence - 1, out[0].CreatedAt, n, out[n-1].ChainDigest[:], r.types, r.kinds, r.ids, r.actors,
+			// The head's digest is r.chains' copy, not out's: out is the
+			// caller's, and Append's writes travel with a later round trip.
+			Arguments: []any{out[0].Sequence - 1, out[0].CreatedAt, n, r.chains[len(r.chains)-len(store.Digest{}):], r.types, r.kinds, r.ids, r.actors,
 				r.payloads, r.digests, r.chains, r.offsets, r.lengths}},
 		{SQL: `SELECT pg_notify($1, '')`, Arguments: []any{t.db.channel}},
 	}

@@ -161,10 +161,22 @@ func (c *txConn) commit(ctx context.Context, b *pgx.Batch) error {
 	}
 	var pgErr *pgconn.PgError
 	if errors.Is(err, pgx.ErrTxCommitRollback) ||
-		errors.As(err, &pgErr) && (pgErr.Severity != "FATAL" && pgErr.Severity != "PANIC" || !*beforeCommit) {
+		errors.As(err, &pgErr) && (!sessionEnded(pgErr) || !*beforeCommit) {
 		return translate(err)
 	}
 	return fmt.Errorf("%w: %w", store.ErrOutcomeUnknown, translate(err))
+}
+
+// sessionEnded reports whether the server ended the session with err
+// (FATAL or PANIC). The severity is read unlocalized: the 'S' field is
+// translated under lc_messages ("FATALE", "ВАЖНО", ...); servers before
+// 9.6, which send only that one, are read as before.
+func sessionEnded(err *pgconn.PgError) bool {
+	sev := err.SeverityUnlocalized
+	if sev == "" {
+		sev = err.Severity
+	}
+	return sev == "FATAL" || sev == "PANIC"
 }
 
 // answered returns a flag set once the last of b's statements has
