@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -144,8 +145,9 @@ func (c *txConn) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 // the server reported (a failed statement, which skips the rest of the
 // pipeline, or a failed COMMIT) means the transaction did not commit; any
 // other error, such as a lost connection or a backend terminated, is
-// wrapped in store.ErrOutcomeUnknown — unless the server ended the session
-// (FATAL) before the last of b's statements answered: it never ran COMMIT.
+// wrapped in store.ErrOutcomeUnknown — unless PostgreSQL itself ended the
+// session (FATAL, endedByServer) before the last of b's statements
+// answered: it never ran COMMIT.
 func (c *txConn) commit(ctx context.Context, b *pgx.Batch) error {
 	beforeCommit := answered(b)
 	b.Queue("commit").Exec(func(ct pgconn.CommandTag) error {
@@ -161,7 +163,7 @@ func (c *txConn) commit(ctx context.Context, b *pgx.Batch) error {
 	}
 	var pgErr *pgconn.PgError
 	if errors.Is(err, pgx.ErrTxCommitRollback) ||
-		errors.As(err, &pgErr) && (!sessionEnded(pgErr) || !*beforeCommit) {
+		errors.As(err, &pgErr) && (!sessionEnded(pgErr) || !*beforeCommit && endedByServer(pgErr)) {
 		return translate(err)
 	}
 	return fmt.Errorf("%w: %w", store.ErrOutcomeUnknown, translate(err))
@@ -177,6 +179,15 @@ func sessionEnded(err *pgconn.PgError) bool {
 		sev = err.Severity
 	}
 	return sev == "FATAL" || sev == "PANIC"
+}
+
+// endedByServer reports whether err is PostgreSQL ending the session on
+// its own terms (terminated, shut down, idle in a transaction too long),
+// which it only does before it runs the next message of the pipeline. A
+// FATAL with another code may come from a pooler or proxy in between,
+// which can report one for statements the server did run, COMMIT included.
+func endedByServer(err *pgconn.PgError) bool {
+	return strings.HasPrefix(err.Code, "57P") || err.Code == "25P03"
 }
 
 // answered returns a flag set once the last of b's statements has
