@@ -132,6 +132,9 @@ func PrepareChain(events []Event) ChainPrep {
 	return p
 }
 
+// Add returns p with e's prefix appended.
+func (p ChainPrep) Add(e Event) ChainPrep { return append(p, prepare(e)) }
+
 // Chain sets the chain digest of each of events (the events p was
 // prepared from, now with their sequences and created_at), in order, the
 // first chained to prev, and returns the last one's (prev when events is

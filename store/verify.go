@@ -75,21 +75,21 @@ func (v *ChainVerifier) check(e Event, payloadOK bool, p *chainPrefix) error {
 const verifyReaders = 2
 
 // readRanges reads the log in (after, upTo] in pages of DefaultBatch
-// sequences, readers pages at once, and delivers them in order. Page k is
-// what Fetch returns after after+k·DefaultBatch, cut at the next page's
-// start: the log is gapless, and where it is not (a broken log) every
-// event of the range is still in its page. stop ends it and waits for it.
-func readRanges(ctx context.Context, db DB, after, upTo int64, readers int) (<-chan page, func()) {
+// sequences with read, readers pages at once, and delivers them in order;
+// it stops after a page whose failed reports true. Page k is what read
+// returns for (after+k·DefaultBatch, after+(k+1)·DefaultBatch]. stop ends
+// it and waits for it.
+func readRanges[P any](ctx context.Context, after, upTo int64, readers int, read func(ctx context.Context, lo, hi int64) P, failed func(P) bool) (<-chan P, func()) {
 	ctx, cancel := context.WithCancel(ctx)
-	futures := make(chan chan page, readers-1)
-	out := make(chan page)
+	futures := make(chan chan P, readers-1)
+	out := make(chan P)
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { // dispatches the reads, at most readers at once
 		defer wg.Done()
 		defer close(futures)
 		for lo := after; lo < upTo; lo += DefaultBatch {
-			f := make(chan page, 1)
+			f := make(chan P, 1)
 			select {
 			case futures <- f:
 			case <-ctx.Done():
@@ -98,12 +98,7 @@ func readRanges(ctx context.Context, db DB, after, upTo int64, readers int) (<-c
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				hi := min(lo+DefaultBatch, upTo)
-				events, err := db.Fetch(ctx, lo, int(hi-lo))
-				for len(events) > 0 && events[len(events)-1].Sequence > hi {
-					events = events[:len(events)-1]
-				}
-				f <- page{events: events, err: err}
+				f <- read(ctx, lo, min(lo+DefaultBatch, upTo))
 			}()
 		}
 	}()
@@ -111,7 +106,7 @@ func readRanges(ctx context.Context, db DB, after, upTo int64, readers int) (<-c
 		defer wg.Done()
 		defer close(out)
 		for f := range futures {
-			var p page
+			var p P
 			select {
 			case p = <-f:
 			case <-ctx.Done():
@@ -122,12 +117,52 @@ func readRanges(ctx context.Context, db DB, after, upTo int64, readers int) (<-c
 			case <-ctx.Done():
 				return
 			}
-			if p.err != nil {
+			if failed(p) {
 				return
 			}
 		}
 	}()
 	return out, func() { cancel(); wg.Wait() }
+}
+
+// readPage reads (lo, hi] with Fetch: the log is gapless, and where it is
+// not (a broken log) every event of the range is still in its page.
+func readPage(db DB) func(ctx context.Context, lo, hi int64) page {
+	return func(ctx context.Context, lo, hi int64) page {
+		events, err := db.Fetch(ctx, lo, int(hi-lo))
+		for len(events) > 0 && events[len(events)-1].Sequence > hi {
+			events = events[:len(events)-1]
+		}
+		return page{events: events, err: err}
+	}
+}
+
+// readHashed reads (lo, hi] with a HashingReader.
+func readHashed(r HashingReader) func(ctx context.Context, lo, hi int64) hashed {
+	return func(ctx context.Context, lo, hi int64) hashed {
+		p, err := r.FetchHashed(ctx, lo, int(hi-lo))
+		n := len(p.Events)
+		for n > 0 && p.Events[n-1].Sequence > hi {
+			n--
+		}
+		return hashed{page: page{events: p.Events[:n], err: err}, payloadOK: p.PayloadOK[:n], prep: p.Prep[:n]}
+	}
+}
+
+// HashedPage is a page of the log read for verification: each event with
+// its sequence, created_at and digests only, whether its payload matches
+// its payload_digest, and its chain prefix (PrepareChain).
+type HashedPage struct {
+	Events    []Event
+	PayloadOK []bool
+	Prep      ChainPrep
+}
+
+// HashingReader is implemented by stores that read the log for VerifyLog
+// hashing each row as they decode it, without building whole events.
+type HashingReader interface {
+	// FetchHashed is Fetch(after, limit), hashed.
+	FetchHashed(ctx context.Context, after int64, limit int) (HashedPage, error)
 }
 
 // hashed is a page of the log with the hashing that does not depend on
@@ -189,8 +224,10 @@ type VerifyResult struct {
 // VerifyLog reads the log from opts.From up to its chain head (read
 // first) and checks every event with a ChainVerifier, then that the head
 // row agrees with the last event. The work overlaps: pages are read two
-// at a time, a goroutine hashes them (payloads, and the chain input up to
-// the part that depends on the event before), the caller's chains them.
+// at a time and hashed (payloads, and the chain input up to the part that
+// depends on the event before) — as they are read when the store is a
+// HashingReader and opts.Each is nil, else on a goroutine of their own —
+// and the caller's goroutine chains them.
 // A broken history returns a *BreakError (wrapping ErrHistoryBroken)
 // naming the first sequence that breaks; other errors are the database's.
 func VerifyLog(ctx context.Context, db DB, opts VerifyOptions) (VerifyResult, error) {
@@ -207,12 +244,20 @@ func VerifyLog(ctx context.Context, db DB, opts VerifyOptions) (VerifyResult, er
 	if err != nil {
 		return res, err
 	}
-	read, stopReading := readRanges(ctx, db, from-1, head.Sequence, verifyReaders)
-	pages, stopHashing := hashAhead(ctx, read)
-	defer func() {
-		stopReading() // first: the hasher may be waiting for its next page
-		stopHashing()
-	}()
+	var pages <-chan hashed
+	if hr, ok := db.(HashingReader); ok && opts.Each == nil {
+		var stop func()
+		pages, stop = readRanges(ctx, from-1, head.Sequence, verifyReaders, readHashed(hr), func(h hashed) bool { return h.err != nil })
+		defer stop()
+	} else {
+		read, stopReading := readRanges(ctx, from-1, head.Sequence, verifyReaders, readPage(db), func(p page) bool { return p.err != nil })
+		var stopHashing func()
+		pages, stopHashing = hashAhead(ctx, read)
+		defer func() {
+			stopReading() // first: the hasher may be waiting for its next page
+			stopHashing()
+		}()
+	}
 	for p := range pages {
 		if p.err != nil {
 			return res, p.err
