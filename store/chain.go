@@ -135,6 +135,11 @@ func PrepareChain(events []Event) ChainPrep {
 // Add returns p with e's prefix appended.
 func (p ChainPrep) Add(e Event) ChainPrep { return append(p, prepare(e)) }
 
+// NeedsFields reports whether chaining the i-th event reads its fields
+// again (an encoding longer than one BLAKE3 chunk, which only fields
+// longer than validation allows make): Chain must then be given them.
+func (p ChainPrep) NeedsFields(i int) bool { return p[i].slow }
+
 // Chain sets the chain digest of each of events (the events p was
 // prepared from, now with their sequences and created_at), in order, the
 // first chained to prev, and returns the last one's (prev when events is

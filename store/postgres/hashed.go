@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"strings"
 	"time"
 	"unsafe"
 
@@ -35,9 +36,14 @@ func (db *DB) FetchHashed(ctx context.Context, after int64, limit int) (store.Ha
 			return store.HashedPage{}, err
 		}
 		p.Prep = p.Prep.Add(e)
-		// The strings and the payload are the driver's memory: gone with
-		// the next row.
-		e.Type, e.SubjectKind, e.SubjectID, e.Actor, e.Payload = "", "", "", "", nil
+		// The strings and the payload are the driver's memory, gone with
+		// the next row: copied when the chain still needs the fields.
+		e.Payload = nil
+		if p.Prep.NeedsFields(len(p.Prep) - 1) {
+			e.Type, e.SubjectKind, e.SubjectID, e.Actor = strings.Clone(e.Type), strings.Clone(e.SubjectKind), strings.Clone(e.SubjectID), strings.Clone(e.Actor)
+		} else {
+			e.Type, e.SubjectKind, e.SubjectID, e.Actor = "", "", "", ""
+		}
 		p.Events, p.PayloadOK = append(p.Events, e), append(p.PayloadOK, ok)
 	}
 	return p, translate(rows.Err())
