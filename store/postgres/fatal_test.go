@@ -87,13 +87,13 @@ func rewriteErrors(dst io.Writer, src io.Reader, old, new []byte) {
 	}
 }
 
-// TestReviewFatalDuringCommitLocalized: the backend is terminated during
+// TestFatalDuringCommitLocalized: the backend is terminated during
 // COMMIT (a deferred trigger holds it) on a server whose messages are
 // localized: the severity PostgreSQL reports in the 'S' field is then
 // translated ("FATALE", "ВАЖНО", ...), and only the unlocalized one says
 // FATAL. The session ended during COMMIT, so the outcome must be reported
 // unknown, as it is for an English-speaking server (TestAppendCommandsCommits).
-func TestReviewFatalDuringCommitLocalized(t *testing.T) {
+func TestFatalDuringCommitLocalized(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	base, schema := testenv.Schema(t)

@@ -12,10 +12,10 @@ import (
 	"github.com/artifactstore/artifactstore/store/storetest"
 )
 
-// TestReviewReturnedEventsOwnedByCaller: Append's writes travel with the
+// TestReturnedEventsOwnedByCaller: Append's writes travel with the
 // transaction's next round trip; what the caller does with the events it
 // returned (they are the caller's) must not change what is written.
-func TestReviewReturnedEventsOwnedByCaller(t *testing.T) {
+func TestReturnedEventsOwnedByCaller(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	db := testenv.Postgres(t)

@@ -12,12 +12,12 @@ import (
 	"github.com/artifactstore/artifactstore/store/storetest"
 )
 
-// TestReviewAppendsInOneTransaction: several appends in one transaction
+// TestAppendsInOneTransaction: several appends in one transaction
 // (log_head read once), one of them large enough for the prefix goroutine,
 // one failing validation in the middle (the transaction goes on), then
 // later transactions: gapless, created_at never decreasing, the chain and
 // log_head right, the payloads intact.
-func TestReviewAppendsInOneTransaction(t *testing.T) {
+func TestAppendsInOneTransaction(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	db := testenv.SQLite(t)

@@ -55,11 +55,11 @@ func checkLog(t *testing.T, db store.DB, want []store.Event) {
 	}
 }
 
-// TestReviewBlobEncoding: payloads of many sizes (1 byte to the configured
+// TestBlobEncoding: payloads of many sizes (1 byte to the configured
 // maximum), every byte value, in batches of one to 1000 events, through
 // Append (several per transaction) and ClaimAll + AppendCommands (the
 // single bytea parameters sliced server-side), read back byte for byte.
-func TestReviewBlobEncoding(t *testing.T) {
+func TestBlobEncoding(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	url, schema := testenv.Schema(t)
@@ -130,11 +130,11 @@ func TestReviewBlobEncoding(t *testing.T) {
 	checkLog(t, db, want)
 }
 
-// TestReviewPrepareChainOnErrorPaths: batches large enough for the prefix
+// TestPrepareChainOnErrorPaths: batches large enough for the prefix
 // goroutine that fail (a validation error at the end, a context already
 // done when the head is locked) return, and leave no goroutine behind
 // (TestMain checks with goleak); the log is untouched.
-func TestReviewPrepareChainOnErrorPaths(t *testing.T) {
+func TestPrepareChainOnErrorPaths(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	db := testenv.Postgres(t)
