@@ -58,20 +58,29 @@ func (t *tx) validate(events []store.Event) error {
 // their chain digests. Unless the transaction holds the head already, b's
 // statements are sent with the one that locks and reads it (and the batch
 // returned is a new one). The transaction's head moves past events.
-func (t *tx) chain(ctx context.Context, b *pgx.Batch, events []store.Event, prep func() store.ChainPrep) ([]store.Event, []*pgx.QueuedQuery, *pgx.Batch, error) {
-	rows := newEventRows(events, prep)
+func (t *tx) chain(ctx context.Context, b *pgx.Batch, rows *eventRows) ([]store.Event, []*pgx.QueuedQuery, *pgx.Batch, error) {
 	if t.head == nil {
 		locked := &logHead{}
 		b.Queue(selectHead + " FOR UPDATE").QueryRow(scanHead(locked))
 		if err := t.tx.SendBatch(ctx, b).Close(); err != nil {
 			return nil, nil, nil, translate(err)
 		}
+		t.db.guess.read(locked, time.Now())
 		t.head, b = locked, &pgx.Batch{}
 	}
-	t.appended = true
-	base, at := t.head, store.DBTime(t.head.createdAt())
-	out := make([]store.Event, len(events))
-	for i, e := range events {
+	base := t.head
+	out, head := chainAt(base, rows)
+	t.head, t.appended = head, true
+	t.db.guess.moved(head)
+	return out, rows.insert(t, base, out, false), b, nil
+}
+
+// chainAt returns rows' events as appended after base (their sequences,
+// created_at and chain digests) and the head they leave.
+func chainAt(base *logHead, rows *eventRows) ([]store.Event, *logHead) {
+	at := store.DBTime(base.createdAt())
+	out := make([]store.Event, len(rows.events))
+	for i, e := range rows.events {
 		e.Sequence = base.sequence + int64(i) + 1
 		e.CreatedAt = at
 		out[i] = e
@@ -79,8 +88,7 @@ func (t *tx) chain(ctx context.Context, b *pgx.Batch, events []store.Event, prep
 	var prev store.Digest
 	copy(prev[:], base.chain)
 	last := rows.prep().Chain(prev, out)
-	t.head = &logHead{sequence: out[len(out)-1].Sequence, at: at, chain: last[:], clock: at}
-	return out, rows.insert(t, out), b, nil
+	return out, &logHead{sequence: out[len(out)-1].Sequence, at: at, chain: last[:], clock: at}
 }
 
 // eventRows are the insert's parameters, built before the log_head lock
@@ -89,6 +97,7 @@ func (t *tx) chain(ctx context.Context, b *pgx.Batch, events []store.Event, prep
 // a copy, not an array of values; the chain digests, one bytea too, are
 // added under the lock.
 type eventRows struct {
+	events                    []store.Event
 	types, kinds, ids, actors []string
 	payloads, digests, chains []byte
 	offsets, lengths          []int32
@@ -102,7 +111,7 @@ func newEventRows(events []store.Event, prep func() store.ChainPrep) *eventRows 
 	for i := range events {
 		size += len(events[i].Payload)
 	}
-	r := &eventRows{types: make([]string, n), kinds: make([]string, n), ids: make([]string, n), actors: make([]string, n),
+	r := &eventRows{events: events, types: make([]string, n), kinds: make([]string, n), ids: make([]string, n), actors: make([]string, n),
 		payloads: make([]byte, 0, size), digests: make([]byte, 0, n*len(store.Digest{})),
 		offsets: make([]int32, n), lengths: make([]int32, n), prep: prep}
 	for i := range events {
@@ -115,29 +124,45 @@ func newEventRows(events []store.Event, prep func() store.ChainPrep) *eventRows 
 	return r
 }
 
-// insert returns the statements that write out, the chained events: the
-// insert, which also moves log_head to the last of them, and the NOTIFY.
-func (r *eventRows) insert(t *tx, out []store.Event) []*pgx.QueuedQuery {
+// insert returns the statements that write out, the events chained after
+// base: the insert, which also moves log_head to the last of them, and the
+// NOTIFY. When guessed, base was not read under the lock (guess.go) and
+// the insert writes nothing unless log_head is still base as read after
+// any lock wait, and out's created_at is between the previous event's and
+// the database's clock.
+func (r *eventRows) insert(t *tx, base *logHead, out []store.Event, guessed bool) []*pgx.QueuedQuery {
 	n := len(out)
 	r.chains = make([]byte, 0, n*len(store.Digest{}))
 	for i := range out {
 		r.chains = append(r.chains, out[i].ChainDigest[:]...)
 	}
-	return []*pgx.QueuedQuery{
-		{SQL: `WITH head AS (UPDATE log_head SET sequence = $1::bigint + $3, created_at = $2, chain_digest = $4)
-			INSERT INTO events (` + eventColumns + `)
-			SELECT $1::bigint + u.ord, u.t, u.k, u.i, u.a, substring($9::bytea FROM u.o FOR u.l),
-				substring($10::bytea FROM u.ord::integer * 32 - 31 FOR 32), $2::timestamptz,
-				substring($11::bytea FROM u.ord::integer * 32 - 31 FOR 32)
-			FROM unnest($5::text[], $6::text[], $7::text[], $8::text[], $12::integer[], $13::integer[])
-				WITH ORDINALITY AS u(t, k, i, a, o, l, ord)`,
-			// The head's digest is r.chains' copy, not out's: out is the
-			// caller's, and Append's writes travel with a later round trip.
-			Arguments: []any{out[0].Sequence - 1, out[0].CreatedAt, n, r.chains[len(r.chains)-len(store.Digest{}):], r.types, r.kinds, r.ids, r.actors,
-				r.payloads, r.digests, r.chains, r.offsets, r.lengths}},
-		{SQL: `SELECT pg_notify($1, '')`, Arguments: []any{t.db.channel}},
+	// The head's digest is r.chains' copy, not out's: out is the caller's,
+	// and Append's writes may travel with a later round trip.
+	args := []any{base.sequence, out[0].CreatedAt, n, r.chains[len(r.chains)-len(store.Digest{}):], r.types, r.kinds, r.ids, r.actors,
+		r.payloads, r.digests, r.chains, r.offsets, r.lengths}
+	sql := chainedInsert
+	if guessed {
+		sql, args = guessedInsert, append(args, base.chain)
 	}
+	return []*pgx.QueuedQuery{{SQL: sql, Arguments: args}, {SQL: `SELECT pg_notify($1, '')`, Arguments: []any{t.db.channel}}}
 }
+
+const (
+	insertRows = `INSERT INTO events (` + eventColumns + `)
+		SELECT $1::bigint + u.ord, u.t, u.k, u.i, u.a, substring($9::bytea FROM u.o FOR u.l),
+			substring($10::bytea FROM u.ord::integer * 32 - 31 FOR 32), $2::timestamptz,
+			substring($11::bytea FROM u.ord::integer * 32 - 31 FOR 32)`
+	insertUnnest = ` unnest($5::text[], $6::text[], $7::text[], $8::text[], $12::integer[], $13::integer[])
+			WITH ORDINALITY AS u(t, k, i, a, o, l, ord)`
+	moveHead = `UPDATE log_head SET sequence = $1::bigint + $3, created_at = $2, chain_digest = $4`
+	// chainedInsert writes under the lock its transaction holds.
+	chainedInsert = `WITH head AS (` + moveHead + `) ` + insertRows + ` FROM` + insertUnnest
+	// guessedInsert's UPDATE waits for the lock and, in READ COMMITTED,
+	// checks its WHERE against the head as the last holder left it.
+	guessedInsert = `WITH head AS (` + moveHead + `
+			WHERE sequence = $1 AND chain_digest = $14 AND created_at <= $2 AND $2 <= clock_timestamp()
+			RETURNING 1) ` + insertRows + ` FROM head,` + insertUnnest
+)
 
 // appendCommandsChained appends events, records which answered which
 // command id and commits, queued after b's statements. The events are
@@ -148,7 +173,7 @@ func (r *eventRows) insert(t *tx, out []store.Event) []*pgx.QueuedQuery {
 // second one's batch before the first one's a fifth to a third of the
 // time, and throughput fell to 0.7x.)
 func (t *tx) appendCommandsChained(ctx context.Context, b *pgx.Batch, events []store.Event, commandIDs []string, prep func() store.ChainPrep) ([]store.Event, error) {
-	out, writes, b, err := t.chain(ctx, b, events, prep)
+	out, writes, b, err := t.chain(ctx, b, newEventRows(events, prep))
 	if err != nil {
 		return nil, err
 	}

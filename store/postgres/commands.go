@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -82,6 +83,7 @@ func (t *tx) claimAll(ctx context.Context, lockHead bool, commandIDs []string, f
 	}
 	if head != nil {
 		t.head = head
+		t.db.guess.read(head, time.Now())
 	}
 	return marks(commandIDs, gotCommands), marks(createIDs, gotCreates), finalized, exists, nil
 }

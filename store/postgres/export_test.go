@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -90,3 +91,20 @@ func BackendPID(ctx context.Context, stx store.Tx) (int, error) {
 
 // Channel returns the NOTIFY channel of db's log.
 func Channel(db *DB) string { return db.channel }
+
+// Guesses returns how many of db's guessed heads were right and wrong.
+func Guesses(db *DB) (hits, misses int64) {
+	db.guess.mu.Lock()
+	defer db.guess.mu.Unlock()
+	return db.guess.hits, db.guess.missed
+}
+
+// PlantGuess makes db expect the head to be seq with chain digest chain and
+// created_at at, and the database's clock to be offset ahead of this
+// host's.
+func PlantGuess(db *DB, seq int64, chain store.Digest, at time.Time, offset time.Duration) {
+	db.guess.mu.Lock()
+	defer db.guess.mu.Unlock()
+	db.guess.head = &logHead{sequence: seq, chain: chain[:], at: at, clock: at}
+	db.guess.offset, db.guess.skip = offset, 0
+}

@@ -65,7 +65,9 @@ type DB struct {
 	pool    *pgxpool.Pool
 	log     *zap.Logger
 	channel string
-	signal  store.Signal
+	// guess is what this handle knows of the log's head (guess.go).
+	guess  *guesser
+	signal store.Signal
 
 	// leases is the dedicated connection of projector leases.
 	leases leaseConn
@@ -127,6 +129,7 @@ func Open(ctx context.Context, cfg Config) (*DB, error) {
 		pool:    pool,
 		log:     cfg.Logger.Named("store"),
 		channel: eventsChannel(schema),
+		guess:   newGuesser(),
 		stop:    func() {},
 	}, nil
 }
@@ -239,6 +242,9 @@ func (db *DB) InTx(ctx context.Context, fn func(store.Tx) error) error {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		t.tx.end(rctx)
 		cancel()
+		if !t.tx.committed && t.head != nil {
+			db.guess.forget(t.head)
+		}
 	}()
 	if err := fn(t); err != nil {
 		return translate(err)

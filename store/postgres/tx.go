@@ -27,12 +27,15 @@ type tx struct {
 }
 
 // Append implements store.Tx. Sequences come from the log_head row, locked
-// until commit (see store/doc.go): the first append of a transaction locks
-// and reads it (the chain head with the last sequence), the chain digests
-// are computed here under that lock, and the insert (which also moves the
-// head) and the NOTIFY travel with the transaction's next round trip (at
-// the latest its COMMIT). An append thus costs the round trips it cost
-// before the chain, and the head row is updated once per append.
+// until commit (see store/doc.go). A transaction's first append chains its
+// events to the head this handle expects and sends them at once, written
+// only if the head, once locked, is that one (guess.go); otherwise it
+// locks and reads the head (the chain head with the last sequence). The
+// chain digests are computed here, and after a read the insert (which
+// also moves the head) and the NOTIFY travel with the transaction's next
+// round trip (at the latest its COMMIT), as do a later append's. An append
+// thus costs the round trips it cost before the chain, and the head row is
+// updated once per append.
 func (t *tx) Append(ctx context.Context, events ...store.Event) ([]store.Event, error) {
 	if len(events) == 0 {
 		return nil, nil
@@ -42,7 +45,21 @@ func (t *tx) Append(ctx context.Context, events ...store.Event) ([]store.Event, 
 	if err := t.validate(events); err != nil {
 		return nil, err
 	}
-	out, writes, _, err := t.chain(ctx, &pgx.Batch{}, events, prep)
+	rows := newEventRows(events, prep)
+	if t.head == nil {
+		release, err := t.db.guess.take(ctx)
+		if err != nil {
+			return nil, err
+		}
+		defer release()
+		if out, err := t.appendGuessed(ctx, rows); out != nil || err != nil {
+			if err != nil {
+				return nil, fmt.Errorf("appending %d events: %w", len(events), err)
+			}
+			return out, nil
+		}
+	}
+	out, writes, _, err := t.chain(ctx, &pgx.Batch{}, rows)
 	if err != nil {
 		return nil, fmt.Errorf("appending %d events: %w", len(events), err)
 	}

@@ -1,0 +1,148 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/artifactstore/artifactstore/store"
+)
+
+// A transaction's first Append would lock and read log_head and only then
+// send its rows, holding the lock across a client turnaround. Instead it
+// chains its events to the head this handle expects (the one it last
+// appended or read) and sends them with the statement that locks and reads
+// the head, in an insert that writes nothing unless the head, as the last
+// holder of the lock left it, is the expected one (guessedInsert). On a
+// miss the transaction holds the head as read and chains to it, as it
+// would have without the guess. The database thus checks every sequence
+// and chain link. A handle's first appends take turns, each sent once the
+// one before it was answered (its transaction then holds the head until it
+// ends), so that in one process they expect the right head.
+
+// guesser is a handle's knowledge of the log's head.
+type guesser struct {
+	turn chan struct{}
+
+	mu   sync.Mutex
+	head *logHead // the latest head this handle appended or read; nil: none
+	// offset is the database's clock minus this host's, as of the
+	// latest read: at most the true offset, as the answer travelled.
+	offset time.Duration
+	// misses in a row; after them, the next 2^(misses-1)-1 first appends
+	// lock and read the head without guessing (processes appending in
+	// turn would otherwise send every batch twice).
+	misses, skip int
+	// hits and missed count the guesses (for the tests and benchmarks).
+	hits, missed int64
+}
+
+func newGuesser() *guesser { return &guesser{turn: make(chan struct{}, 1)} }
+
+// take waits for the handle's turn to begin an append; release ends it.
+func (g *guesser) take(ctx context.Context) (release func(), err error) {
+	select {
+	case g.turn <- struct{}{}:
+		return func() { <-g.turn }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// guess returns the head to chain to, with the database's clock as this
+// host estimates it, or nil to lock and read it.
+func (g *guesser) guess() *logHead {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.head == nil {
+		return nil
+	}
+	if g.skip > 0 {
+		g.skip--
+		return nil
+	}
+	h := *g.head
+	h.clock = time.Now().Add(g.offset)
+	return &h
+}
+
+// read records h, read under the lock and answered at local.
+func (g *guesser) read(h *logHead, local time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.head, g.offset = h, h.clock.Sub(local)
+}
+
+// forget drops h, the head of a transaction that did not commit, unless a
+// later one replaced it.
+func (g *guesser) forget(h *logHead) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.head == h {
+		g.head = nil
+	}
+}
+
+// moved records that an append moved the head to h.
+func (g *guesser) moved(h *logHead) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.head = h
+}
+
+// hit and missed record a guess's outcome.
+func (g *guesser) hit() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.misses = 0
+	g.hits++
+}
+
+func (g *guesser) miss() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.missed++
+	g.misses = min(g.misses+1, 7)
+	g.skip = 1<<(g.misses-1) - 1
+}
+
+// appendGuessed locks and reads the head and, in the same round trip,
+// appends rows' events on the guessed head, written only if it is the head
+// read. It returns them, or no events when there was no guess or it was
+// wrong: the transaction then holds the head as read, and the caller
+// chains to it. It runs in the handle's turn.
+func (t *tx) appendGuessed(ctx context.Context, rows *eventRows) ([]store.Event, error) {
+	g := t.db.guess
+	base := g.guess()
+	if base == nil {
+		return nil, nil
+	}
+	out, head := chainAt(base, rows)
+	locked := &logHead{}
+	b := &pgx.Batch{}
+	b.Queue(selectHead + " FOR UPDATE").QueryRow(scanHead(locked))
+	writes := rows.insert(t, base, out, true)
+	var tag pgconn.CommandTag
+	writes[0].Exec(func(ct pgconn.CommandTag) error { tag = ct; return nil })
+	b.QueuedQueries = append(b.QueuedQueries, writes...)
+	if err := t.tx.SendBatch(ctx, b).Close(); err != nil {
+		return nil, translate(err)
+	}
+	g.read(locked, time.Now())
+	switch n := tag.RowsAffected(); {
+	case n == 0:
+		t.head = locked
+		g.miss()
+		return nil, nil
+	case n != int64(len(out)):
+		return nil, fmt.Errorf("postgres: a guessed append wrote %d of %d events", n, len(out))
+	}
+	t.head, t.appended = head, true
+	g.moved(head)
+	g.hit()
+	return out, nil
+}
