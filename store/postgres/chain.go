@@ -172,8 +172,8 @@ const (
 // instead of locking it was tried: with two committers, the server ran the
 // second one's batch before the first one's a fifth to a third of the
 // time, and throughput fell to 0.7x.)
-func (t *tx) appendCommandsChained(ctx context.Context, b *pgx.Batch, events []store.Event, commandIDs []string, prep func() store.ChainPrep) ([]store.Event, error) {
-	out, writes, b, err := t.chain(ctx, b, newEventRows(events, prep))
+func (t *tx) appendCommandsChained(ctx context.Context, b *pgx.Batch, rows *eventRows, commandIDs []string) ([]store.Event, error) {
+	out, writes, b, err := t.chain(ctx, b, rows)
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"math/rand/v2"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -41,10 +43,10 @@ import (
 // command id was seen before), chains and writes the events in one round
 // trip: the chain then costs no round trip the log did not take before it.
 func (t *tx) ClaimAll(ctx context.Context, commandIDs []string, fingerprints [][]byte, createIDs, names, versions, finalIDs []string) (claimed, created, finalized, exists []bool, err error) {
-	return t.claimAll(ctx, true, commandIDs, fingerprints, createIDs, names, versions, finalIDs)
+	return t.claimAll(ctx, t.db.guess.claimHead(), commandIDs, fingerprints, createIDs, names, versions, finalIDs)
 }
 
-func (t *tx) claimAll(ctx context.Context, lockHead bool, commandIDs []string, fingerprints [][]byte, createIDs, names, versions, finalIDs []string) (claimed, created, finalized, exists []bool, err error) {
+func (t *tx) claimAll(ctx context.Context, mode claimHead, commandIDs []string, fingerprints [][]byte, createIDs, names, versions, finalIDs []string) (claimed, created, finalized, exists []bool, err error) {
 	b := &pgx.Batch{}
 	var gotCommands, gotCreates []string
 	if len(commandIDs) > 0 {
@@ -72,9 +74,14 @@ func (t *tx) claimAll(ctx context.Context, lockHead bool, commandIDs []string, f
 			QueryRow(func(r pgx.Row) error { return r.Scan(&exists[i], &finalized[i]) })
 	}
 	var head *logHead
-	if lockHead && t.head == nil {
+	switch {
+	case t.head != nil:
+	case mode == headLocked:
 		head = &logHead{}
 		b.Queue(selectHead + " FOR UPDATE").QueryRow(scanHead(head))
+	case mode == headGuessed:
+		t.ticket = rand.Int64N(math.MaxInt64) + 1
+		b.Queue(inFlight, t.ticket)
 	}
 	if b.Len() > 0 {
 		if err := t.tx.SendBatch(ctx, b).Close(); err != nil {
@@ -85,6 +92,7 @@ func (t *tx) claimAll(ctx context.Context, lockHead bool, commandIDs []string, f
 		t.head = head
 		t.db.guess.read(head, time.Now())
 	}
+
 	return marks(commandIDs, gotCommands), marks(createIDs, gotCreates), finalized, exists, nil
 }
 
@@ -150,7 +158,11 @@ func (t *tx) AppendCommands(ctx context.Context, release []string, events []stor
 		prep := store.StartPrepareChain(events) // beside the validation
 		defer prep()
 		if err = t.validate(events); err == nil {
-			out, err = t.appendCommandsChained(ctx, b, events, commandIDs, prep)
+			if t.head == nil && t.ticket != 0 {
+				out, err = t.appendCommandsGuessed(ctx, b, events, commandIDs, prep)
+			} else {
+				out, err = t.appendCommandsChained(ctx, b, newEventRows(events, prep), commandIDs)
+			}
 		}
 	}
 	if err != nil {

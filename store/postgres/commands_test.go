@@ -61,7 +61,7 @@ func TestAppendCommandsCommits(t *testing.T) {
 	require.Equal(t, int64(1), head, "nothing appended")
 
 	// The backend is terminated between ClaimAll and AppendCommands: the
-	// round trip that locks the log head fails before COMMIT was sent, so
+	// round trip that appends fails before COMMIT was sent, so
 	// the outcome is known: nothing committed, worth retrying.
 	terminate := func(where string) int {
 		var n int
@@ -77,7 +77,9 @@ func TestAppendCommandsCommits(t *testing.T) {
 			return err
 		}
 		// The only backend of this schema's pool in a transaction is ours.
-		require.Equal(t, 1, terminate("state LIKE 'idle in transaction%' AND query LIKE 'SELECT sequence, created_at, chain_digest%'"),
+		// ClaimAll's last statement: it marks the transaction in flight
+		// (commands_guess.go), or locks the head.
+		require.Equal(t, 1, terminate("state LIKE 'idle in transaction%' AND (query LIKE 'SELECT pg_advisory_xact_lock%' OR query LIKE 'SELECT sequence, created_at, chain_digest%')"),
 			"terminated the transaction's backend")
 		_, err := tx.AppendCommands(ctx, nil, []store.Event{ev2}, []string{"c3"}, nil)
 		return err

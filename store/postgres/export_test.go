@@ -52,7 +52,7 @@ func AppendUnchained(ctx context.Context, stx store.Tx, events []store.Event) er
 // ClaimAllUnlocked is ClaimAll without the chain: it does not lock the
 // log's head.
 func ClaimAllUnlocked(ctx context.Context, stx store.Tx, commandIDs []string, fingerprints [][]byte, createIDs, names, versions, finalIDs []string) error {
-	_, _, _, _, err := stx.(*tx).claimAll(ctx, false, commandIDs, fingerprints, createIDs, names, versions, finalIDs)
+	_, _, _, _, err := stx.(*tx).claimAll(ctx, headUntouched, commandIDs, fingerprints, createIDs, names, versions, finalIDs)
 	return err
 }
 

@@ -39,6 +39,9 @@ type guesser struct {
 	misses, skip int
 	// hits and missed count the guesses (for the tests and benchmarks).
 	hits, missed int64
+	// inFlight is the ticket of the transaction that last guessed in
+	// AppendCommands, 0 once it ended.
+	inFlight int64
 }
 
 func newGuesser() *guesser { return &guesser{turn: make(chan struct{}, 1)} }

@@ -176,3 +176,60 @@ func appendOrAbort(ctx context.Context, db store.DB, events []store.Event, comma
 		return nil
 	})
 }
+
+// TestCommandsGuessChainsInFlight commits batches as ingest does, from
+// committers that each chain to the head the one before it will leave,
+// before it committed: each waits for the one before (its in-flight mark),
+// so every guess is right. Then another handle appends: the next guess is
+// wrong, and the batch is appended at the real head with its command
+// pointing at its event.
+func TestCommandsGuessChainsInFlight(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url, schema := testenv.Schema(t)
+	db, other := testenv.OpenPostgres(t, url, schema), testenv.OpenPostgres(t, url, schema)
+	_, err := appendCommands(ctx, db, storetest.Created(t, storetest.PackageID(0), "g", "0", "a"))
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	errs := make(chan error, 3)
+	for w := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 40 {
+				base := 1000 + 100*w + 2*i
+				_, err := appendCommands(ctx, db, storetest.Created(t, storetest.PackageID(base), "g", fmt.Sprint(base), "a"),
+					storetest.Created(t, storetest.PackageID(base+1), "g", fmt.Sprint(base+1), "a"))
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	hits, misses := postgres.Guesses(db)
+	require.Equal(t, [2]int64{3 * 40, 0}, [2]int64{hits, misses}, "every batch guessed right")
+
+	appendOne(t, other, 1)
+	ev := storetest.Created(t, storetest.PackageID(2), "g", "2", "a")
+	out, err := appendCommands(ctx, db, ev)
+	require.NoError(t, err)
+	hits, misses = postgres.Guesses(db)
+	require.Equal(t, [2]int64{3 * 40, 1}, [2]int64{hits, misses}, "another handle appended: a wrong guess")
+	require.Equal(t, int64(1+3*40*2+1+1), out[0].Sequence)
+	require.NoError(t, db.InTx(ctx, func(stx store.Tx) error {
+		recs, err := stx.(store.CommandBatcher).CommandReplies(ctx, []string{"cmd-" + ev.SubjectID}, func(e store.Event) ([]byte, error) {
+			return []byte(fmt.Sprint(e.Sequence)), nil
+		})
+		require.Equal(t, fmt.Sprint(out[0].Sequence), string(recs["cmd-"+ev.SubjectID].Reply), "the command points at its event")
+		return err
+	}))
+	res, err := store.VerifyLog(ctx, db, store.VerifyOptions{})
+	require.NoError(t, err)
+	require.Equal(t, out[0].Sequence, res.To)
+}

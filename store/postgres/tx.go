@@ -24,6 +24,9 @@ type tx struct {
 	// head is the log's head as this transaction left it, locked since
 	// it was read (ClaimAll or the first append); nil until then.
 	head *logHead
+	// ticket marks this transaction in flight, for AppendCommands to
+	// guess the head (commands_guess.go); 0 when ClaimAll did not.
+	ticket int64
 }
 
 // Append implements store.Tx. Sequences come from the log_head row, locked
