@@ -15,19 +15,20 @@ import (
 // A group-committing writer's transaction (ClaimAll, AppendCommands) does
 // not lock log_head in ClaimAll's round trip, which would hold the lock
 // across the client turnaround to AppendCommands. AppendCommands chains
-// its events to the head this handle expects after the appends it has in
-// flight, and sends them with the statement that locks and reads the
-// head, in a savepoint, followed by a guard that fails unless they were
-// written (the head was the expected one), then the command sequences and
-// COMMIT. On a miss the guard's error skips them; the transaction rolls
-// back to the savepoint and appends on the head read, still locked (two
-// more round trips).
+// its events to the head this handle expects after the batches it has in
+// flight, and sends them in one round trip: in a savepoint, the insert
+// that writes nothing unless the head, once locked, is the expected one
+// (guessedInsert), then a guard that fails unless they were written, the
+// command sequences and COMMIT. On a miss the guard's error skips the
+// rest; the transaction rolls back to the savepoint and appends on the
+// head it then locks and reads (three more round trips).
 //
 // So that a transaction chained to another one's expected head runs after
 // it, ClaimAll marks each transaction in flight with an advisory lock on a
 // random ticket, and AppendCommands first waits for the mark of the one it
 // chained to: taken in that one's first round trip, it is held before that
-// transaction could be chained after, until it ends.
+// transaction could be chained after, until it ends. Having waited, the
+// insert reads the head that transaction left without locking it first.
 
 // claimHead is what ClaimAll does with the log's head.
 type claimHead int
@@ -39,9 +40,10 @@ const (
 )
 
 const (
-	inFlight     = `SELECT pg_advisory_xact_lock($1)`
-	waitInFlight = `SELECT pg_advisory_lock_shared($1)`
-	endWait      = `SELECT pg_advisory_unlock_shared($1)`
+	inFlight = `SELECT pg_advisory_xact_lock($1)`
+	// Tickets are not reused: holding the shared lock to the end of the
+	// transaction keeps no one waiting.
+	waitInFlight = `SELECT pg_advisory_xact_lock_shared($1)`
 	// guessMissed is in the guard's error: the input of a cast that fails
 	// (PostgreSQL has no raise outside PL/pgSQL), from a row so that it is
 	// not evaluated at planning.
@@ -96,8 +98,8 @@ func (g *guesser) landed(ticket int64) {
 
 // appendCommandsGuessed is appendCommandsChained for a transaction ClaimAll
 // marked in flight: b's statements, then the events on the expected head,
-// the command sequences and COMMIT in one round trip, or a second one
-// after a miss.
+// the command sequences and COMMIT in one round trip, or after a miss on
+// the head read.
 func (t *tx) appendCommandsGuessed(ctx context.Context, b *pgx.Batch, events []store.Event, commandIDs []string, prep func() store.ChainPrep) ([]store.Event, error) {
 	g := t.db.guess
 	rows := newEventRows(events, prep)
@@ -108,10 +110,7 @@ func (t *tx) appendCommandsGuessed(ctx context.Context, b *pgx.Batch, events []s
 	defer g.landed(t.ticket)
 	if before != 0 {
 		b.Queue(waitInFlight, before)
-		b.Queue(endWait, before)
 	}
-	locked := &logHead{}
-	b.Queue(selectHead + " FOR UPDATE").QueryRow(scanHead(locked))
 	b.Queue("SAVEPOINT guessed_head")
 	b.QueuedQueries = append(b.QueuedQueries, rows.insert(t, base, out, true)...)
 	missed := queueHeadGuard(b, head)
@@ -127,8 +126,6 @@ func (t *tx) appendCommandsGuessed(ctx context.Context, b *pgx.Batch, events []s
 		return nil, err
 	}
 	g.miss()
-	g.read(locked, time.Now())
-	t.head = locked
 	// On its own: pgx prepares a batch's new statements before it runs
 	// any, which the aborted transaction would refuse.
 	if _, err := t.tx.Exec(ctx, "ROLLBACK TO SAVEPOINT guessed_head"); err != nil {
