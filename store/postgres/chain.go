@@ -72,7 +72,7 @@ func (t *tx) chain(ctx context.Context, b *pgx.Batch, rows *eventRows) ([]store.
 	out, head := chainAt(base, rows)
 	t.head, t.appended = head, true
 	t.db.guess.moved(head)
-	return out, rows.insert(t, base, out, false), b, nil
+	return out, rows.insert(t, base, out, underLock), b, nil
 }
 
 // chainAt returns rows' events as appended after base (their sequences,
@@ -124,13 +124,21 @@ func newEventRows(events []store.Event, prep func() store.ChainPrep) *eventRows 
 	return r
 }
 
+// insertMode is how insert's statement writes the events.
+type insertMode int
+
+const (
+	underLock     insertMode = iota // the transaction holds the head it chained to
+	guessed                         // write nothing unless the head is the one chained to
+	guessedOrFail                   // fail unless the head is the one chained to
+)
+
 // insert returns the statements that write out, the events chained after
 // base: the insert, which also moves log_head to the last of them, and the
-// NOTIFY. When guessed, base was not read under the lock (guess.go) and
-// the insert writes nothing unless log_head is still base as read after
-// any lock wait, and out's created_at is between the previous event's and
-// the database's clock.
-func (r *eventRows) insert(t *tx, base *logHead, out []store.Event, guessed bool) []*pgx.QueuedQuery {
+// NOTIFY. A guessed base was not read under the lock (guess.go): the
+// insert checks it is log_head, and that out's created_at is between the
+// previous event's and the database's clock.
+func (r *eventRows) insert(t *tx, base *logHead, out []store.Event, mode insertMode) []*pgx.QueuedQuery {
 	n := len(out)
 	r.chains = make([]byte, 0, n*len(store.Digest{}))
 	for i := range out {
@@ -141,27 +149,39 @@ func (r *eventRows) insert(t *tx, base *logHead, out []store.Event, guessed bool
 	args := []any{base.sequence, out[0].CreatedAt, n, r.chains[len(r.chains)-len(store.Digest{}):], r.types, r.kinds, r.ids, r.actors,
 		r.payloads, r.digests, r.chains, r.offsets, r.lengths}
 	sql := chainedInsert
-	if guessed {
+	switch mode {
+	case guessed:
 		sql, args = guessedInsert, append(args, base.chain)
+	case guessedOrFail:
+		sql, args = guessedInsertOrFail, append(args, base.chain)
 	}
 	return []*pgx.QueuedQuery{{SQL: sql, Arguments: args}, {SQL: `SELECT pg_notify($1, '')`, Arguments: []any{t.db.channel}}}
 }
 
 const (
-	insertRows = `INSERT INTO events (` + eventColumns + `)
-		SELECT $1::bigint + u.ord, u.t, u.k, u.i, u.a, substring($9::bytea FROM u.o FOR u.l),
+	insertEvents = `INSERT INTO events (` + eventColumns + `) SELECT `
+	insertRow    = `, u.t, u.k, u.i, u.a, substring($9::bytea FROM u.o FOR u.l),
 			substring($10::bytea FROM u.ord::integer * 32 - 31 FOR 32), $2::timestamptz,
 			substring($11::bytea FROM u.ord::integer * 32 - 31 FOR 32)`
 	insertUnnest = ` unnest($5::text[], $6::text[], $7::text[], $8::text[], $12::integer[], $13::integer[])
 			WITH ORDINALITY AS u(t, k, i, a, o, l, ord)`
 	moveHead = `UPDATE log_head SET sequence = $1::bigint + $3, created_at = $2, chain_digest = $4`
 	// chainedInsert writes under the lock its transaction holds.
-	chainedInsert = `WITH head AS (` + moveHead + `) ` + insertRows + ` FROM` + insertUnnest
-	// guessedInsert's UPDATE waits for the lock and, in READ COMMITTED,
-	// checks its WHERE against the head as the last holder left it.
-	guessedInsert = `WITH head AS (` + moveHead + `
+	chainedInsert = `WITH head AS (` + moveHead + `) ` + insertEvents + `$1::bigint + u.ord` + insertRow + ` FROM` + insertUnnest
+	// The guessed inserts' UPDATE finds the head as of the statement's
+	// snapshot and, when a concurrent transaction holds it, waits and
+	// rechecks it as that transaction left it (READ COMMITTED): their
+	// callers make sure the transaction they chained after ended first.
+	guessedHead = `WITH head AS (` + moveHead + `
 			WHERE sequence = $1 AND chain_digest = $14 AND created_at <= $2 AND $2 <= clock_timestamp()
-			RETURNING 1) ` + insertRows + ` FROM head,` + insertUnnest
+			RETURNING true AS moved) `
+	guessedInsert = guessedHead + insertEvents + `$1::bigint + u.ord` + insertRow + ` FROM head,` + insertUnnest
+	// guessedInsertOrFail's rows, when the head is not base, have for
+	// sequence a cast that fails (PostgreSQL has no raise outside
+	// PL/pgSQL), of a row's value so that it is not evaluated at planning.
+	guessedInsertOrFail = guessedHead + insertEvents +
+		`CASE WHEN head.moved THEN $1::bigint + u.ord ELSE ('` + guessMissed + ` ' || u.ord)::bigint END` +
+		insertRow + ` FROM` + insertUnnest + ` LEFT JOIN head ON true`
 )
 
 // appendCommandsChained appends events, records which answered which

@@ -17,11 +17,11 @@ import (
 // across the client turnaround to AppendCommands. AppendCommands chains
 // its events to the head this handle expects after the batches it has in
 // flight, and sends them in one round trip: in a savepoint, the insert
-// that writes nothing unless the head, once locked, is the expected one
-// (guessedInsert), then a guard that fails unless they were written, the
-// command sequences and COMMIT. On a miss the guard's error skips the
-// rest; the transaction rolls back to the savepoint and appends on the
-// head it then locks and reads (three more round trips).
+// that fails unless the head, once locked, is the expected one
+// (guessedInsertOrFail), the command sequences and COMMIT. On a miss the
+// insert's error skips the rest; the transaction rolls back to the
+// savepoint and appends on the head it then locks and reads (three more
+// round trips).
 //
 // So that a transaction chained to another one's expected head runs after
 // it, ClaimAll marks each transaction in flight with an advisory lock on a
@@ -44,12 +44,9 @@ const (
 	// Tickets are not reused: holding the shared lock to the end of the
 	// transaction keeps no one waiting.
 	waitInFlight = `SELECT pg_advisory_xact_lock_shared($1)`
-	// guessMissed is in the guard's error: the input of a cast that fails
-	// (PostgreSQL has no raise outside PL/pgSQL), from a row so that it is
-	// not evaluated at planning.
+	// guessMissed is in the error of a guessedInsertOrFail that found
+	// another head.
 	guessMissed = "artifactstore: log_head is not the guessed head"
-	headGuard   = `SELECT CASE WHEN sequence = $1 AND chain_digest = $2 THEN 0
-		ELSE ('` + guessMissed + ` ' || sequence)::integer END FROM log_head`
 )
 
 // claimHead returns what ClaimAll does with the log's head: it leaves it
@@ -112,8 +109,9 @@ func (t *tx) appendCommandsGuessed(ctx context.Context, b *pgx.Batch, events []s
 		b.Queue(waitInFlight, before)
 	}
 	b.Queue("SAVEPOINT guessed_head")
-	b.QueuedQueries = append(b.QueuedQueries, rows.insert(t, base, out, true)...)
-	missed := queueHeadGuard(b, head)
+	writes := rows.insert(t, base, out, guessedOrFail)
+	missed := failsOnMiss(writes[0])
+	b.QueuedQueries = append(b.QueuedQueries, writes...)
 	queueCommandSequences(b, out, commandIDs)
 	err := t.tx.commit(ctx, b)
 	switch {
@@ -134,11 +132,10 @@ func (t *tx) appendCommandsGuessed(ctx context.Context, b *pgx.Batch, events []s
 	return t.appendCommandsChained(ctx, &pgx.Batch{}, rows, commandIDs)
 }
 
-// queueHeadGuard queues the statement that fails unless log_head is head,
-// and returns whether it failed so.
-func queueHeadGuard(b *pgx.Batch, head *logHead) *bool {
+// failsOnMiss makes q, a guessedInsertOrFail, report whether it failed
+// because the head was not the one guessed.
+func failsOnMiss(q *pgx.QueuedQuery) *bool {
 	missed := new(bool)
-	q := b.Queue(headGuard, head.sequence, head.chain)
 	q.Fn = func(br pgx.BatchResults) error {
 		_, err := br.Exec()
 		var pgErr *pgconn.PgError

@@ -128,7 +128,7 @@ func (t *tx) appendGuessed(ctx context.Context, rows *eventRows) ([]store.Event,
 	locked := &logHead{}
 	b := &pgx.Batch{}
 	b.Queue(selectHead + " FOR UPDATE").QueryRow(scanHead(locked))
-	writes := rows.insert(t, base, out, true)
+	writes := rows.insert(t, base, out, guessed)
 	var tag pgconn.CommandTag
 	writes[0].Exec(func(ct pgconn.CommandTag) error { tag = ct; return nil })
 	b.QueuedQueries = append(b.QueuedQueries, writes...)
