@@ -80,7 +80,7 @@ func (g *guesser) speculate(rows *eventRows, ticket int64) (base *logHead, out [
 	b.clock = time.Now().Add(g.offset)
 	out, head = chainAt(&b, rows)
 	before = g.inFlight
-	g.head, g.inFlight = head, ticket
+	g.head, g.open, g.inFlight = head, true, ticket
 	return &b, out, head, before
 }
 

@@ -100,11 +100,12 @@ func Guesses(db *DB) (hits, misses int64) {
 }
 
 // PlantGuess makes db expect the head to be seq with chain digest chain and
-// created_at at, and the database's clock to be offset ahead of this
-// host's.
-func PlantGuess(db *DB, seq int64, chain store.Digest, at time.Time, offset time.Duration) {
+// created_at at, left by a transaction that may still be open, and the
+// database's clock to be offset ahead of this host's.
+func PlantGuess(db *DB, seq int64, chain store.Digest, at time.Time, open bool, offset time.Duration) {
 	db.guess.mu.Lock()
 	defer db.guess.mu.Unlock()
 	db.guess.head = &logHead{sequence: seq, chain: chain[:], at: at, clock: at}
+	db.guess.open = open
 	db.guess.offset, db.guess.skip = offset, 0
 }

@@ -30,6 +30,8 @@ type guesser struct {
 
 	mu   sync.Mutex
 	head *logHead // the latest head this handle appended or read; nil: none
+	// open: the transaction that left head may not have ended.
+	open bool
 	// offset is the database's clock minus this host's, as of the
 	// latest read: at most the true offset, as the answer travelled.
 	offset time.Duration
@@ -57,27 +59,37 @@ func (g *guesser) take(ctx context.Context) (release func(), err error) {
 }
 
 // guess returns the head to chain to, with the database's clock as this
-// host estimates it, or nil to lock and read it.
-func (g *guesser) guess() *logHead {
+// host estimates it, and whether the transaction that left it may still
+// hold it; or nil to lock and read it.
+func (g *guesser) guess() (h *logHead, open bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.head == nil {
-		return nil
+		return nil, false
 	}
 	if g.skip > 0 {
 		g.skip--
-		return nil
+		return nil, false
 	}
-	h := *g.head
-	h.clock = time.Now().Add(g.offset)
-	return &h
+	c := *g.head
+	c.clock = time.Now().Add(g.offset)
+	return &c, g.open
 }
 
 // read records h, read under the lock and answered at local.
 func (g *guesser) read(h *logHead, local time.Time) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.head, g.offset = h, h.clock.Sub(local)
+	g.head, g.open, g.offset = h, true, h.clock.Sub(local)
+}
+
+// ended records that the transaction that left h committed.
+func (g *guesser) ended(h *logHead) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.head == h {
+		g.open = false
+	}
 }
 
 // forget drops h, the head of a transaction that did not commit, unless a
@@ -94,7 +106,7 @@ func (g *guesser) forget(h *logHead) {
 func (g *guesser) moved(h *logHead) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.head = h
+	g.head, g.open = h, true
 }
 
 // hit and missed record a guess's outcome.
@@ -113,21 +125,25 @@ func (g *guesser) miss() {
 	g.skip = 1<<(g.misses-1) - 1
 }
 
-// appendGuessed locks and reads the head and, in the same round trip,
-// appends rows' events on the guessed head, written only if it is the head
-// read. It returns them, or no events when there was no guess or it was
-// wrong: the transaction then holds the head as read, and the caller
-// chains to it. It runs in the handle's turn.
+// appendGuessed appends rows' events on the guessed head, written only if
+// it is the head. Unless the transaction that left the guessed head ended,
+// the round trip first locks and reads the head, waiting for it. It
+// returns the events, or none when there was no guess or it was wrong: the
+// transaction then holds the head if it read it, and the caller chains to
+// the head (reading it if need be). It runs in the handle's turn.
 func (t *tx) appendGuessed(ctx context.Context, rows *eventRows) ([]store.Event, error) {
 	g := t.db.guess
-	base := g.guess()
+	base, open := g.guess()
 	if base == nil {
 		return nil, nil
 	}
 	out, head := chainAt(base, rows)
-	locked := &logHead{}
+	var locked *logHead
 	b := &pgx.Batch{}
-	b.Queue(selectHead + " FOR UPDATE").QueryRow(scanHead(locked))
+	if open {
+		locked = &logHead{}
+		b.Queue(selectHead + " FOR UPDATE").QueryRow(scanHead(locked))
+	}
 	writes := rows.insert(t, base, out, guessed)
 	var tag pgconn.CommandTag
 	writes[0].Exec(func(ct pgconn.CommandTag) error { tag = ct; return nil })
@@ -135,7 +151,9 @@ func (t *tx) appendGuessed(ctx context.Context, rows *eventRows) ([]store.Event,
 	if err := t.tx.SendBatch(ctx, b).Close(); err != nil {
 		return nil, translate(err)
 	}
-	g.read(locked, time.Now())
+	if locked != nil {
+		g.read(locked, time.Now())
+	}
 	switch n := tag.RowsAffected(); {
 	case n == 0:
 		t.head = locked

@@ -53,34 +53,37 @@ func TestGuessedHeadIsChecked(t *testing.T) {
 	n = requireGuesses(t, db, n, 0, 1, "another handle appended")
 	dbNow := appendOne(t, db, 5).CreatedAt
 	n = requireGuesses(t, db, n, 1, 0, "the head read after the miss")
-	for _, c := range []struct {
-		what string
-		// wrong turns the log's head into the guessed one.
-		wrong func(h *store.ChainHead)
-		// late is how far the guessed head's created_at is behind the
-		// log's; offset, the guessed clock from this host's.
-		late, offset time.Duration
-	}{
-		{"the right sequence with a chain digest rolled back", func(h *store.ChainHead) { h.Digest[0] ^= 1 }, 0, 0},
-		{"a head behind the log's", func(h *store.ChainHead) { h.Sequence-- }, 0, 0},
-		{"a clock an hour ahead of the database's", func(*store.ChainHead) {}, 0, time.Hour},
-		{"a created_at before the last event's", func(*store.ChainHead) {}, time.Second, -time.Hour},
-	} {
-		head, err := db.ChainHead(ctx)
-		require.NoError(t, err)
-		guessed := head
-		c.wrong(&guessed)
-		postgres.PlantGuess(db, guessed.Sequence, guessed.Digest, dbNow.Add(-c.late), c.offset)
-		e := appendOne(t, db, int(head.Sequence)+10)
-		n = requireGuesses(t, db, n, 0, 1, c.what)
-		require.Equal(t, head.Sequence+1, e.Sequence, c.what)
-		require.Less(t, e.CreatedAt, time.Now().Add(time.Minute), "%s: created_at from the database's clock", c.what)
-		require.False(t, e.CreatedAt.Before(dbNow), "%s: created_at never goes back", c.what)
-		dbNow = e.CreatedAt
+	for _, open := range []bool{false, true} {
+		for _, c := range []struct {
+			what string
+			// wrong turns the log's head into the guessed one.
+			wrong func(h *store.ChainHead)
+			// late is how far the guessed head's created_at is behind the
+			// log's; offset, the guessed clock from this host's.
+			late, offset time.Duration
+		}{
+			{"the right sequence with a chain digest rolled back", func(h *store.ChainHead) { h.Digest[0] ^= 1 }, 0, 0},
+			{"a head behind the log's", func(h *store.ChainHead) { h.Sequence-- }, 0, 0},
+			{"a clock an hour ahead of the database's", func(*store.ChainHead) {}, 0, time.Hour},
+			{"a created_at before the last event's", func(*store.ChainHead) {}, time.Second, -time.Hour},
+		} {
+			what := fmt.Sprintf("%s (left by a transaction that may be open: %v)", c.what, open)
+			head, err := db.ChainHead(ctx)
+			require.NoError(t, err)
+			guessed := head
+			c.wrong(&guessed)
+			postgres.PlantGuess(db, guessed.Sequence, guessed.Digest, dbNow.Add(-c.late), open, c.offset)
+			e := appendOne(t, db, int(head.Sequence)+10)
+			n = requireGuesses(t, db, n, 0, 1, what)
+			require.Equal(t, head.Sequence+1, e.Sequence, what)
+			require.Less(t, e.CreatedAt, time.Now().Add(time.Minute), "%s: created_at from the database's clock", what)
+			require.False(t, e.CreatedAt.Before(dbNow), "%s: created_at never goes back", what)
+			dbNow = e.CreatedAt
+		}
 	}
 	res, err := store.VerifyLog(ctx, db, store.VerifyOptions{})
 	require.NoError(t, err)
-	require.Equal(t, int64(9), res.To, "every append once, chained")
+	require.Equal(t, int64(13), res.To, "every append once, chained")
 }
 
 var errAbort = errors.New("the test aborts this transaction")

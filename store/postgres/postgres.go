@@ -242,7 +242,11 @@ func (db *DB) InTx(ctx context.Context, fn func(store.Tx) error) error {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		t.tx.end(rctx)
 		cancel()
-		if !t.tx.committed && t.head != nil {
+		switch {
+		case t.head == nil:
+		case t.tx.committed:
+			db.guess.ended(t.head)
+		default:
 			db.guess.forget(t.head)
 		}
 	}()
