@@ -91,17 +91,24 @@
 //	                                 claim command ids (sorted)
 //	                                 claim (name, version) of creates (sorted)
 //	                                 finalize package ids (sorted)
-//	                                 lock log_head, read the chain head
+//	                                 mark the batch in flight
 //	  decide each command in Go (seen before, conflict, not found, accepted)
-//	  chain the accepted events' digests in Go
+//	  chain the accepted events to the head the batches in flight will leave
 //	  round trip 2 (AppendCommands): release ids of rejected commands
-//	                                 append the events, move log_head
+//	                                 wait for the batch chained after to end
+//	                                 lock log_head; append the events if it
+//	                                 is the expected head, and move it
 //	                                 record command id → sequence
 //	                                 NOTIFY, COMMIT ─▶ one reply per command
 //
-// The log_head lock, which serialises every appending transaction, is held
-// from the end of the first round trip to the end of the second (a batch
-// with a command id seen before reads its first reply in between).
+// The log_head lock, which serialises every appending transaction, is thus
+// held within the second round trip only. When the head is not the
+// expected one (another process appended, the batch before failed), the
+// append fails inside a savepoint: the batch rolls back to it and appends
+// on the head it then locks and reads, three round trips more, and the
+// next few batches lock and read the head in round trip 1 instead of
+// marking themselves (as the first batch of a process does). A batch with
+// a command id seen before reads its first reply between the round trips.
 // Creates and finalizes run before the
 // seen command ids are known; a seen id's create or finalize changes
 // nothing unless the id was reused for another package, and then the

@@ -27,9 +27,9 @@ type CommandBatcher interface {
 	// given twice the first wins); finalized[i] whether finalIDs[i] was
 	// open (of an id given twice, the first), exists[i] whether it is
 	// known. The creates' packages are known to the finalizes. It may
-	// take the log's commit-order lock (PostgreSQL does, to read the head
-	// the append chains to): what follows it until AppendCommands holds
-	// every appender back, so it must be short.
+	// take the log's commit-order lock (PostgreSQL does when it cannot
+	// expect the head AppendCommands will chain to): what follows it until
+	// AppendCommands then holds every appender back, so it must be short.
 	ClaimAll(ctx context.Context, commandIDs []string, fingerprints [][]byte, createIDs, names, versions, finalIDs []string) (claimed, created, finalized, exists []bool, err error)
 	// CommandReplies returns the records (fingerprint and first reply) of
 	// the completed commands among ids, the replies rebuilt with replyOf

@@ -13,9 +13,9 @@
 // A reader that follows the log with "sequence > cursor" must never skip an
 // event whose transaction commits late. Both dialects therefore serialise
 // sequence assignment through a single counter row (log_head): a
-// transaction's first Append locks it (PostgreSQL: SELECT … FOR UPDATE;
-// SQLite: its BEGIN IMMEDIATE write lock) and keeps the lock until the
-// transaction ends. A second writer waits on that lock, so sequences are
+// transaction's first Append locks it (PostgreSQL: by updating it, or
+// SELECT … FOR UPDATE; SQLite: its BEGIN IMMEDIATE write lock) and keeps
+// the lock until the transaction ends. A second writer waits on that lock, so sequences are
 // handed out strictly in commit order and without gaps (a rolled-back
 // transaction releases its numbers before anybody else takes them).
 // Because Append takes the lock, it should be the last statement before
@@ -27,20 +27,31 @@
 //	writer A: BEGIN … decide … lock log_head (seq 5..7) INSERT … COMMIT
 //	writer B: BEGIN … decide …     waits ─────────────▶ lock log_head (seq 8) INSERT … COMMIT
 //
-// created_at is taken under the same lock as max(the database's clock,
-// previous created_at), so it never decreases along the sequence.
+// created_at is the database's clock, but never below the previous
+// created_at, so it never decreases along the sequence. (On PostgreSQL it
+// is read with the head, or, when the head was expected rather than read,
+// the writer's estimate of that clock, which the database refuses if it is
+// ahead of its clock or behind the previous event's.)
 //
 // # The hash chain
 //
 // log_head also carries the chain digest of the last event. Under the same
 // lock, the writer chains the new events to it ([ChainDigest]: BLAKE3 over
-// the event's fields and the previous digest; PostgreSQL has no BLAKE3, so
-// its dialect reads the head, computes the digests and sends the rows,
-// which also move the head, with its next round trip) and moves it to the
-// last one's. The chain thus follows commit order whatever the batching,
-// and [VerifyLog] recomputes it to show the log was not rewritten. What the
+// the event's fields and the previous digest) and moves it to the last
+// one's. The chain thus follows commit order whatever the batching, and
+// [VerifyLog] recomputes it to show the log was not rewritten. What the
 // writer can hash before the lock (the event's own fields) it hashes then
 // ([StartPrepareChain]); under the lock it hashes one block per event.
+//
+// PostgreSQL has no BLAKE3, so the digests are computed by the writing
+// process. Rather than read the head and only then send the rows (holding
+// the lock across a turnaround), a PostgreSQL handle chains them to the
+// head it expects — the one it last appended or read, or for ingest's
+// batches the one the batches it has in flight will leave — and sends them
+// with the lock request, in an insert the database refuses unless the head
+// is the expected one (sequence, chain digest, created_at between the
+// previous event's and the database's clock). A wrong guess costs round
+// trips, never a wrong link: the writer then chains to the head it reads.
 //
 // # Views
 //
