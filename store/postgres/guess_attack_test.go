@@ -1,0 +1,155 @@
+package postgres_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/stretchr/testify/require"
+
+	"github.com/artifactstore/artifactstore/internal/testenv"
+	"github.com/artifactstore/artifactstore/store"
+	"github.com/artifactstore/artifactstore/store/storetest"
+)
+
+// awaitBlocked waits (bounded) until a backend of schema's log whose query
+// starts with prefix waits for a lock.
+func awaitBlocked(t *testing.T, ctx context.Context, url, schema, prefix string) {
+	t.Helper()
+	c := conn(t, url, schema)
+	require.Eventually(t, func() bool {
+		var n int
+		require.NoError(t, c.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE wait_event_type = 'Lock' AND datname = current_database() AND query LIKE $1 || '%'`, prefix).Scan(&n))
+		return n > 0
+	}, 10*time.Second, 5*time.Millisecond, "a backend waits for a lock in %q", prefix)
+}
+
+// isDeadlock reports whether err is PostgreSQL's deadlock error.
+func isDeadlock(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "40P01"
+}
+
+// TestTurnIsNoHiddenDeadlock: a handle's first appends take turns in the
+// process, a wait PostgreSQL's deadlock detector does not see. X holds a
+// claim and appends; Y, in its turn, waits for the head Z holds; Z waits
+// for X's claim. Without the turn, X would wait for the head in the
+// database, which reports the cycle (40P01) to one of them and the others
+// complete. With it, X waited for Y's turn until its context ran
+// out: a deadlock no one detected.
+func TestTurnIsNoHiddenDeadlock(t *testing.T) {
+	t.Parallel()
+	url, schema := testenv.Schema(t)
+	db, other := testenv.OpenPostgres(t, url, schema), testenv.OpenPostgres(t, url, schema)
+	ev := func(i int) store.Event { return storetest.Created(t, storetest.PackageID(i), "g", fmt.Sprint(i), "a") }
+	appendOne(t, db, 1) // db expects the head
+
+	// Everyone gives up after 20s; the database reports a deadlock after
+	// deadlock_timeout (1s by default).
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	xClaimed, xGo, zHolds, zGo := make(chan struct{}), make(chan struct{}), make(chan struct{}), make(chan struct{})
+	xDone, yDone, zDone := make(chan error, 1), make(chan error, 1), make(chan error, 1)
+	go func() {
+		xDone <- db.InTx(ctx, func(tx store.Tx) error {
+			if _, err := tx.ClaimCommand(ctx, "c-x", []byte{1}); err != nil {
+				return err
+			}
+			close(xClaimed)
+			<-xGo
+			_, err := tx.Append(ctx, ev(2))
+			return err
+		})
+	}()
+	<-xClaimed
+	go func() {
+		zDone <- other.InTx(ctx, func(tx store.Tx) error {
+			if _, err := tx.Append(ctx, ev(3)); err != nil {
+				return err
+			}
+			close(zHolds)
+			<-zGo
+			_, err := tx.ClaimCommand(ctx, "c-x", []byte{1})
+			return err
+		})
+	}()
+	<-zHolds
+	go func() {
+		yDone <- db.InTx(ctx, func(tx store.Tx) error { _, err := tx.Append(ctx, ev(4)); return err })
+	}()
+	awaitBlocked(t, ctx, url, schema, "WITH head AS (UPDATE log_head") // Y, in its turn, waits for Z
+	close(xGo)
+	close(zGo)
+
+	start := time.Now()
+	errX, errZ, errY := <-xDone, <-zDone, <-yDone
+	for _, err := range []error{errX, errY, errZ} {
+		require.NotErrorIs(t, err, context.DeadlineExceeded, "stuck until the context ran out (after %v)", time.Since(start))
+	}
+	// X's wait for the head may queue behind Y's: the database may pick
+	// any of them, and once Y is gone X and Z may form a second cycle.
+	committed := int64(1)
+	for _, err := range []error{errX, errY, errZ} {
+		if err != nil {
+			require.True(t, isDeadlock(err), "only the deadlock fails: X %v, Y %v, Z %v", errX, errY, errZ)
+			continue
+		}
+		committed++
+	}
+	require.Less(t, committed, int64(4), "the database reported the cycle")
+	res, err := store.VerifyLog(context.Background(), db, store.VerifyOptions{})
+	require.NoError(t, err)
+	require.Equal(t, committed, res.To, "the first event and those of the transactions that committed")
+}
+
+// TestTurnHolderWaitsForBegunTransaction is the two-transaction form: Y's
+// first Append, in its turn, carries a view write (PutPackage, sent with
+// the next round trip) that waits for X's lock on that row, and X then
+// appends. Only the turn stood between X and the head.
+func TestTurnHolderWaitsForBegunTransaction(t *testing.T) {
+	t.Parallel()
+	url, schema := testenv.Schema(t)
+	db := testenv.OpenPostgres(t, url, schema)
+	ev := func(i int) store.Event { return storetest.Created(t, storetest.PackageID(i), "g", fmt.Sprint(i), "a") }
+	appendOne(t, db, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	pkg := store.Package{ID: "p", Name: "n", Version: "1", Status: "open", CreatedBy: "a", CreatedAt: time.Now().UTC()}
+	xHolds, xGo := make(chan struct{}), make(chan struct{})
+	xDone, yDone := make(chan error, 1), make(chan error, 1)
+	go func() {
+		xDone <- db.InTx(ctx, func(tx store.Tx) error {
+			if err := tx.PutPackage(ctx, pkg); err != nil {
+				return err
+			}
+			if _, err := tx.GetPackage(ctx, pkg.ID); err != nil { // sends the write: X holds the row
+				return err
+			}
+			close(xHolds)
+			<-xGo
+			_, err := tx.Append(ctx, ev(2))
+			return err
+		})
+	}()
+	<-xHolds
+	go func() {
+		yDone <- db.InTx(ctx, func(tx store.Tx) error {
+			if err := tx.PutPackage(ctx, pkg); err != nil {
+				return err
+			}
+			_, err := tx.Append(ctx, ev(3))
+			return err
+		})
+	}()
+	awaitBlocked(t, ctx, url, schema, "INSERT INTO artifact_packages") // Y, in its turn, waits for X
+	close(xGo)
+	require.NoError(t, <-xDone)
+	require.NoError(t, <-yDone)
+	res, err := store.VerifyLog(context.Background(), db, store.VerifyOptions{})
+	require.NoError(t, err)
+	require.Equal(t, int64(3), res.To)
+}
