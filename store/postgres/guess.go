@@ -155,7 +155,7 @@ func (t *tx) appendGuessed(ctx context.Context, rows *eventRows) ([]store.Event,
 	b := &pgx.Batch{}
 	if open {
 		locked = &logHead{}
-		b.Queue(selectHead + " FOR UPDATE").QueryRow(scanHead(locked))
+		b.Queue(lockHead).QueryRow(scanHead(locked))
 	}
 	writes := rows.insert(t, base, out, guessed)
 	var tag pgconn.CommandTag

@@ -12,6 +12,7 @@ import (
 
 	"github.com/artifactstore/artifactstore/internal/testenv"
 	"github.com/artifactstore/artifactstore/store"
+	"github.com/artifactstore/artifactstore/store/postgres"
 	"github.com/artifactstore/artifactstore/store/storetest"
 )
 
@@ -152,4 +153,63 @@ func TestTurnHolderWaitsForBegunTransaction(t *testing.T) {
 	res, err := store.VerifyLog(context.Background(), db, store.VerifyOptions{})
 	require.NoError(t, err)
 	require.Equal(t, int64(3), res.To)
+}
+
+// TestHeadClockIsReadAfterTheLock: a handle that waited for the head
+// while another transaction held it and then rolled back read the head's
+// clock from before its wait (SELECT ... FOR UPDATE computes its columns
+// before it locks, and rechecks them only when the row changed). The
+// handle's clock offset, taken from that read, was then behind by the
+// wait, and every guessed append after it got a created_at that far in
+// the past, until the next read.
+func TestHeadClockIsReadAfterTheLock(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url, schema := testenv.Schema(t)
+	db, other := testenv.OpenPostgres(t, url, schema), testenv.OpenPostgres(t, url, schema)
+	c := conn(t, url, schema)
+	now := func() time.Time {
+		var ts time.Time
+		require.NoError(t, c.QueryRow(ctx, "SELECT clock_timestamp()").Scan(&ts))
+		return ts
+	}
+	ev := func(i int) store.Event { return storetest.Created(t, storetest.PackageID(i), "g", fmt.Sprint(i), "a") }
+	holding, release, otherDone := make(chan struct{}), make(chan struct{}), make(chan error, 1)
+	go func() {
+		otherDone <- other.InTx(ctx, func(tx store.Tx) error {
+			if _, err := tx.Append(ctx, ev(1)); err != nil { // locks the head
+				return err
+			}
+			close(holding)
+			<-release
+			return errAbort
+		})
+	}()
+	<-holding
+	const wait = time.Second
+	done := make(chan error, 1)
+	var first []store.Event
+	before := now()
+	go func() {
+		done <- db.InTx(ctx, func(tx store.Tx) error {
+			var err error
+			first, err = tx.Append(ctx, ev(2)) // nothing to guess from: locks and reads the head
+			return err
+		})
+	}()
+	awaitBlocked(t, ctx, url, schema, "SELECT sequence, created_at, chain_digest")
+	time.Sleep(wait) // the time the head is held is what the test measures
+	close(release)
+	require.ErrorIs(t, <-otherDone, errAbort)
+	require.NoError(t, <-done)
+	require.False(t, first[0].CreatedAt.Before(before.Add(wait).Truncate(time.Microsecond)),
+		"created_at %v: the clock when the lock was had, not before the wait (from %v)", first[0].CreatedAt, before)
+	for i := range 3 {
+		before := now()
+		e := appendOne(t, db, 10+i)
+		require.False(t, e.CreatedAt.Before(before.Add(-wait/2)),
+			"a guessed append's created_at %v is behind the database's clock %v by the wait", e.CreatedAt, before)
+	}
+	hits, _ := postgres.Guesses(db)
+	require.Equal(t, int64(3), hits, "the appends after the read guessed")
 }
