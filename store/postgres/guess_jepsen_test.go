@@ -36,9 +36,9 @@ type attempt struct {
 	// claimed are the subjects whose commands and packages ClaimAll
 	// claimed: committed only with their events.
 	claimed []string
-	out      []store.Event
-	outcome  outcome
-	err      error
+	out     []store.Event
+	outcome outcome
+	err     error
 }
 
 // TestGuessesUnderKillsAndCancels is a Jepsen-style history: three handles
@@ -91,141 +91,150 @@ func TestGuessesUnderKillsAndCancels(t *testing.T) {
 		history = append(history, a)
 		mu.Unlock()
 	}
-	var wg, writers sync.WaitGroup
 	stuck := make(chan error, 64)
 	const rounds = 40
-	for h, db := range dbs {
-		for w := range 4 {
-			writers.Add(1)
-			go func() {
-				defer writers.Done()
-				rng := rand.New(rand.NewPCG(uint64(h), uint64(w)))
-				for i := range rounds {
-					n := 1 + rng.IntN(3)
-					first := 1_000_000*h + 10_000*w + 10*i
-					events := make([]store.Event, n)
-					a := &attempt{subjects: make([]string, n)}
-					for j := range n {
-						events[j] = storetest.Created(t, storetest.PackageID(first+j), storetest.PackageID(first+j), "1", "a")
-						a.subjects[j] = events[j].SubjectID
-					}
-					var err error
-					switch {
-					case w == 0 && i%5 == 4: // every command rejected: claims released, nothing appended
-						a.what, a.subjects = "rejected", nil
-						err = db.InTx(ctx, func(stx store.Tx) error {
-							tx := stx.(store.CommandBatcher)
-							ids := []string{fmt.Sprintf("rej-%d", first)}
-							if _, _, _, _, err := tx.ClaimAll(ctx, ids, [][]byte{{1}}, nil, nil, nil, nil); err != nil {
-								return err
-							}
-							_, err := tx.AppendCommands(ctx, ids, nil, nil, nil)
-							return err
-						})
-					case w == 0 || w == 1:
-						a.what, a.claimed = "ingest", a.subjects
-						tctx, stop := context.WithCancel(ctx)
-						if w == 1 && rng.IntN(2) == 0 {
-							a.what = "ingest, cancelled"
-							stop()
-							tctx, stop = context.WithTimeout(ctx, time.Duration(rng.IntN(4000))*time.Microsecond)
-						}
-						replies := i%3 == 0
-						err = db.InTx(tctx, func(stx store.Tx) error {
-							ids, err := claim(tctx, stx, events, true)
-							if err != nil {
-								return err
-							}
-							tx := stx.(store.CommandBatcher)
-							if replies {
-								if _, err := tx.CommandReplies(tctx, ids, func(store.Event) ([]byte, error) { return nil, nil }); err != nil {
-									return err
-								}
-							}
-							a.out, err = tx.AppendCommands(tctx, nil, events, ids, nil)
-							return err
-						})
-						stop()
-					case w == 2:
-						a.what = "append"
-						claimFirst, abort := rng.IntN(3) == 0, rng.IntN(4) == 0
-						split := rng.IntN(n + 1)
-						err = db.InTx(ctx, func(tx store.Tx) error {
-							if claimFirst { // the transaction has begun: it guesses only in a free turn
-								if _, err := tx.ClaimCommand(ctx, "cmd-"+a.subjects[0], []byte{1}); err != nil {
-									return err
-								}
-							}
-							out1, err := tx.Append(ctx, events[:split]...)
-							if err != nil {
-								return err
-							}
-							out2, err := tx.Append(ctx, events[split:]...)
-							if err != nil {
-								return err
-							}
-							a.out = append(out1, out2...)
-							if claimFirst {
-								if err := tx.CompleteCommand(ctx, "cmd-"+a.subjects[0], a.out[0].Sequence, []byte("r")); err != nil {
-									return err
-								}
-							}
-							if abort {
-								return errAbort
-							}
-							return nil
-						})
-					default: // ClaimAll marks the transaction in flight, then an Append, then AppendCommands
-						a.what, a.claimed = "claim, append, commands", a.subjects[1:]
-						err = db.InTx(ctx, func(stx store.Tx) error {
-							ids, err := claim(ctx, stx, events[1:], true)
-							if err != nil {
-								return err
-							}
-							first, err := stx.Append(ctx, events[0])
-							if err != nil {
-								return err
-							}
-							rest, err := stx.(store.CommandBatcher).AppendCommands(ctx, nil, events[1:], ids, nil)
-							a.out = append(first, rest...)
-							return err
-						})
-					}
-					if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
-						stuck <- fmt.Errorf("%s: %w", a.what, err)
-						return
-					}
-					record(a, err)
-				}
-			}()
-		}
-	}
+	killer := conn(t, base, schema)
 	killed := 0
-	done := make(chan struct{})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		killer := conn(t, base, schema)
-		rng := rand.New(rand.NewPCG(7, 7))
-		for killed < 40 {
-			select {
-			case <-done:
-				return
-			case <-time.After(time.Duration(1+rng.IntN(15)) * time.Millisecond):
+	// Phase 0 commits ingest batches through one handle, whose guesses
+	// mostly hit; phase 1 adds the other kinds of transactions; phase 2
+	// writes through all three handles, whose guesses mostly miss.
+	for phase, handles := range [][]*postgres.DB{dbs[:1], dbs[:1], dbs} {
+		var wg, writers sync.WaitGroup
+		for h, db := range handles {
+			for w := range 4 {
+				writers.Add(1)
+				go func() {
+					defer writers.Done()
+					rng := rand.New(rand.NewPCG(uint64(10*phase+h), uint64(w)))
+					kind := w
+					if phase == 0 {
+						kind = w % 2
+					}
+					for i := range rounds {
+						n := 1 + rng.IntN(3)
+						first := 10_000_000*phase + 1_000_000*h + 10_000*w + 10*i
+						events := make([]store.Event, n)
+						a := &attempt{subjects: make([]string, n)}
+						for j := range n {
+							events[j] = storetest.Created(t, storetest.PackageID(first+j), storetest.PackageID(first+j), "1", "a")
+							a.subjects[j] = events[j].SubjectID
+						}
+						var err error
+						switch {
+						case kind == 0 && i%5 == 4: // every command rejected: claims released, nothing appended
+							a.what, a.subjects = "rejected", nil
+							err = db.InTx(ctx, func(stx store.Tx) error {
+								tx := stx.(store.CommandBatcher)
+								ids := []string{fmt.Sprintf("rej-%d", first)}
+								if _, _, _, _, err := tx.ClaimAll(ctx, ids, [][]byte{{1}}, nil, nil, nil, nil); err != nil {
+									return err
+								}
+								_, err := tx.AppendCommands(ctx, ids, nil, nil, nil)
+								return err
+							})
+						case kind == 0 || kind == 1:
+							a.what, a.claimed = "ingest", a.subjects
+							tctx, stop := context.WithCancel(ctx)
+							if kind == 1 && rng.IntN(2) == 0 {
+								a.what = "ingest, cancelled"
+								stop()
+								tctx, stop = context.WithTimeout(ctx, time.Duration(rng.IntN(4000))*time.Microsecond)
+							}
+							replies := i%3 == 0
+							err = db.InTx(tctx, func(stx store.Tx) error {
+								ids, err := claim(tctx, stx, events, true)
+								if err != nil {
+									return err
+								}
+								tx := stx.(store.CommandBatcher)
+								if replies {
+									if _, err := tx.CommandReplies(tctx, ids, func(store.Event) ([]byte, error) { return nil, nil }); err != nil {
+										return err
+									}
+								}
+								a.out, err = tx.AppendCommands(tctx, nil, events, ids, nil)
+								return err
+							})
+							stop()
+						case kind == 2:
+							a.what = "append"
+							claimFirst, abort := rng.IntN(3) == 0, rng.IntN(4) == 0
+							split := rng.IntN(n + 1)
+							err = db.InTx(ctx, func(tx store.Tx) error {
+								if claimFirst { // the transaction has begun: it guesses only in a free turn
+									if _, err := tx.ClaimCommand(ctx, "cmd-"+a.subjects[0], []byte{1}); err != nil {
+										return err
+									}
+								}
+								out1, err := tx.Append(ctx, events[:split]...)
+								if err != nil {
+									return err
+								}
+								out2, err := tx.Append(ctx, events[split:]...)
+								if err != nil {
+									return err
+								}
+								a.out = append(out1, out2...)
+								if claimFirst {
+									if err := tx.CompleteCommand(ctx, "cmd-"+a.subjects[0], a.out[0].Sequence, []byte("r")); err != nil {
+										return err
+									}
+								}
+								if abort {
+									return errAbort
+								}
+								return nil
+							})
+						default: // ClaimAll marks the transaction in flight, then an Append, then AppendCommands
+							a.what, a.claimed = "claim, append, commands", a.subjects[1:]
+							err = db.InTx(ctx, func(stx store.Tx) error {
+								ids, err := claim(ctx, stx, events[1:], true)
+								if err != nil {
+									return err
+								}
+								first, err := stx.Append(ctx, events[0])
+								if err != nil {
+									return err
+								}
+								rest, err := stx.(store.CommandBatcher).AppendCommands(ctx, nil, events[1:], ids, nil)
+								a.out = append(first, rest...)
+								return err
+							})
+						}
+						if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
+							stuck <- fmt.Errorf("%s: %w", a.what, err)
+							return
+						}
+						record(a, err)
+					}
+				}()
 			}
-			var n int
-			err := killer.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM (
+		}
+		done := make(chan struct{})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(7, uint64(phase)))
+			for budget := killed + 20; killed < budget; {
+				select {
+				case <-done:
+					return
+				case <-time.After(time.Duration(1+rng.IntN(30)) * time.Millisecond):
+				}
+				var n int
+				err := killer.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM (
 				SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND state <> 'idle' AND pid <> pg_backend_pid()
 				ORDER BY random() LIMIT 1) s`, app).Scan(&n)
-			if err != nil {
-				return
+				if err != nil {
+					return
+				}
+				killed += n
 			}
-			killed += n
-		}
-	}()
-	writers.Wait()
-	close(done)
-	wg.Wait()
+		}()
+		writers.Wait()
+		close(done)
+		wg.Wait()
+	}
 	close(stuck)
 	for err := range stuck {
 		require.NoError(t, err, "a transaction waited until the test's deadline")
@@ -276,7 +285,14 @@ func TestGuessesUnderKillsAndCancels(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("killed %d backends; %v", killed, counts)
+	var guesses [2]int64
+	for _, db := range dbs {
+		h, m := postgres.Guesses(db)
+		guesses[0], guesses[1] = guesses[0]+h, guesses[1]+m
+	}
+	t.Logf("killed %d backends; guesses right and wrong %v; %v", killed, guesses, counts)
+	require.Positive(t, guesses[0], "some guesses were right")
+	require.Positive(t, guesses[1], "some guesses were wrong")
 
 	c := conn(t, base, schema)
 	rows, err := c.Query(check, "SELECT command_id, sequence FROM commands")
