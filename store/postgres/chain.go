@@ -36,9 +36,16 @@ func (h *logHead) createdAt() time.Time {
 	return h.clock
 }
 
-const selectHead = `SELECT sequence, created_at, chain_digest, clock_timestamp() FROM log_head`
+// lockHead locks and reads the head. The clock is read once the lock is
+// held: a SELECT ... FOR UPDATE computes its columns before it waits for
+// the lock, and again only when the row changed meanwhile, so after
+// waiting for a transaction that rolled back it would read the clock from
+// before the wait (and the handle's offset from the database's clock,
+// guess.go, would lag by the wait).
+const lockHead = `SELECT sequence, created_at, chain_digest, clock_timestamp()
+	FROM (SELECT sequence, created_at, chain_digest FROM log_head FOR UPDATE) h`
 
-// scanHead scans selectHead's row into h.
+// scanHead scans lockHead's row into h.
 func scanHead(h *logHead) func(pgx.Row) error {
 	return func(r pgx.Row) error { return r.Scan(&h.sequence, &h.at, &h.chain, &h.clock) }
 }
@@ -61,7 +68,7 @@ func (t *tx) validate(events []store.Event) error {
 func (t *tx) chain(ctx context.Context, b *pgx.Batch, rows *eventRows) ([]store.Event, []*pgx.QueuedQuery, *pgx.Batch, error) {
 	if t.head == nil {
 		locked := &logHead{}
-		b.Queue(selectHead + " FOR UPDATE").QueryRow(scanHead(locked))
+		b.Queue(lockHead).QueryRow(scanHead(locked))
 		if err := t.tx.SendBatch(ctx, b).Close(); err != nil {
 			return nil, nil, nil, translate(err)
 		}

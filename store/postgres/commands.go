@@ -78,7 +78,7 @@ func (t *tx) claimAll(ctx context.Context, mode claimHead, commandIDs []string, 
 	case t.head != nil:
 	case mode == headLocked:
 		head = &logHead{}
-		b.Queue(selectHead + " FOR UPDATE").QueryRow(scanHead(head))
+		b.Queue(lockHead).QueryRow(scanHead(head))
 	case mode == headGuessed:
 		t.ticket = rand.Int64N(math.MaxInt64) + 1
 		b.Queue(inFlight, t.ticket)

@@ -22,7 +22,8 @@ import (
 // would have without the guess. The database thus checks every sequence
 // and chain link. A handle's first appends take turns, each sent once the
 // one before it was answered (its transaction then holds the head until it
-// ends), so that in one process they expect the right head.
+// ends), so that in one process they expect the right head; a transaction
+// that has sent statements (and may hold locks) takes only a free turn.
 
 // guesser is a handle's knowledge of the log's head.
 type guesser struct {
@@ -49,7 +50,19 @@ type guesser struct {
 func newGuesser() *guesser { return &guesser{turn: make(chan struct{}, 1)} }
 
 // take waits for the handle's turn to begin an append; release ends it.
-func (g *guesser) take(ctx context.Context) (release func(), err error) {
+// Unless wait, it only takes a free turn (nil release when there is none):
+// a transaction that may hold locks must not wait in the process for a
+// turn whose holder may wait in the database for one of them, a deadlock
+// the database would not detect.
+func (g *guesser) take(ctx context.Context, wait bool) (release func(), err error) {
+	if !wait {
+		select {
+		case g.turn <- struct{}{}:
+			return func() { <-g.turn }, nil
+		default:
+			return nil, nil
+		}
+	}
 	select {
 	case g.turn <- struct{}{}:
 		return func() { <-g.turn }, nil
@@ -142,7 +155,7 @@ func (t *tx) appendGuessed(ctx context.Context, rows *eventRows) ([]store.Event,
 	b := &pgx.Batch{}
 	if open {
 		locked = &logHead{}
-		b.Queue(selectHead + " FOR UPDATE").QueryRow(scanHead(locked))
+		b.Queue(lockHead).QueryRow(scanHead(locked))
 	}
 	writes := rows.insert(t, base, out, guessed)
 	var tag pgconn.CommandTag

@@ -50,16 +50,21 @@ func (t *tx) Append(ctx context.Context, events ...store.Event) ([]store.Event, 
 	}
 	rows := newEventRows(events, prep)
 	if t.head == nil {
-		release, err := t.db.guess.take(ctx)
+		// A transaction that has sent statements may hold locks: it
+		// guesses only in a free turn, and otherwise waits for the head
+		// in the database, which sees any deadlock (guesser.take).
+		release, err := t.db.guess.take(ctx, !t.tx.begun)
 		if err != nil {
 			return nil, err
 		}
-		defer release()
-		if out, err := t.appendGuessed(ctx, rows); out != nil || err != nil {
-			if err != nil {
-				return nil, fmt.Errorf("appending %d events: %w", len(events), err)
+		if release != nil {
+			defer release()
+			if out, err := t.appendGuessed(ctx, rows); out != nil || err != nil {
+				if err != nil {
+					return nil, fmt.Errorf("appending %d events: %w", len(events), err)
+				}
+				return out, nil
 			}
-			return out, nil
 		}
 	}
 	out, writes, _, err := t.chain(ctx, &pgx.Batch{}, rows)
