@@ -40,7 +40,7 @@ func (h *logHead) createdAt() time.Time {
 // held: a SELECT ... FOR UPDATE computes its columns before it waits for
 // the lock, and again only when the row changed meanwhile, so after
 // waiting for a transaction that rolled back it would read the clock from
-// before the wait (and the handle's offset from the database's clock,
+// before the wait (and the handle's estimate of the database's clock,
 // guess.go, would lag by the wait).
 const lockHead = `SELECT sequence, created_at, chain_digest, clock_timestamp()
 	FROM (SELECT sequence, created_at, chain_digest FROM log_head FOR UPDATE) h`
@@ -162,12 +162,15 @@ func (r *eventRows) insert(t *tx, base *logHead, out []store.Event, mode insertM
 	case guessedOrFail:
 		sql, args = guessedInsertOrFail, append(args, base.chain)
 	}
-	return []*pgx.QueuedQuery{{SQL: sql, Arguments: args}, {SQL: `SELECT pg_notify($1, '')`, Arguments: []any{t.db.channel}}}
+	// The NOTIFY also reads the database's clock, for the handle's estimate
+	// of it (guess.go): guessed appends keep it fresh.
+	return []*pgx.QueuedQuery{{SQL: sql, Arguments: args}, {SQL: notifyAndClock, Arguments: []any{t.db.channel}}}
 }
 
 const (
-	insertEvents = `INSERT INTO events (` + eventColumns + `) SELECT `
-	insertRow    = `, u.t, u.k, u.i, u.a, substring($9::bytea FROM u.o FOR u.l),
+	notifyAndClock = `SELECT clock_timestamp() FROM pg_notify($1, '')`
+	insertEvents   = `INSERT INTO events (` + eventColumns + `) SELECT `
+	insertRow      = `, u.t, u.k, u.i, u.a, substring($9::bytea FROM u.o FOR u.l),
 			substring($10::bytea FROM u.ord::integer * 32 - 31 FOR 32), $2::timestamptz,
 			substring($11::bytea FROM u.ord::integer * 32 - 31 FOR 32)`
 	insertUnnest = ` unnest($5::text[], $6::text[], $7::text[], $8::text[], $12::integer[], $13::integer[])

@@ -77,7 +77,7 @@ func (g *guesser) speculate(rows *eventRows, ticket int64) (base *logHead, out [
 		return nil, nil, nil, 0
 	}
 	b := *g.head
-	b.clock = time.Now().Add(g.offset)
+	b.clock = g.now()
 	out, head = chainAt(&b, rows)
 	before = g.inFlight
 	g.head, g.open, g.inFlight = head, true, ticket
@@ -111,12 +111,15 @@ func (t *tx) appendCommandsGuessed(ctx context.Context, b *pgx.Batch, events []s
 	b.Queue("SAVEPOINT guessed_head")
 	writes := rows.insert(t, base, out, guessedOrFail)
 	missed := failsOnMiss(writes[0])
+	var clock time.Time
+	writes[1].QueryRow(func(r pgx.Row) error { return r.Scan(&clock) })
 	b.QueuedQueries = append(b.QueuedQueries, writes...)
 	queueCommandSequences(b, out, commandIDs)
 	err := t.tx.commit(ctx, b)
 	switch {
 	case err == nil:
 		t.head, t.appended = head, true
+		g.clockRead(clock, time.Now())
 		g.hit()
 		return out, nil
 	case !*missed:

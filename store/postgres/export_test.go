@@ -107,5 +107,5 @@ func PlantGuess(db *DB, seq int64, chain store.Digest, at time.Time, open bool, 
 	defer db.guess.mu.Unlock()
 	db.guess.head = &logHead{sequence: seq, chain: chain[:], at: at, clock: at}
 	db.guess.open = open
-	db.guess.offset, db.guess.skip = offset, 0
+	db.guess.clock, db.guess.readAt, db.guess.skip = time.Now().Add(offset), time.Now(), 0
 }

@@ -33,9 +33,11 @@ type guesser struct {
 	head *logHead // the latest head this handle appended or read; nil: none
 	// open: the transaction that left head may not have ended.
 	open bool
-	// offset is the database's clock minus this host's, as of the
-	// latest read: at most the true offset, as the answer travelled.
-	offset time.Duration
+	// clock is the database's clock as of the latest read, which this
+	// host received at readAt (its monotonic reading): clock plus the time
+	// since readAt is at most the database's clock now, as the answer
+	// travelled, whatever this host's wall clock does.
+	clock, readAt time.Time
 	// misses in a row; after them, the next 2^(misses-1)-1 first appends
 	// lock and read the head without guessing (processes appending in
 	// turn would otherwise send every batch twice).
@@ -85,7 +87,7 @@ func (g *guesser) guess() (h *logHead, open bool) {
 		return nil, false
 	}
 	c := *g.head
-	c.clock = time.Now().Add(g.offset)
+	c.clock = g.now()
 	return &c, g.open
 }
 
@@ -93,7 +95,18 @@ func (g *guesser) guess() (h *logHead, open bool) {
 func (g *guesser) read(h *logHead, local time.Time) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.head, g.open, g.offset = h, true, h.clock.Sub(local)
+	g.head, g.open = h, true
+	g.clock, g.readAt = h.clock, local
+}
+
+// now estimates the database's clock; the caller holds g.mu.
+func (g *guesser) now() time.Time { return g.clock.Add(time.Since(g.readAt)) }
+
+// clockRead records the database's clock, received at local.
+func (g *guesser) clockRead(clock, local time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.clock, g.readAt = clock, local
 }
 
 // ended records that the transaction that left h committed.
@@ -159,7 +172,9 @@ func (t *tx) appendGuessed(ctx context.Context, rows *eventRows) ([]store.Event,
 	}
 	writes := rows.insert(t, base, out, guessed)
 	var tag pgconn.CommandTag
+	var clock time.Time
 	writes[0].Exec(func(ct pgconn.CommandTag) error { tag = ct; return nil })
+	writes[1].QueryRow(func(r pgx.Row) error { return r.Scan(&clock) })
 	b.QueuedQueries = append(b.QueuedQueries, writes...)
 	if err := t.tx.SendBatch(ctx, b).Close(); err != nil {
 		return nil, translate(err)
@@ -177,6 +192,7 @@ func (t *tx) appendGuessed(ctx context.Context, rows *eventRows) ([]store.Event,
 	}
 	t.head, t.appended = head, true
 	g.moved(head)
+	g.clockRead(clock, time.Now())
 	g.hit()
 	return out, nil
 }

@@ -236,3 +236,39 @@ func TestCommandsGuessChainsInFlight(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, out[0].Sequence, res.To)
 }
+
+// TestGuessedAppendsRefreshTheClock starts a handle with its estimate of
+// the database's clock an hour behind (as a host clock stepped back would
+// leave it): the first guessed append then has the previous event's
+// created_at, but reads the database's clock, and the next one is stamped
+// with it again.
+func TestGuessedAppendsRefreshTheClock(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := testenv.Postgres(t)
+	first := appendOne(t, db, 1)
+	head, err := db.ChainHead(ctx)
+	require.NoError(t, err)
+	postgres.PlantGuess(db, head.Sequence, head.Digest, first.CreatedAt, false, -time.Hour)
+	stale := appendOne(t, db, 2)
+	require.Equal(t, first.CreatedAt, stale.CreatedAt, "an estimate behind the last event's time is raised to it")
+	before := time.Now()
+	fresh := appendOne(t, db, 3)
+	require.True(t, fresh.CreatedAt.After(stale.CreatedAt), "the estimate was refreshed by the append before: %v", fresh.CreatedAt)
+	require.WithinDuration(t, before, fresh.CreatedAt, time.Minute)
+
+	// The same through ingest's path.
+	head, err = db.ChainHead(ctx)
+	require.NoError(t, err)
+	postgres.PlantGuess(db, head.Sequence, head.Digest, fresh.CreatedAt, false, -time.Hour)
+	batch := func(i int) store.Event {
+		out, err := appendCommands(ctx, db, storetest.Created(t, storetest.PackageID(i), "g", fmt.Sprint(i), "a"))
+		require.NoError(t, err)
+		return out[0]
+	}
+	stale = batch(4)
+	require.Equal(t, fresh.CreatedAt, stale.CreatedAt)
+	require.True(t, batch(5).CreatedAt.After(stale.CreatedAt), "the estimate was refreshed by the batch before")
+	hits, misses := postgres.Guesses(db)
+	require.Equal(t, [2]int64{4, 0}, [2]int64{hits, misses})
+}
