@@ -113,3 +113,20 @@ func TestLongSchemaName(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, int64(2), head)
 }
+
+// TestSchemaNameTooLong: a schema name PostgreSQL would truncate is refused
+// before anything is created.
+func TestSchemaNameTooLong(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := testenv.PostgresURL(t)
+	schema := testenv.Name("t")
+	schema += strings.Repeat("x", 64-len(schema))
+	for _, cfg := range []postgres.Config{{URL: url, Schema: schema}, {URL: url, Schema: "public", ViewSchema: schema}} {
+		_, err := postgres.Open(ctx, cfg)
+		require.ErrorContains(t, err, "is 64 bytes long; PostgreSQL's names are at most 63")
+	}
+	var n int
+	require.NoError(t, conn(t, url, "public").QueryRow(ctx, "SELECT count(*) FROM pg_namespace WHERE nspname = $1", schema[:63]).Scan(&n))
+	require.Zero(t, n, "no schema created")
+}

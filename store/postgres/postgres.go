@@ -83,6 +83,13 @@ var _ store.DB = (*DB)(nil)
 // Open connects to PostgreSQL and checks that it answers. An unreachable
 // database returns an error wrapping store.ErrUnavailable.
 func Open(ctx context.Context, cfg Config) (*DB, error) {
+	// PostgreSQL would truncate a longer name (and two spellings of it
+	// would share a schema but not a NOTIFY channel).
+	for _, name := range []string{cfg.Schema, cfg.ViewSchema} {
+		if len(name) > maxIdentifier {
+			return nil, fmt.Errorf("postgres: schema name %q is %d bytes long; PostgreSQL's names are at most %d", name, len(name), maxIdentifier)
+		}
+	}
 	pc, err := pgxpool.ParseConfig(cfg.URL)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: parsing database URL: %w", redactErr(err))
@@ -137,9 +144,13 @@ func Open(ctx context.Context, cfg Config) (*DB, error) {
 // eventsChannel is the NOTIFY channel of the log in schema: named after
 // it, or, when that name would not fit PostgreSQL's 63-byte identifiers
 // (a schema name of 43 bytes or more), after a digest of it.
+// maxIdentifier is the length in bytes of PostgreSQL's longest name
+// (NAMEDATALEN - 1).
+const maxIdentifier = 63
+
 func eventsChannel(schema string) string {
 	const prefix = "artifactstore_events_"
-	if len(prefix)+len(schema) <= 63 {
+	if len(prefix)+len(schema) <= maxIdentifier {
 		return prefix + schema
 	}
 	sum := store.DigestOf([]byte(schema))
