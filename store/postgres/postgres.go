@@ -141,13 +141,13 @@ func Open(ctx context.Context, cfg Config) (*DB, error) {
 	}, nil
 }
 
-// eventsChannel is the NOTIFY channel of the log in schema: named after
-// it, or, when that name would not fit PostgreSQL's 63-byte identifiers
-// (a schema name of 43 bytes or more), after a digest of it.
 // maxIdentifier is the length in bytes of PostgreSQL's longest name
 // (NAMEDATALEN - 1).
 const maxIdentifier = 63
 
+// eventsChannel is the NOTIFY channel of the log in schema: named after
+// it, or, when that name would not fit PostgreSQL's 63-byte identifiers
+// (a schema name of 43 bytes or more), after a digest of it.
 func eventsChannel(schema string) string {
 	const prefix = "artifactstore_events_"
 	if len(prefix)+len(schema) <= maxIdentifier {
