@@ -16,8 +16,8 @@ import (
 // Set-based, pipelined forms of the command-side methods of store.Tx, for
 // a group-committing writer: tx implements store.CommandBatcher. A
 // batch of commands takes two round trips: ClaimAll (which also begins
-// the transaction and ends by locking the log's head) and AppendCommands
-// (which appends and commits). Each statement
+// the transaction and marks it in flight, commands_guess.go) and
+// AppendCommands (which appends and commits). Each statement
 // decides row by row exactly as its single-row counterpart and, like it,
 // never aborts the transaction on a conflict. Rows are taken in the order
 // given, so a caller that passes sorted keys takes its locks in a global
@@ -38,10 +38,11 @@ import (
 // package is known at all. The packages of this call's creates are known
 // to its finalizes.
 //
-// Its round trip ends by locking and reading the log's head, so that
+// Its round trip ends by marking the transaction in flight, for
 // AppendCommands, which follows it at once (after CommandReplies when a
-// command id was seen before), chains and writes the events in one round
-// trip: the chain then costs no round trip the log did not take before it.
+// command id was seen before), to chain the events to the head expected
+// after the batches before it and write them in one round trip; or, when
+// the handle expects no head, by locking and reading it (commands_guess.go).
 func (t *tx) ClaimAll(ctx context.Context, commandIDs []string, fingerprints [][]byte, createIDs, names, versions, finalIDs []string) (claimed, created, finalized, exists []bool, err error) {
 	return t.claimAll(ctx, t.db.guess.claimHead(), commandIDs, fingerprints, createIDs, names, versions, finalIDs)
 }
@@ -92,7 +93,6 @@ func (t *tx) claimAll(ctx context.Context, mode claimHead, commandIDs []string, 
 		t.head = head
 		t.db.guess.read(head, time.Now())
 	}
-
 	return marks(commandIDs, gotCommands), marks(createIDs, gotCreates), finalized, exists, nil
 }
 

@@ -127,6 +127,7 @@ func (t *tx) appendCommandsGuessed(ctx context.Context, b *pgx.Batch, events []s
 		return nil, err
 	}
 	g.miss()
+	g.forget(head)
 	// On its own: pgx prepares a batch's new statements before it runs
 	// any, which the aborted transaction would refuse.
 	if _, err := t.tx.Exec(ctx, "ROLLBACK TO SAVEPOINT guessed_head"); err != nil {

@@ -15,12 +15,13 @@ import (
 // A transaction's first Append would lock and read log_head and only then
 // send its rows, holding the lock across a client turnaround. Instead it
 // chains its events to the head this handle expects (the one it last
-// appended or read) and sends them with the statement that locks and reads
-// the head, in an insert that writes nothing unless the head, as the last
-// holder of the lock left it, is the expected one (guessedInsert). On a
-// miss the transaction holds the head as read and chains to it, as it
-// would have without the guess. The database thus checks every sequence
-// and chain link. A handle's first appends take turns, each sent once the
+// appended or read) and sends them at once, in an insert that writes
+// nothing unless the head, as the last holder of the lock left it, is the
+// expected one (guessedInsert); when the transaction that left that head
+// may still hold it, the same round trip first locks and reads the head,
+// waiting for it. On a miss the transaction chains to the head it read (or
+// then reads), as it would have without the guess. The database thus
+// checks every sequence and chain link. A handle's first appends take turns, each sent once the
 // one before it was answered (its transaction then holds the head until it
 // ends), so that in one process they expect the right head; a transaction
 // that has sent statements (and may hold locks) takes only a free turn.
@@ -135,7 +136,7 @@ func (g *guesser) moved(h *logHead) {
 	g.head, g.open = h, true
 }
 
-// hit and missed record a guess's outcome.
+// hit and miss record a guess's outcome.
 func (g *guesser) hit() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
