@@ -7,6 +7,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/artifactstore/artifactstore/internal/testenv"
 	"github.com/artifactstore/artifactstore/store"
 	"github.com/artifactstore/artifactstore/store/postgres"
@@ -165,7 +167,7 @@ func chainedAppend(db store.DB) storetest.AppendFunc {
 
 func unchainedAppend(db store.DB) storetest.AppendFunc {
 	return func(ctx context.Context, rows []store.Event) error {
-		return db.InTx(ctx, func(tx store.Tx) error { return postgres.AppendUnchained(ctx, tx, rows) })
+		return db.InTx(ctx, func(tx store.Tx) error { _, err := postgres.AppendUnchained(ctx, tx, rows); return err })
 	}
 }
 
@@ -203,11 +205,33 @@ func unchainedCommands(db store.DB) storetest.AppendFunc {
 			if err != nil {
 				return err
 			}
-			return postgres.AppendCommandsUnchained(ctx, stx, rows, ids)
+			_, err = postgres.AppendCommandsUnchained(ctx, stx, rows, ids)
+			return err
 		})
 	}
 }
 
 func BenchmarkVerify100k(b *testing.B) {
 	storetest.BenchVerify(b, testenv.Postgres(b), 100_000)
+}
+
+// TestUnchainedBaselineReturnsWhatItAppends keeps BenchmarkChainCost's
+// baseline honest: it appends and returns the events as Append would
+// (without chain digests).
+func TestUnchainedBaselineReturnsWhatItAppends(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := testenv.Postgres(t)
+	storetest.Append(t, db, storetest.Created(t, storetest.PackageID(0), "b", "0", "a"))
+	events := []store.Event{storetest.Created(t, storetest.PackageID(1), "b", "1", "a"), storetest.Created(t, storetest.PackageID(2), "b", "2", "a")}
+	var out []store.Event
+	require.NoError(t, db.InTx(ctx, func(tx store.Tx) error {
+		var err error
+		out, err = postgres.AppendUnchained(ctx, tx, events)
+		return err
+	}))
+	got, err := db.Fetch(ctx, 1, 10)
+	require.NoError(t, err)
+	require.Equal(t, out, got)
+	require.Equal(t, []int64{2, 3}, []int64{got[0].Sequence, got[1].Sequence})
 }

@@ -17,7 +17,8 @@ import (
 // the NOTIFY go in one pipeline, and the command side ends its transaction
 // in one round trip, holding the log_head lock for that round trip only.
 // The parameters are encoded as the chained insert's are (eventRows); the
-// events get the zero chain digest.
+// events get the zero chain digest. Like Append and AppendCommands, it
+// returns the events as appended (sequence and created_at set).
 
 const unchainedInsert = `INSERT INTO events (` + eventColumns + `)
 	SELECT h.sequence - $1 + u.ord, u.t, u.k, u.i, u.a, substring($6::bytea FROM u.o FOR u.l),
@@ -25,28 +26,41 @@ const unchainedInsert = `INSERT INTO events (` + eventColumns + `)
 	FROM log_head h, unnest($2::text[], $3::text[], $4::text[], $5::text[], $8::integer[], $9::integer[])
 		WITH ORDINALITY AS u(t, k, i, a, o, l, ord)`
 
-func (t *tx) queueUnchained(b *pgx.Batch, events []store.Event) error {
+func (t *tx) queueUnchained(b *pgx.Batch, events []store.Event) (appended func() []store.Event, err error) {
 	if err := t.validate(events); err != nil {
-		return err
+		return nil, err
 	}
 	n := len(events)
 	r := newEventRows(events, nil)
+	var last int64
+	var at time.Time
 	b.Queue(`UPDATE log_head SET sequence = sequence + $1, created_at = greatest(clock_timestamp(), created_at)
-		RETURNING sequence, created_at`, n)
+		RETURNING sequence, created_at`, n).QueryRow(func(row pgx.Row) error { return row.Scan(&last, &at) })
 	b.Queue(unchainedInsert, n, r.types, r.kinds, r.ids, r.actors, r.payloads, r.digests, r.offsets, r.lengths, make([]byte, 32))
 	b.Queue(`SELECT pg_notify($1, '')`, t.db.channel)
 	t.appended = true
-	return nil
+	return func() []store.Event {
+		out := make([]store.Event, n)
+		for i, e := range events {
+			e.Sequence, e.CreatedAt = last-int64(n-1-i), store.DBTime(at)
+			out[i] = e
+		}
+		return out
+	}, nil
 }
 
 // AppendUnchained is Append without the chain.
-func AppendUnchained(ctx context.Context, stx store.Tx, events []store.Event) error {
+func AppendUnchained(ctx context.Context, stx store.Tx, events []store.Event) ([]store.Event, error) {
 	t := stx.(*tx)
 	b := &pgx.Batch{}
-	if err := t.queueUnchained(b, events); err != nil {
-		return err
+	appended, err := t.queueUnchained(b, events)
+	if err != nil {
+		return nil, err
 	}
-	return translate(t.tx.SendBatch(ctx, b).Close())
+	if err := t.tx.SendBatch(ctx, b).Close(); err != nil {
+		return nil, translate(err)
+	}
+	return appended(), nil
 }
 
 // ClaimAllUnlocked is ClaimAll without the chain: it does not lock the
@@ -57,11 +71,12 @@ func ClaimAllUnlocked(ctx context.Context, stx store.Tx, commandIDs []string, fi
 }
 
 // AppendCommandsUnchained is AppendCommands without the chain.
-func AppendCommandsUnchained(ctx context.Context, stx store.Tx, events []store.Event, commandIDs []string) error {
+func AppendCommandsUnchained(ctx context.Context, stx store.Tx, events []store.Event, commandIDs []string) ([]store.Event, error) {
 	t := stx.(*tx)
 	b := &pgx.Batch{}
-	if err := t.queueUnchained(b, events); err != nil {
-		return err
+	appended, err := t.queueUnchained(b, events)
+	if err != nil {
+		return nil, err
 	}
 	n := len(events)
 	var ids []string
@@ -77,9 +92,9 @@ func AppendCommandsUnchained(ctx context.Context, stx store.Tx, events []store.E
 			ON CONFLICT (command_id) DO UPDATE SET sequence = excluded.sequence WHERE commands.sequence IS NULL`, ids, offsets)
 	}
 	if err := t.tx.commit(ctx, b); err != nil {
-		return fmt.Errorf("appending %d events: %w", n, err)
+		return nil, fmt.Errorf("appending %d events: %w", n, err)
 	}
-	return nil
+	return appended(), nil
 }
 
 // BackendPID returns the process id of the server backend running stx.

@@ -143,7 +143,7 @@ func BenchmarkChainCost(b *testing.B) {
 				return db.InTx(ctx, func(tx store.Tx) error { _, err := tx.Append(ctx, rows...); return err })
 			}
 			without := func(ctx context.Context, rows []store.Event) error {
-				return db.InTx(ctx, func(tx store.Tx) error { return sqlite.AppendUnchained(ctx, tx, rows) })
+				return db.InTx(ctx, func(tx store.Tx) error { _, err := sqlite.AppendUnchained(ctx, tx, rows); return err })
 			}
 			storetest.BenchVersus(b, 7, 1, c.txs, c.perTx, i*10_000_000, with, without)
 		})

@@ -10,12 +10,12 @@ import (
 
 // AppendUnchained is Append as it was before the log had a hash chain
 // (the events get the zero chain digest), for BenchmarkChainCost's
-// baseline.
-func AppendUnchained(ctx context.Context, stx store.Tx, events []store.Event) error {
+// baseline. Like Append, it returns the events as appended.
+func AppendUnchained(ctx context.Context, stx store.Tx, events []store.Event) ([]store.Event, error) {
 	t := stx.(*tx)
 	for i := range events {
 		if err := events[i].Validate(t.db.cfg.MaxPayload); err != nil {
-			return fmt.Errorf("event %d: %w", i, err)
+			return nil, fmt.Errorf("event %d: %w", i, err)
 		}
 	}
 	n := len(events)
@@ -23,20 +23,23 @@ func AppendUnchained(ctx context.Context, stx store.Tx, events []store.Event) er
 	err := t.tx.QueryRowContext(ctx, `UPDATE log_head SET sequence = sequence + ?, created_at = max(?, created_at)
 		RETURNING sequence, created_at`, n, micros(time.Now())).Scan(&head, &at)
 	if err != nil {
-		return translate(err)
+		return nil, translate(err)
 	}
 	stmt, err := t.tx.PrepareContext(ctx, "INSERT INTO events ("+eventColumns+") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 	if err != nil {
-		return translate(err)
+		return nil, translate(err)
 	}
 	defer stmt.Close()
 	zero := make([]byte, 32)
+	out := make([]store.Event, n)
 	for i, e := range events {
-		if _, err := stmt.ExecContext(ctx, head-int64(n)+int64(i)+1, e.Type, e.SubjectKind, e.SubjectID, e.Actor, e.Payload,
+		e.Sequence, e.CreatedAt = head-int64(n)+int64(i)+1, fromMicros(at)
+		out[i] = e
+		if _, err := stmt.ExecContext(ctx, e.Sequence, e.Type, e.SubjectKind, e.SubjectID, e.Actor, e.Payload,
 			e.PayloadDigest[:], at, zero); err != nil {
-			return translate(err)
+			return nil, translate(err)
 		}
 	}
 	t.appended = true
-	return nil
+	return out, nil
 }
