@@ -132,6 +132,7 @@ func newEventRows(events []store.Event, prep func() store.ChainPrep) *eventRows 
 }
 
 // insertMode is how insert's statement writes the events.
+// insertMode is how insert's statement writes the events.
 type insertMode int
 
 const (
@@ -194,14 +195,15 @@ const (
 		insertRow + ` FROM` + insertUnnest + ` LEFT JOIN head ON true`
 )
 
-// appendCommandsChained appends events, records which answered which
+// appendCommandsChained appends rows' events, records which answered which
 // command id and commits, queued after b's statements. The events are
-// chained to the head ClaimAll locked and read with its claims, and one
-// round trip writes them, moves the head and commits; the lock is held
-// from the claims' round trip to the end of this one. (Guessing the head
-// instead of locking it was tried: with two committers, the server ran the
-// second one's batch before the first one's a fifth to a third of the
-// time, and throughput fell to 0.7x.)
+// chained to the head the transaction holds (ClaimAll locked and read it
+// with its claims) or else to the head it locks and reads first, and one
+// round trip writes them, moves the head and commits. It is the path of a
+// batch that did not guess the head, or guessed it wrong
+// (commands_guess.go); without the in-flight wait there, guessing made the
+// second of two committers' batches run first a fifth to a third of the
+// time, and throughput fell to 0.7x.
 func (t *tx) appendCommandsChained(ctx context.Context, b *pgx.Batch, rows *eventRows, commandIDs []string) ([]store.Event, error) {
 	out, writes, b, err := t.chain(ctx, b, rows)
 	if err != nil {
