@@ -504,6 +504,11 @@ func TestGroupCommit(t *testing.T) {
 	assert.Less(t, h.GetSampleCount(), uint64(n/2), "batches")
 	assert.EqualValues(t, 1+n+2, h.GetSampleSum(), "commands in batches")
 	assert.EqualValues(t, n/2+2, counter(t, e.reg, "artifactstore_ingest_events_appended_total"))
+	// The first batch read the head; later ones chained to the one expected.
+	right := counterWith(t, e.reg, "artifactstore_ingest_head_guesses_total", map[string]string{"outcome": "right"})
+	wrong := counterWith(t, e.reg, "artifactstore_ingest_head_guesses_total", map[string]string{"outcome": "wrong"})
+	assert.Positive(t, right, "head guesses right")
+	assert.Less(t, right+wrong, float64(h.GetSampleCount()), "a guess per batch but the first")
 }
 
 func histogram(t testing.TB, reg *prometheus.Registry, name string) *dto.Histogram {

@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/artifactstore/artifactstore/store"
 )
 
 // Outcome label values of artifactstore_ingest_requests_total besides the
@@ -21,9 +23,11 @@ type metrics struct {
 	retries         prometheus.Counter
 	appended        prometheus.Counter
 	pendingGauge    prometheus.GaugeFunc
+	// guesses are the store's head guesses, when it makes them.
+	guesses []prometheus.CounterFunc
 }
 
-func newMetrics(reg prometheus.Registerer, pending func() float64) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, pending func() float64, db store.DB) (*metrics, error) {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "artifactstore", Subsystem: "ingest", Name: "requests_total",
@@ -56,6 +60,18 @@ func newMetrics(reg prometheus.Registerer, pending func() float64) (*metrics, er
 			Help: "Decoded commands waiting for a batch.",
 		}, pending),
 	}
+	if g, ok := db.(store.HeadGuesser); ok {
+		for _, o := range []struct {
+			outcome string
+			of      func(right, wrong int64) int64
+		}{{"right", func(r, _ int64) int64 { return r }}, {"wrong", func(_, w int64) int64 { return w }}} {
+			m.guesses = append(m.guesses, prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Namespace: "artifactstore", Subsystem: "ingest", Name: "head_guesses_total",
+				Help:        "Appends through this process's database handle that chained to the log head they expected, by outcome (right, or wrong: another process appended or the batch before failed, and the append was redone on the head read).",
+				ConstLabels: prometheus.Labels{"outcome": o.outcome},
+			}, func() float64 { return float64(o.of(g.HeadGuesses())) }))
+		}
+	}
 	// Every series exists from the start, so that an alert on its rate
 	// sees the first drop.
 	for _, ep := range []string{endpointCreate, endpointFinalize, endpointGet, endpointList} {
@@ -66,7 +82,11 @@ func newMetrics(reg prometheus.Registerer, pending func() float64) (*metrics, er
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.rejectedReplies, m.batchSize, m.commit, m.retries, m.appended, m.pendingGauge} {
+	cs := []prometheus.Collector{m.requests, m.rejectedReplies, m.batchSize, m.commit, m.retries, m.appended, m.pendingGauge}
+	for _, g := range m.guesses {
+		cs = append(cs, g)
+	}
+	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("ingest: registering metrics (one Registerer per service): %w", err)
 		}

@@ -80,7 +80,7 @@ func New(db store.DB, nc *nats.Conn, cfg Config) (*Service, error) {
 
 		rejectLog: logLimiter{interval: rejectedLogInterval},
 	}
-	m, err := newMetrics(cfg.Registerer, func() float64 { return float64(len(s.queue)) })
+	m, err := newMetrics(cfg.Registerer, func() float64 { return float64(len(s.queue)) }, db)
 	if err != nil {
 		return nil, err
 	}

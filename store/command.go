@@ -41,3 +41,11 @@ type CommandBatcher interface {
 	// ErrOutcomeUnknown means it may have committed.
 	AppendCommands(ctx context.Context, release []string, events []Event, commandIDs []string, replyOf func(Event) ([]byte, error)) ([]Event, error)
 }
+
+// HeadGuesser is implemented by a DB whose writers chain events to the log
+// head they expect instead of reading it first (PostgreSQL, which cannot
+// compute the chain itself): how many of its guesses were right and how
+// many wrong (each wrong one cost round trips; see store/doc.go).
+type HeadGuesser interface {
+	HeadGuesses() (right, wrong int64)
+}

@@ -81,7 +81,7 @@ func (c *metricCatalog) MustRegister(cols ...prometheus.Collector) {
 // services do, not running) on one catalog and returns it.
 func serviceMetrics(t *testing.T) map[string][]string {
 	t.Helper()
-	db := testenv.SQLite(t)
+	db := testenv.Postgres(t) // registers what only PostgreSQL has (head guesses)
 	nc, err := nats.Connect(testenv.NATS(t).URL())
 	require.NoError(t, err)
 	t.Cleanup(nc.Close)

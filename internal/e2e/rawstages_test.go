@@ -100,12 +100,18 @@ func rawInsertStage(ctx context.Context, e *env, events []store.Event) (rawStage
 		return rawStage{}, err
 	}
 	var sql strings.Builder
-	sql.WriteString("INSERT INTO raw_events (sequence, event_type, subject_kind, subject_id, actor, payload, payload_digest, created_at) VALUES ")
+	// Every column an event row has, the chain digest included.
+	const cols = 8
+	sql.WriteString("INSERT INTO raw_events (sequence, event_type, subject_kind, subject_id, actor, payload, payload_digest, chain_digest, created_at) VALUES ")
 	for i := range per {
 		if i > 0 {
 			sql.WriteString(",")
 		}
-		fmt.Fprintf(&sql, "($%d,$%d,$%d,$%d,$%d,$%d,$%d,clock_timestamp())", i*7+1, i*7+2, i*7+3, i*7+4, i*7+5, i*7+6, i*7+7)
+		sql.WriteString("(")
+		for c := range cols {
+			fmt.Fprintf(&sql, "$%d,", i*cols+c+1)
+		}
+		sql.WriteString("clock_timestamp())")
 	}
 	var seq atomic.Int64
 	rate, n, err := forWriters(writers, func(w int, done *atomic.Int64) error {
@@ -114,14 +120,14 @@ func rawInsertStage(ctx context.Context, e *env, events []store.Event) (rawStage
 			return err
 		}
 		defer conn.Close(ctx)
-		args := make([]any, 0, per*7)
+		args := make([]any, 0, per*cols)
 		deadline := time.Now().Add(rawStageTime)
 		for i := w * per; time.Now().Before(deadline); i += writers * per {
 			args = args[:0]
 			first := seq.Add(per) - per
 			for j := range per {
 				ev := events[(i+j)%len(events)]
-				args = append(args, first+int64(j)+1, ev.Type, ev.SubjectKind, ev.SubjectID, ev.Actor, ev.Payload, ev.PayloadDigest[:])
+				args = append(args, first+int64(j)+1, ev.Type, ev.SubjectKind, ev.SubjectID, ev.Actor, ev.Payload, ev.PayloadDigest[:], ev.ChainDigest[:])
 			}
 			if _, err := conn.Exec(ctx, sql.String(), args...); err != nil {
 				return err

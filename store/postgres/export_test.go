@@ -108,11 +108,7 @@ func BackendPID(ctx context.Context, stx store.Tx) (int, error) {
 func Channel(db *DB) string { return db.channel }
 
 // Guesses returns how many of db's guessed heads were right and wrong.
-func Guesses(db *DB) (hits, misses int64) {
-	db.guess.mu.Lock()
-	defer db.guess.mu.Unlock()
-	return db.guess.hits, db.guess.missed
-}
+func Guesses(db *DB) (hits, misses int64) { return db.HeadGuesses() }
 
 // PlantGuess makes db expect the head to be seq with chain digest chain and
 // created_at at, left by a transaction that may still be open, and the

@@ -52,6 +52,15 @@ type guesser struct {
 
 func newGuesser() *guesser { return &guesser{turn: make(chan struct{}, 1)} }
 
+var _ store.HeadGuesser = (*DB)(nil)
+
+// HeadGuesses implements store.HeadGuesser.
+func (db *DB) HeadGuesses() (right, wrong int64) {
+	db.guess.mu.Lock()
+	defer db.guess.mu.Unlock()
+	return db.guess.hits, db.guess.missed
+}
+
 // take waits for the handle's turn to begin an append; release ends it.
 // Unless wait, it only takes a free turn (nil release when there is none):
 // a transaction that may hold locks must not wait in the process for a
