@@ -153,7 +153,7 @@ func BenchmarkChainCost(b *testing.B) {
 				with, without = chainedCommands(db), unchainedCommands(db)
 			}
 			storetest.BenchVersus(b, 21, c.writers, c.txs, c.perTx, i*10_000_000, with, without)
-			hits, misses := postgres.Guesses(db)
+			hits, misses := db.HeadGuesses()
 			b.ReportMetric(float64(misses)/float64(max(hits+misses, 1)), "guesses_missed")
 		})
 	}

@@ -107,9 +107,6 @@ func BackendPID(ctx context.Context, stx store.Tx) (int, error) {
 // Channel returns the NOTIFY channel of db's log.
 func Channel(db *DB) string { return db.channel }
 
-// Guesses returns how many of db's guessed heads were right and wrong.
-func Guesses(db *DB) (hits, misses int64) { return db.HeadGuesses() }
-
 // PlantGuess makes db expect the head to be seq with chain digest chain and
 // created_at at, left by a transaction that may still be open, and the
 // database's clock to be offset ahead of this host's.

@@ -12,7 +12,6 @@ import (
 
 	"github.com/artifactstore/artifactstore/internal/testenv"
 	"github.com/artifactstore/artifactstore/store"
-	"github.com/artifactstore/artifactstore/store/postgres"
 	"github.com/artifactstore/artifactstore/store/storetest"
 )
 
@@ -210,7 +209,7 @@ func TestHeadClockIsReadAfterTheLock(t *testing.T) {
 		require.False(t, e.CreatedAt.Before(before.Add(-wait/2)),
 			"a guessed append's created_at %v is behind the database's clock %v by the wait", e.CreatedAt, before)
 	}
-	hits, _ := postgres.Guesses(db)
+	hits, _ := db.HeadGuesses()
 	require.Equal(t, int64(3), hits, "the appends after the read guessed")
 }
 

@@ -287,7 +287,7 @@ func TestGuessesUnderKillsAndCancels(t *testing.T) {
 	}
 	var guesses [2]int64
 	for _, db := range dbs {
-		h, m := postgres.Guesses(db)
+		h, m := db.HeadGuesses()
 		guesses[0], guesses[1] = guesses[0]+h, guesses[1]+m
 	}
 	t.Logf("killed %d backends; guesses right and wrong %v; %v", killed, guesses, counts)

@@ -27,7 +27,7 @@ func appendOne(t *testing.T, db store.DB, i int) store.Event {
 // since before.
 func requireGuesses(t *testing.T, db *postgres.DB, before [2]int64, hits, misses int64, what string) [2]int64 {
 	t.Helper()
-	h, m := postgres.Guesses(db)
+	h, m := db.HeadGuesses()
 	require.Equal(t, [2]int64{before[0] + hits, before[1] + misses}, [2]int64{h, m}, "guesses right and wrong: %s", what)
 	return [2]int64{h, m}
 }
@@ -140,7 +140,7 @@ func TestGuessesUnderAbortsAndHandles(t *testing.T) {
 			require.NoError(t, err)
 		}
 		if phase == 0 {
-			hits, misses := postgres.Guesses(dbs[0])
+			hits, misses := dbs[0].HeadGuesses()
 			require.Positive(t, hits, "some guesses were right")
 			require.Positive(t, misses, "some guesses were wrong (after a rollback)")
 		}
@@ -215,14 +215,14 @@ func TestCommandsGuessChainsInFlight(t *testing.T) {
 	for err := range errs {
 		require.NoError(t, err)
 	}
-	hits, misses := postgres.Guesses(db)
+	hits, misses := db.HeadGuesses()
 	require.Equal(t, [2]int64{3 * 40, 0}, [2]int64{hits, misses}, "every batch guessed right")
 
 	appendOne(t, other, 1)
 	ev := storetest.Created(t, storetest.PackageID(2), "g", "2", "a")
 	out, err := appendCommands(ctx, db, ev)
 	require.NoError(t, err)
-	hits, misses = postgres.Guesses(db)
+	hits, misses = db.HeadGuesses()
 	require.Equal(t, [2]int64{3 * 40, 1}, [2]int64{hits, misses}, "another handle appended: a wrong guess")
 	require.Equal(t, int64(1+3*40*2+1+1), out[0].Sequence)
 	require.NoError(t, db.InTx(ctx, func(stx store.Tx) error {
@@ -269,6 +269,6 @@ func TestGuessedAppendsRefreshTheClock(t *testing.T) {
 	stale = batch(4)
 	require.Equal(t, fresh.CreatedAt, stale.CreatedAt)
 	require.True(t, batch(5).CreatedAt.After(stale.CreatedAt), "the estimate was refreshed by the batch before")
-	hits, misses := postgres.Guesses(db)
+	hits, misses := db.HeadGuesses()
 	require.Equal(t, [2]int64{4, 0}, [2]int64{hits, misses})
 }
